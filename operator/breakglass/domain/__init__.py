@@ -1,0 +1,1 @@
+"""Pure decision code: no kopf, no Kubernetes client, time always injected."""

@@ -1,0 +1,76 @@
+"""What should happen to a request now: a pure function of plain data and `now`."""
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+
+from .. import api
+from .approvals import Tally
+from .durations import DurationError, parse_duration
+from .policy import Policy, RequestView, evaluate_request, first_failure, validate_policy
+
+WAIT, ISSUE, DENY, FAIL, EXPIRE, REVOKE, NOTHING = "wait", "issue", "deny", "fail", "expire", "revoke", "nothing"
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: str
+    reason: str
+    message: str
+    requeue_at: dt.datetime | None = None
+    emergency: bool = False
+    approvers: tuple[str, ...] = field(default_factory=tuple)
+
+
+def approval_deadline(created: dt.datetime, policy: Policy) -> dt.datetime | None:
+    try:
+        return created + parse_duration(policy.approval_timeout)
+    except DurationError:
+        return None
+
+
+def decide(*, request: RequestView, phase: str | None, policy: Policy | None, tally: Tally | None,
+           created: dt.datetime, expires_at: dt.datetime | None, now: dt.datetime) -> Decision:
+    """Decide the next step. `expires_at` is set once a token exists (from its Secret)."""
+    if phase in api.TERMINAL_PHASES:
+        return Decision(NOTHING, "Terminal", f"request is {phase}")
+    if request.revoked:
+        return Decision(REVOKE, "RevokedBySpec", "spec.revoked is true")
+    if expires_at is not None:  # a token exists: only expiry or revocation remain
+        if now >= expires_at:
+            return Decision(EXPIRE, "DurationElapsed", "the granted duration has elapsed")
+        return Decision(WAIT, "Active", "token is valid", requeue_at=expires_at)
+    # No token yet: approval phase. Re-check everything: the policy may have changed.
+    if policy is None:
+        return Decision(FAIL, "PolicyNotFound", f"BreakGlassPolicy {request.policy!r} does not exist")
+    problems = validate_policy(policy)
+    if problems:
+        return Decision(FAIL, "PolicyInvalid", f"policy {policy.name!r} is invalid: {problems[0].message}")
+    failure = first_failure(evaluate_request(request, policy))
+    if failure:
+        return Decision(DENY, failure.reason, failure.message)
+    tally = tally or Tally()
+    if tally.denied_by:
+        return Decision(DENY, "DeniedByApprover", f"denied by {', '.join(tally.denied_by)}")
+    if request.emergency and policy.emergency_allowed:
+        return Decision(ISSUE, "EmergencyAccess",
+                        "emergency access issued without approval; a review is required",
+                        emergency=True, approvers=tuple(tally.approved_by))
+    if policy.required_approvals == 0:
+        return Decision(ISSUE, "NoApprovalRequired", f"policy {policy.name!r} requires no approval")
+    if policy.auto_approves(request.requester_groups):
+        return Decision(ISSUE, "AutoApproved",
+                        f"{request.requester} is in an autoApprove group of policy {policy.name!r}")
+    if len(tally.approved_by) >= policy.required_approvals:
+        return Decision(ISSUE, "Approved",
+                        f"approved by {', '.join(tally.approved_by)} "
+                        f"({len(tally.approved_by)}/{policy.required_approvals})",
+                        approvers=tuple(tally.approved_by))
+    deadline = approval_deadline(created, policy)
+    if deadline is not None and now >= deadline:
+        return Decision(DENY, "ApprovalTimeout",
+                        f"not approved within policy {policy.name!r} approvalTimeout {policy.approval_timeout}")
+    return Decision(WAIT, "AwaitingApproval",
+                    f"{len(tally.approved_by)}/{policy.required_approvals} approvals from policy "
+                    f"{policy.name!r} approvers", requeue_at=deadline,
+                    approvers=tuple(tally.approved_by))

@@ -1,0 +1,46 @@
+"""Durations like `15m`, `1h30m`, `90s` and RFC 3339 timestamps."""
+from __future__ import annotations
+
+import datetime as dt
+import re
+
+DURATION_PATTERN = r"^([0-9]+h)?([0-9]+m)?([0-9]+s)?$"
+_DURATION_RE = re.compile(r"^(?:(?P<h>\d+)h)?(?:(?P<m>\d+)m)?(?:(?P<s>\d+)s)?$")
+
+
+class DurationError(ValueError):
+    pass
+
+
+def parse_duration(text: str) -> dt.timedelta:
+    """Parse `<n>h<n>m<n>s` (each part optional, at least one present, total > 0)."""
+    if not isinstance(text, str) or not text:
+        raise DurationError(f"{text!r} is not a duration (use e.g. 15m, 1h30m, 90s)")
+    match = _DURATION_RE.match(text)
+    if not match or not any(match.groupdict().values()):
+        raise DurationError(f"{text!r} is not a duration (use e.g. 15m, 1h30m, 90s)")
+    parts = {k: int(v or 0) for k, v in match.groupdict().items()}
+    value = dt.timedelta(hours=parts["h"], minutes=parts["m"], seconds=parts["s"])
+    if value <= dt.timedelta(0):
+        raise DurationError(f"{text!r} must be longer than zero")
+    return value
+
+
+def format_duration(value: dt.timedelta) -> str:
+    total = int(value.total_seconds())
+    h, rest = divmod(total, 3600)
+    m, s = divmod(rest, 60)
+    out = (f"{h}h" if h else "") + (f"{m}m" if m else "") + (f"{s}s" if s else "")
+    return out or "0s"
+
+
+def to_rfc3339(moment: dt.datetime) -> str:
+    return moment.astimezone(dt.timezone.utc).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_rfc3339(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(dt.timezone.utc)
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)

@@ -1,0 +1,297 @@
+"""Policy model and the chain of named checks a request must pass.
+
+Each check returns a `Verdict(ok, reason, message)`; the same chain feeds admission
+messages, reconcile-time re-checks (policies change; webhooks can be bypassed) and the
+`explain` simulator, so all three always agree.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import fnmatch
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+from .durations import DurationError, format_duration, parse_duration
+
+DEFAULT_AUDIENCES = ("breakglass",)
+NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    ok: bool
+    reason: str
+    message: str
+    rule: str = ""
+
+
+@dataclass(frozen=True)
+class Policy:
+    name: str
+    requester_users: tuple[str, ...] = ()
+    requester_groups: tuple[str, ...] = ()
+    approver_users: tuple[str, ...] = ()
+    approver_groups: tuple[str, ...] = ()
+    required_approvals: int = 1
+    allow_self_approval: bool = False
+    allowed_namespaces: tuple[str, ...] = ()
+    allowed_cluster_roles: tuple[str, ...] = ()
+    allowed_scopes: tuple[str, ...] = ()
+    audiences: tuple[str, ...] = DEFAULT_AUDIENCES
+    default_duration: str = "15m"
+    max_duration: str = "1h"
+    approval_timeout: str = "30m"
+    require_ticket: bool = False
+    ticket_pattern: str | None = None
+    auto_approve_groups: tuple[str, ...] = ()
+    emergency_allowed: bool = False
+    emergency_review_within: str = "24h"
+
+    @classmethod
+    def from_resource(cls, name: str, spec: dict[str, Any] | None) -> "Policy":
+        spec = spec or {}
+        req, appr = spec.get("requesters") or {}, spec.get("approvers") or {}
+        emergency = spec.get("emergency") or {}
+        return cls(
+            name=name,
+            requester_users=tuple(req.get("users") or ()),
+            requester_groups=tuple(req.get("groups") or ()),
+            approver_users=tuple(appr.get("users") or ()),
+            approver_groups=tuple(appr.get("groups") or ()),
+            required_approvals=int(spec.get("requiredApprovals", 1)),
+            allow_self_approval=bool(spec.get("allowSelfApproval", False)),
+            allowed_namespaces=tuple(spec.get("allowedNamespaces") or ()),
+            allowed_cluster_roles=tuple(spec.get("allowedClusterRoles") or ()),
+            allowed_scopes=tuple(spec.get("allowedScopes") or ()),
+            audiences=tuple(spec.get("audiences") or DEFAULT_AUDIENCES),
+            default_duration=spec.get("defaultDuration") or "15m",
+            max_duration=spec.get("maxDuration") or "1h",
+            approval_timeout=spec.get("approvalTimeout") or "30m",
+            require_ticket=bool(spec.get("requireTicket", False)),
+            ticket_pattern=spec.get("ticketPattern") or None,
+            auto_approve_groups=tuple((spec.get("autoApprove") or {}).get("groups") or ()),
+            emergency_allowed=bool(emergency.get("allowed", False)),
+            emergency_review_within=emergency.get("reviewWithin") or "24h",
+        )
+
+    def may_request(self, user: str, groups: Iterable[str]) -> bool:
+        return user in self.requester_users or bool(set(groups) & set(self.requester_groups))
+
+    def is_approver(self, user: str, groups: Iterable[str]) -> bool:
+        return user in self.approver_users or bool(set(groups) & set(self.approver_groups))
+
+    def auto_approves(self, groups: Iterable[str]) -> bool:
+        return bool(set(groups) & set(self.auto_approve_groups))
+
+
+def validate_policy(policy: Policy) -> list[Verdict]:
+    """Problems that make a policy unusable (status Ready=False). Empty list = valid."""
+    problems: list[Verdict] = []
+    durations: dict[str, dt.timedelta] = {}
+    for field_name, value in (("defaultDuration", policy.default_duration),
+                              ("maxDuration", policy.max_duration),
+                              ("approvalTimeout", policy.approval_timeout),
+                              ("emergency.reviewWithin", policy.emergency_review_within)):
+        try:
+            durations[field_name] = parse_duration(value)
+        except DurationError as exc:
+            problems.append(Verdict(False, "InvalidDuration", f"spec.{field_name}: {exc}"))
+    if "defaultDuration" in durations and "maxDuration" in durations \
+            and durations["maxDuration"] < durations["defaultDuration"]:
+        problems.append(Verdict(False, "MaxBelowDefault",
+                                f"spec.maxDuration {policy.max_duration} is shorter than "
+                                f"spec.defaultDuration {policy.default_duration}"))
+    if policy.ticket_pattern:
+        try:
+            re.compile(policy.ticket_pattern)
+        except re.error as exc:
+            problems.append(Verdict(False, "InvalidTicketPattern",
+                                    f"spec.ticketPattern {policy.ticket_pattern!r} is not a valid regex: {exc}"))
+    if policy.required_approvals < 0:
+        problems.append(Verdict(False, "InvalidRequiredApprovals", "spec.requiredApprovals must be >= 0"))
+    if policy.required_approvals > 0 and not (policy.approver_users or policy.approver_groups):
+        # An empty approver set "gates nothing" in some systems; here it can never approve.
+        problems.append(Verdict(False, "NoApprovers",
+                                f"spec.requiredApprovals is {policy.required_approvals} but spec.approvers "
+                                "is empty: no request could ever be approved"))
+    if not (policy.requester_users or policy.requester_groups):
+        problems.append(Verdict(False, "NoRequesters", "spec.requesters is empty: nobody may request"))
+    if "*" in policy.allowed_cluster_roles:
+        problems.append(Verdict(False, "WildcardClusterRole",
+                                "spec.allowedClusterRoles must name ClusterRoles; '*' is not allowed"))
+    return problems
+
+
+def _matches_any(value: str, patterns: Iterable[str]) -> bool:
+    return any(fnmatch.fnmatchcase(value, p) for p in patterns)
+
+
+@dataclass(frozen=True)
+class RequestView:
+    """The parts of a BreakGlassRequest the checks need, as plain data."""
+    name: str
+    namespace: str
+    requester: str
+    requester_groups: tuple[str, ...]
+    reason: str = ""
+    ticket: str | None = None
+    duration: str | None = None
+    namespaces: tuple[str, ...] = ()
+    cluster_roles: tuple[str, ...] = ()
+    scopes: tuple[str, ...] = ()
+    audiences: tuple[str, ...] = ()
+    emergency: bool = False
+    revoked: bool = False
+    policy: str = ""
+
+    @classmethod
+    def from_resource(cls, body: dict[str, Any]) -> "RequestView":
+        meta, spec = body.get("metadata") or {}, body.get("spec") or {}
+        return cls(
+            name=meta.get("name", ""), namespace=meta.get("namespace", ""),
+            requester=spec.get("requester") or "",
+            requester_groups=tuple(spec.get("requesterGroups") or ()),
+            reason=spec.get("reason") or "", ticket=spec.get("ticket"),
+            duration=spec.get("duration"),
+            namespaces=tuple(spec.get("namespaces") or ()),
+            cluster_roles=tuple(spec.get("clusterRoles") or ()),
+            scopes=tuple(spec.get("scopes") or ()),
+            audiences=tuple(spec.get("audiences") or ()),
+            emergency=bool(spec.get("emergency", False)),
+            revoked=bool(spec.get("revoked", False)),
+            policy=spec.get("policy") or "",
+        )
+
+
+def effective_duration(request: RequestView, policy: Policy) -> dt.timedelta:
+    return parse_duration(request.duration or policy.default_duration)
+
+
+def effective_audiences(request: RequestView, policy: Policy) -> tuple[str, ...]:
+    return request.audiences or policy.audiences
+
+
+MIN_REASON, MAX_REASON = 10, 1024
+
+
+def check_requester(req: RequestView, pol: Policy) -> Verdict:
+    if pol.may_request(req.requester, req.requester_groups):
+        return Verdict(True, "RequesterAllowed", f"{req.requester} may request under policy {pol.name!r}")
+    return Verdict(False, "RequesterNotAllowed",
+                   f"spec.requester {req.requester!r} (groups {list(req.requester_groups)}) is not in "
+                   f"policy {pol.name!r} requesters")
+
+
+def check_reason(req: RequestView, pol: Policy) -> Verdict:
+    n = len(req.reason.strip())
+    if n < MIN_REASON:
+        return Verdict(False, "ReasonTooShort",
+                       f"spec.reason must be at least {MIN_REASON} characters (got {n})")
+    if len(req.reason) > MAX_REASON:
+        return Verdict(False, "ReasonTooLong", f"spec.reason must be at most {MAX_REASON} characters")
+    return Verdict(True, "ReasonGiven", "reason given")
+
+
+def check_duration(req: RequestView, pol: Policy) -> Verdict:
+    try:
+        asked = effective_duration(req, pol)
+        maximum = parse_duration(pol.max_duration)
+    except DurationError as exc:
+        return Verdict(False, "InvalidDuration", f"spec.duration: {exc}")
+    if asked > maximum:
+        return Verdict(False, "DurationExceedsMax",
+                       f"spec.duration {req.duration!r} exceeds policy {pol.name!r} maxDuration {pol.max_duration}")
+    return Verdict(True, "DurationAllowed", f"duration {format_duration(asked)} within maxDuration {pol.max_duration}")
+
+
+def check_namespaces(req: RequestView, pol: Policy) -> Verdict:
+    bad = [n for n in req.namespaces if not _matches_any(n, pol.allowed_namespaces)]
+    if bad:
+        return Verdict(False, "NamespaceNotAllowed",
+                       f"spec.namespaces {bad} not allowed by policy {pol.name!r} allowedNamespaces "
+                       f"{list(pol.allowed_namespaces)}")
+    if req.cluster_roles and not req.namespaces:
+        return Verdict(False, "NamespacesRequired", "spec.clusterRoles needs at least one entry in spec.namespaces")
+    return Verdict(True, "NamespacesAllowed", "namespaces allowed")
+
+
+def check_cluster_roles(req: RequestView, pol: Policy) -> Verdict:
+    bad = [r for r in req.cluster_roles if r not in pol.allowed_cluster_roles]
+    if bad:
+        return Verdict(False, "ClusterRoleNotAllowed",
+                       f"spec.clusterRoles {bad} not allowed by policy {pol.name!r} allowedClusterRoles "
+                       f"{list(pol.allowed_cluster_roles)}")
+    if req.namespaces and not req.cluster_roles:
+        return Verdict(False, "ClusterRolesRequired", "spec.namespaces needs at least one entry in spec.clusterRoles")
+    return Verdict(True, "ClusterRolesAllowed", "cluster roles allowed")
+
+
+def check_scopes(req: RequestView, pol: Policy) -> Verdict:
+    bad = [s for s in req.scopes if not _matches_any(s, pol.allowed_scopes) or s.startswith("k8s:")]
+    if bad:
+        return Verdict(False, "ScopeNotAllowed",
+                       f"spec.scopes {bad} not allowed by policy {pol.name!r} allowedScopes {list(pol.allowed_scopes)}")
+    return Verdict(True, "ScopesAllowed", "scopes allowed")
+
+
+def check_audiences(req: RequestView, pol: Policy) -> Verdict:
+    bad = [a for a in req.audiences if a not in pol.audiences]
+    if bad:
+        return Verdict(False, "AudienceNotAllowed",
+                       f"spec.audiences {bad} not allowed by policy {pol.name!r} audiences {list(pol.audiences)}")
+    return Verdict(True, "AudiencesAllowed", "audiences allowed")
+
+
+def check_ticket(req: RequestView, pol: Policy) -> Verdict:
+    if pol.require_ticket and not req.ticket:
+        return Verdict(False, "TicketRequired", f"spec.ticket is required by policy {pol.name!r}")
+    if req.ticket and pol.ticket_pattern:
+        try:
+            if not re.fullmatch(pol.ticket_pattern, req.ticket):
+                return Verdict(False, "TicketPatternMismatch",
+                               f"spec.ticket {req.ticket!r} does not match policy {pol.name!r} "
+                               f"ticketPattern {pol.ticket_pattern!r}")
+        except re.error:
+            return Verdict(False, "PolicyInvalid", f"policy {pol.name!r} ticketPattern is not a valid regex")
+    return Verdict(True, "TicketOk", "ticket ok")
+
+
+def check_emergency(req: RequestView, pol: Policy) -> Verdict:
+    if req.emergency and not pol.emergency_allowed:
+        return Verdict(False, "EmergencyNotAllowed",
+                       f"spec.emergency is true but policy {pol.name!r} does not allow emergency access")
+    return Verdict(True, "EmergencyOk", "emergency ok")
+
+
+def check_grants_something(req: RequestView, pol: Policy) -> Verdict:
+    if not (req.cluster_roles or req.scopes):
+        return Verdict(False, "NothingRequested", "request at least one of spec.clusterRoles or spec.scopes")
+    return Verdict(True, "GrantNonEmpty", "grant is not empty")
+
+
+REQUEST_CHECKS: tuple[tuple[str, Callable[[RequestView, Policy], Verdict]], ...] = (
+    ("requester", check_requester),
+    ("reason", check_reason),
+    ("duration", check_duration),
+    ("namespaces", check_namespaces),
+    ("clusterRoles", check_cluster_roles),
+    ("scopes", check_scopes),
+    ("audiences", check_audiences),
+    ("ticket", check_ticket),
+    ("emergency", check_emergency),
+    ("grant", check_grants_something),
+)
+
+
+def evaluate_request(req: RequestView, pol: Policy) -> list[Verdict]:
+    """Run every check; each verdict carries the rule name it came from."""
+    out = []
+    for rule, check in REQUEST_CHECKS:
+        v = check(req, pol)
+        out.append(Verdict(v.ok, v.reason, v.message, rule))
+    return out
+
+
+def first_failure(verdicts: Iterable[Verdict]) -> Verdict | None:
+    return next((v for v in verdicts if not v.ok), None)

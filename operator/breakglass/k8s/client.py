@@ -1,0 +1,211 @@
+"""The only module that calls the API server (sync kubernetes client, thread-safe)."""
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, Callable
+
+import kubernetes
+from kubernetes.client.rest import ApiException
+
+from .. import api
+
+log = logging.getLogger(__name__)
+
+
+class NotFound(Exception):
+    pass
+
+
+def load_config(kubeconfig: str | None = None, pool_size: int = 32) -> kubernetes.client.ApiClient:
+    cfg = kubernetes.client.Configuration()
+    try:
+        if kubeconfig:
+            kubernetes.config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
+        else:
+            try:
+                kubernetes.config.load_incluster_config(client_configuration=cfg)
+            except kubernetes.config.ConfigException:
+                kubernetes.config.load_kube_config(client_configuration=cfg)
+    except Exception as exc:  # config errors must name the problem, not a stack trace
+        raise SystemExit(f"breakglass: cannot load Kubernetes credentials: {exc}") from None
+    cfg.connection_pool_maxsize = pool_size
+    return kubernetes.client.ApiClient(cfg)
+
+
+class Kube:
+    def __init__(self, api_client: kubernetes.client.ApiClient):
+        self.api_client = api_client
+        self.core = kubernetes.client.CoreV1Api(api_client)
+        self.rbac = kubernetes.client.RbacAuthorizationV1Api(api_client)
+        self.custom = kubernetes.client.CustomObjectsApi(api_client)
+
+    # --- custom resources -------------------------------------------------
+    def get_policy(self, name: str) -> dict[str, Any] | None:
+        return _none_on_404(lambda: self.custom.get_cluster_custom_object(
+            api.GROUP, api.VERSION, api.POLICY_PLURAL, name))
+
+    def list_policies(self) -> list[dict[str, Any]]:
+        return self.custom.list_cluster_custom_object(api.GROUP, api.VERSION, api.POLICY_PLURAL)["items"]
+
+    def patch_policy_status(self, name: str, status: dict[str, Any]) -> None:
+        self.custom.patch_cluster_custom_object_status(
+            api.GROUP, api.VERSION, api.POLICY_PLURAL, name, {"status": status})
+
+    def get_request(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return _none_on_404(lambda: self.custom.get_namespaced_custom_object(
+            api.GROUP, api.VERSION, namespace, api.REQUEST_PLURAL, name))
+
+    def list_requests(self, namespace: str | None = None) -> list[dict[str, Any]]:
+        if namespace:
+            return self.custom.list_namespaced_custom_object(
+                api.GROUP, api.VERSION, namespace, api.REQUEST_PLURAL)["items"]
+        return self.custom.list_cluster_custom_object(api.GROUP, api.VERSION, api.REQUEST_PLURAL)["items"]
+
+    def create_request(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        return self.custom.create_namespaced_custom_object(
+            api.GROUP, api.VERSION, namespace, api.REQUEST_PLURAL, body)
+
+    def patch_request(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        return self.custom.patch_namespaced_custom_object(
+            api.GROUP, api.VERSION, namespace, api.REQUEST_PLURAL, name, patch)
+
+    def patch_request_status(self, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
+        return self.custom.patch_namespaced_custom_object_status(
+            api.GROUP, api.VERSION, namespace, api.REQUEST_PLURAL, name, {"status": status})
+
+    def list_approvals(self, namespace: str, request_name: str) -> list[dict[str, Any]]:
+        items = self.custom.list_namespaced_custom_object(
+            api.GROUP, api.VERSION, namespace, api.APPROVAL_PLURAL)["items"]
+        return [a for a in items if (a.get("spec") or {}).get("request") == request_name]
+
+    # --- secrets ---------------------------------------------------------
+    def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return _none_on_404(lambda: self.api_client.sanitize_for_serialization(
+            self.core.read_namespaced_secret(name, namespace)))
+
+    def create_secret_if_absent(self, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        """Create; on conflict return the existing one. (object, created?)"""
+        ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
+        try:
+            created = self.core.create_namespaced_secret(ns, body)
+            return self.api_client.sanitize_for_serialization(created), True
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+        existing = self.get_secret(ns, name)
+        if existing is None:
+            raise RuntimeError(f"secret {ns}/{name} conflicted on create but cannot be read")
+        return existing, False
+
+    def replace_secret(self, body: dict[str, Any]) -> None:
+        self.core.replace_namespaced_secret(body["metadata"]["name"], body["metadata"]["namespace"], body)
+
+    def delete_secret(self, namespace: str, name: str) -> bool:
+        return _false_on_404(lambda: self.core.delete_namespaced_secret(name, namespace))
+
+    def list_managed_secrets(self) -> list[dict[str, Any]]:
+        items = self.core.list_secret_for_all_namespaces(
+            label_selector=f"{api.MANAGED_BY_LABEL}={api.MANAGED_BY}").items
+        return [self.api_client.sanitize_for_serialization(s) for s in items]
+
+    # --- rbac -------------------------------------------------------------
+    def apply_role(self, body: dict[str, Any]) -> None:
+        _ignore_409(lambda: self.rbac.create_namespaced_role(body["metadata"]["namespace"], body))
+
+    def apply_rolebinding(self, body: dict[str, Any]) -> None:
+        _ignore_409(lambda: self.rbac.create_namespaced_role_binding(body["metadata"]["namespace"], body))
+
+    def delete_managed_rbac(self, request_namespace: str, request_name: str) -> int:
+        selector = (f"{api.MANAGED_BY_LABEL}={api.MANAGED_BY},{api.REQUEST_LABEL}={request_name},"
+                    f"{api.REQUEST_NS_LABEL}={request_namespace}")
+        n = 0
+        for rb in self.rbac.list_role_binding_for_all_namespaces(label_selector=selector).items:
+            n += _false_on_404(lambda: self.rbac.delete_namespaced_role_binding(rb.metadata.name, rb.metadata.namespace))
+        for role in self.rbac.list_role_for_all_namespaces(label_selector=selector).items:
+            n += _false_on_404(lambda: self.rbac.delete_namespaced_role(role.metadata.name, role.metadata.namespace))
+        return n
+
+    def list_managed_rolebindings(self) -> list[Any]:
+        return self.rbac.list_role_binding_for_all_namespaces(
+            label_selector=f"{api.MANAGED_BY_LABEL}={api.MANAGED_BY}").items
+
+    # --- configmaps (optimistic concurrency) ------------------------------
+    def get_configmap(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return _none_on_404(lambda: self.api_client.sanitize_for_serialization(
+            self.core.read_namespaced_config_map(name, namespace)))
+
+    def update_configmap(self, namespace: str, name: str,
+                         mutate: Callable[[dict[str, str]], dict[str, str]], attempts: int = 20) -> dict[str, str]:
+        """Read-modify-write with resourceVersion; retried on conflict so no update is lost."""
+        for _ in range(attempts):
+            cm = self.get_configmap(namespace, name)
+            if cm is None:
+                data = mutate({})
+                body = {"apiVersion": "v1", "kind": "ConfigMap",
+                        "metadata": {"name": name, "namespace": namespace,
+                                     "labels": {api.MANAGED_BY_LABEL: api.MANAGED_BY}}, "data": data}
+                try:
+                    self.core.create_namespaced_config_map(namespace, body)
+                    return data
+                except ApiException as exc:
+                    if exc.status == 409:
+                        continue
+                    raise
+            data = mutate(dict(cm.get("data") or {}))
+            cm["data"] = data
+            try:
+                self.core.replace_namespaced_config_map(name, namespace, cm)
+                return data
+            except ApiException as exc:
+                if exc.status == 409:
+                    continue
+                raise
+        raise RuntimeError(f"configmap {namespace}/{name}: too many concurrent updates")
+
+    def ensure_namespace(self, name: str) -> None:
+        _ignore_409(lambda: self.core.create_namespace({"metadata": {"name": name}}))
+
+    # --- events -----------------------------------------------------------
+    def create_event(self, body: dict[str, Any]) -> None:
+        try:
+            self.core.create_namespaced_event(body["metadata"]["namespace"], body)
+        except ApiException as exc:  # events are best effort; the audit log is the record
+            log.warning("could not post event %s: %s", body.get("reason"), exc.reason)
+
+
+def _none_on_404(fn):
+    try:
+        return fn()
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+def _false_on_404(fn) -> bool:
+    try:
+        fn()
+        return True
+    except ApiException as exc:
+        if exc.status == 404:
+            return False
+        raise
+
+
+def _ignore_409(fn) -> None:
+    try:
+        fn()
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+
+
+def error_text(exc: Exception) -> str:
+    """A short, token-free description of an API error."""
+    if isinstance(exc, ApiException):
+        try:
+            return json.loads(exc.body).get("message", exc.reason)
+        except Exception:
+            return f"{exc.status} {exc.reason}"
+    return f"{type(exc).__name__}: {exc}"

@@ -1,0 +1,113 @@
+"""Operator settings: BREAKGLASS_* environment variables mirrored by CLI flags, validated once."""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+from dataclasses import dataclass
+
+from . import api
+from .domain.durations import DurationError, parse_duration
+from .tokens.keys import SUPPORTED_ALGS
+
+
+@dataclass(frozen=True)
+class Settings:
+    namespace: str = api.DEFAULT_OPERATOR_NAMESPACE
+    issuer: str = "https://127.0.0.1:8443"
+    kubeconfig: str | None = None
+    local: bool = False
+    bind_address: str = "127.0.0.1"
+    https_port: int = 8443
+    webhook_port: int = 9443
+    webhook_host: str | None = None
+    tls_cert_file: str | None = None
+    tls_private_key_file: str | None = None
+    metrics_port: int = 8080
+    health_port: int = 8081
+    signing_alg: str = "ES256"
+    key_rotation_interval: dt.timedelta | None = None
+    max_token_lifetime: dt.timedelta = dt.timedelta(hours=24)
+    cluster_server: str | None = None
+    cluster_ca_file: str | None = None
+    audit_log: str | None = None
+    audit_hmac_secret: str | None = None
+    workers: int = 16
+    state_dir: str = "/tmp/breakglass-operator"
+    webhook_service: str | None = None  # in-cluster: service name for webhook clientConfig
+
+
+# (flag, env suffix, help, type)
+_OPTIONS = [
+    ("--namespace", "NAMESPACE", "namespace where the operator keeps its own state (keys, revocations, JWKS)", str),
+    ("--issuer", "ISSUER", "issuer URL: the JWT 'iss' and the OIDC discovery issuer", str),
+    ("--kubeconfig", "KUBECONFIG", "kubeconfig file (default: in-cluster, then ~/.kube/config)", str),
+    ("--bind-address", "BIND_ADDRESS", "address for the HTTPS, webhook and metrics listeners", str),
+    ("--https-port", "HTTPS_PORT", "port of the HTTPS endpoints (JWKS, discovery, revocations, TokenReview)", int),
+    ("--webhook-port", "WEBHOOK_PORT", "port of the admission webhook server", int),
+    ("--webhook-host", "WEBHOOK_HOST", "host name put into the webhook URLs (default: bind address)", str),
+    ("--webhook-service", "WEBHOOK_SERVICE", "in-cluster Service name for webhook clientConfig (namespace/name)", str),
+    ("--tls-cert-file", "TLS_CERT_FILE", "serving certificate (PEM); generated with a local CA when absent", str),
+    ("--tls-private-key-file", "TLS_PRIVATE_KEY_FILE", "serving private key (PEM)", str),
+    ("--metrics-port", "METRICS_PORT", "port of /metrics (0 disables)", int),
+    ("--health-port", "HEALTH_PORT", "port of kopf's liveness endpoint /healthz (0 disables)", int),
+    ("--signing-alg", "SIGNING_ALG", f"JWT signing algorithm: {', '.join(SUPPORTED_ALGS)}", str),
+    ("--key-rotation-interval", "KEY_ROTATION_INTERVAL", "rotate the signing key this often (e.g. 24h)", str),
+    ("--max-token-lifetime", "MAX_TOKEN_LIFETIME", "upper bound of any policy's maxDuration; retired keys stay this long", str),
+    ("--cluster-server", "CLUSTER_SERVER", "API server URL written into the token Secret's kubeconfig", str),
+    ("--cluster-ca-file", "CLUSTER_CA_FILE", "CA file for that kubeconfig (default: in-cluster CA)", str),
+    ("--audit-log", "AUDIT_LOG", "append the hash-chained audit log to this file (always also on stdout)", str),
+    ("--audit-hmac-secret", "AUDIT_HMAC_SECRET", "HMAC key for audit records (or set the env variable)", str),
+    ("--workers", "WORKERS", "reconcile worker threads", int),
+    ("--state-dir", "STATE_DIR", "where generated local certificates go", str),
+]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--local", action="store_true",
+                        default=os.environ.get("BREAKGLASS_LOCAL", "") in ("1", "true"),
+                        help="serve admission on 127.0.0.1 with a generated CA and register the webhooks")
+    for flag, env, help_, type_ in _OPTIONS:
+        parser.add_argument(flag, type=type_, default=os.environ.get(f"BREAKGLASS_{env}"),
+                            help=f"{help_} [env BREAKGLASS_{env}]")
+
+
+class SettingsError(ValueError):
+    pass
+
+
+def from_args(ns: argparse.Namespace) -> Settings:
+    """Validate once, with a message naming the flag."""
+    defaults = Settings()
+    values = {}
+    for flag, _env, _help, type_ in _OPTIONS:
+        key = flag.lstrip("-").replace("-", "_")
+        raw = getattr(ns, key, None)
+        if raw is None:
+            continue
+        if type_ is int:
+            try:
+                raw = int(raw)
+            except ValueError:
+                raise SettingsError(f"{flag} must be an integer, got {raw!r}") from None
+            if not 0 <= raw <= 65535 and key.endswith("port"):
+                raise SettingsError(f"{flag} must be a port number, got {raw}")
+        values[key] = raw
+    for key in ("key_rotation_interval", "max_token_lifetime"):
+        if key in values:
+            try:
+                values[key] = parse_duration(values[key])
+            except DurationError as exc:
+                raise SettingsError(f"--{key.replace('_', '-')}: {exc}") from None
+    if values.get("signing_alg", defaults.signing_alg) not in SUPPORTED_ALGS:
+        raise SettingsError(f"--signing-alg must be one of {', '.join(SUPPORTED_ALGS)}, got {values['signing_alg']!r}")
+    if bool(values.get("tls_cert_file")) != bool(values.get("tls_private_key_file")):
+        raise SettingsError("--tls-cert-file and --tls-private-key-file go together")
+    for key in ("tls_cert_file", "tls_private_key_file", "cluster_ca_file"):
+        if values.get(key) and not os.path.isfile(values[key]):
+            raise SettingsError(f"--{key.replace('_', '-')} {values[key]!r} does not exist")
+    issuer = values.get("issuer", defaults.issuer)
+    if not issuer.startswith("https://"):
+        raise SettingsError(f"--issuer must be an https:// URL, got {issuer!r}")
+    values["local"] = bool(ns.local)
+    return Settings(**values)

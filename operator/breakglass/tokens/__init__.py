@@ -1,0 +1,1 @@
+"""Signing keys, JWKS and JWT mint/verify."""

@@ -1,0 +1,88 @@
+"""Mint and verify grant tokens. Verification gives a precise, named reason on failure."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import jwt
+from jwt import PyJWK
+
+from .keys import Keyring, SigningKey
+
+LEEWAY_SECONDS = 5
+
+
+def mint(claims: dict[str, Any], key: SigningKey) -> str:
+    return jwt.encode(claims, key.private_key(), algorithm=key.alg, headers={"kid": key.kid, "typ": "JWT"})
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    ok: bool
+    reason: str  # machine-readable: Valid, Expired, Revoked, BadSignature, WrongAudience, ...
+    message: str
+    claims: dict[str, Any] | None = None
+    kid: str | None = None
+
+
+def _fail(reason: str, message: str, claims=None, kid=None) -> VerifyResult:
+    return VerifyResult(False, reason, message, claims, kid)
+
+
+def verify(token: str, *, jwks: dict[str, Any], issuer: str | None, audience: str | Iterable[str] | None,
+           revoked_jtis: Iterable[str] = (), now: dt.datetime | None = None,
+           leeway: int = LEEWAY_SECONDS) -> VerifyResult:
+    """Verify signature, alg, kid, iss, aud, nbf/exp (with leeway) and revocation."""
+    try:
+        header = jwt.get_unverified_header(token)
+    except jwt.PyJWTError as exc:
+        return _fail("Malformed", f"not a JWT: {exc}")
+    alg, kid = header.get("alg"), header.get("kid")
+    if not alg or alg.lower() == "none":
+        return _fail("UnsignedToken", "alg 'none' is never accepted", kid=kid)
+    match = next((k for k in jwks.get("keys", []) if k.get("kid") == kid), None)
+    if match is None:
+        return _fail("UnknownKid", f"kid {kid!r} is not in the JWKS", kid=kid)
+    if match.get("alg") and match["alg"] != alg:
+        return _fail("AlgorithmMismatch", f"header alg {alg} does not match key alg {match['alg']}", kid=kid)
+    try:
+        key = PyJWK.from_json(json.dumps(match)).key
+    except jwt.PyJWTError as exc:
+        return _fail("BadKey", f"JWKS key {kid!r} unusable: {exc}", kid=kid)
+    now_ts = (now or dt.datetime.now(dt.timezone.utc)).timestamp()
+    try:
+        claims = jwt.decode(token, key, algorithms=[alg], options={
+            "verify_exp": False, "verify_nbf": False, "verify_iat": False, "verify_aud": False,
+            "verify_iss": False, "require": ["exp", "iat", "nbf", "jti", "iss", "aud", "sub"]})
+    except jwt.InvalidSignatureError:
+        return _fail("BadSignature", "signature does not verify against the JWKS key", kid=kid)
+    except jwt.MissingRequiredClaimError as exc:
+        return _fail("MissingClaim", str(exc), kid=kid)
+    except jwt.PyJWTError as exc:
+        return _fail("Malformed", f"token rejected: {exc}", kid=kid)
+    if issuer is not None and claims.get("iss") != issuer:
+        return _fail("WrongIssuer", f"iss {claims.get('iss')!r} is not {issuer!r}", claims, kid)
+    if audience is not None:
+        wanted = {audience} if isinstance(audience, str) else set(audience)
+        got = claims.get("aud")
+        got = {got} if isinstance(got, str) else set(got or [])
+        if not (wanted & got):
+            return _fail("WrongAudience", f"aud {sorted(got)} does not include {sorted(wanted)}", claims, kid)
+    if now_ts + leeway < claims["nbf"]:
+        return _fail("NotYetValid", "token is not valid yet (nbf in the future)", claims, kid)
+    if now_ts - leeway >= claims["exp"]:
+        ago = int(now_ts - claims["exp"])
+        return _fail("Expired", f"token expired {ago}s ago", claims, kid)
+    if claims["jti"] in set(revoked_jtis):
+        return _fail("Revoked", f"token {claims['jti']} has been revoked", claims, kid)
+    return VerifyResult(True, "Valid", f"valid for {int(claims['exp'] - now_ts)}s more", claims, kid)
+
+
+def unverified_claims(token: str) -> dict[str, Any]:
+    return jwt.decode(token, options={"verify_signature": False})
+
+
+def keyring_for(keyring: Keyring) -> dict[str, Any]:
+    return keyring.jwks()
