@@ -1,0 +1,87 @@
+"""kopf decorators only. Each handler delegates to a service in a line or two."""
+from __future__ import annotations
+
+import asyncio
+
+import kopf
+
+from . import admission, api, metrics, runtime
+from .domain.policy import Verdict
+
+
+def _reject(kind: str, verdict: Verdict) -> None:
+    if not verdict.ok:
+        metrics.admission_rejections_total.labels(kind, verdict.rule or verdict.reason).inc()
+        raise kopf.AdmissionError(verdict.message, code=403 if verdict.rule in ("identity", "self-approval") else 422)
+
+
+@kopf.on.login()
+def login(**_):
+    """kopf uses exactly the credentials our own client uses (--kubeconfig or in-cluster)."""
+    return runtime.connection_info(runtime.SETTINGS)
+
+
+@kopf.on.startup()
+async def start_operator(settings: kopf.OperatorSettings, memo: kopf.Memo, **_):
+    """Build the services, configure kopf, start queue, endpoints, metrics and the catch-up sweep."""
+    memo.rt = await asyncio.get_running_loop().run_in_executor(None, runtime.build, runtime.SETTINGS)
+    await runtime.start(memo.rt, settings)
+
+
+@kopf.on.cleanup()
+async def stop_operator(memo: kopf.Memo, **_):
+    await runtime.stop(memo.rt)
+
+
+# --- watches: every event becomes "reconcile that request" -------------------------------
+@kopf.on.event(api.GROUP, api.VERSION, api.REQUEST_PLURAL)
+def request_changed(name, namespace, memo: kopf.Memo, **_):
+    memo.rt.enqueue(namespace, name)
+
+
+@kopf.on.event(api.GROUP, api.VERSION, api.APPROVAL_PLURAL)
+def approval_changed(spec, namespace, memo: kopf.Memo, **_):
+    if spec.get("request"):
+        memo.rt.enqueue(namespace, spec["request"])
+
+
+@kopf.on.event(api.GROUP, api.VERSION, api.POLICY_PLURAL)
+def policy_changed(body, type, memo: kopf.Memo, **_):
+    if type != "DELETED":
+        memo.rt.on_policy(dict(body))
+    else:
+        memo.rt.enqueue_pending_for_policy(body["metadata"]["name"])
+
+
+# --- admission: identity is stamped from userinfo, then everything is validated ----------
+@kopf.on.mutate(api.GROUP, api.VERSION, api.REQUEST_PLURAL, id="stamp-requester", operations=["CREATE"])
+def stamp_requester(spec, userinfo, patch, **_):
+    verdict, fields = admission.stamp_request_identity(dict(spec), userinfo)
+    _reject("BreakGlassRequest", verdict)
+    patch.spec.update(fields)
+
+
+@kopf.on.validate(api.GROUP, api.VERSION, api.REQUEST_PLURAL, id="validate-request", operations=["CREATE", "UPDATE"])
+def validate_request(body, old, operation, userinfo, memo: kopf.Memo, **_):
+    if operation == "CREATE":
+        verdict = admission.validate_request_create(dict(body), userinfo, memo.rt.kube.get_policy)
+    else:
+        verdict = admission.validate_request_update(dict(old or {}), dict(body))
+    _reject("BreakGlassRequest", verdict)
+
+
+@kopf.on.mutate(api.GROUP, api.VERSION, api.APPROVAL_PLURAL, id="stamp-approver", operations=["CREATE"])
+def stamp_approver(spec, userinfo, patch, **_):
+    verdict, fields = admission.stamp_approval_identity(dict(spec), userinfo)
+    _reject("BreakGlassApproval", verdict)
+    patch.spec.update(fields)
+
+
+@kopf.on.validate(api.GROUP, api.VERSION, api.APPROVAL_PLURAL, id="validate-approval", operations=["CREATE", "UPDATE"])
+def validate_approval(body, old, operation, userinfo, memo: kopf.Memo, **_):
+    if operation == "CREATE":
+        verdict = admission.validate_approval_create(dict(body), userinfo, memo.rt.kube.get_request,
+                                                     memo.rt.kube.get_policy)
+    else:
+        verdict = admission.validate_approval_update(dict(old or {}), dict(body))
+    _reject("BreakGlassApproval", verdict)

@@ -1,0 +1,1 @@
+"""kubectl-breakglass: the kubectl plugin."""

@@ -1,0 +1,171 @@
+"""Operator state kept in the cluster: signing keyring (Secret), JWKS and revocations (ConfigMaps)."""
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import threading
+import time
+from typing import Any
+
+from kubernetes.client.rest import ApiException
+
+from . import api
+from .domain.durations import to_rfc3339, utcnow
+from .k8s.client import Kube
+from .tokens.keys import Keyring
+
+KEYRING_KEY = "keyring.json"
+JWKS_KEY = "jwks.json"
+REVOCATIONS_KEY = "revocations.json"
+
+
+class KeyStore:
+    """Loads the keyring from its Secret (create-if-absent), caches it briefly, publishes the JWKS."""
+
+    def __init__(self, kube: Kube, namespace: str, alg: str, max_token_lifetime: dt.timedelta,
+                 cache_seconds: float = 2.0):
+        self.kube, self.namespace, self.alg = kube, namespace, alg
+        self.max_token_lifetime = max_token_lifetime
+        self.cache_seconds = cache_seconds
+        self._lock = threading.Lock()
+        self._cached: tuple[float, Keyring] | None = None
+
+    def _read(self) -> tuple[Keyring, dict[str, Any]] | None:
+        secret = self.kube.get_secret(self.namespace, api.SIGNING_KEYS_SECRET)
+        if secret is None:
+            return None
+        raw = base64.b64decode((secret.get("data") or {})[KEYRING_KEY]).decode()
+        return Keyring.from_json(raw), secret
+
+    def ensure(self) -> Keyring:
+        """Read the keyring, creating it on first start; safe against concurrent starts."""
+        found = self._read()
+        if found is None:
+            ring = Keyring.new(self.alg, utcnow())
+            body = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                    "metadata": {"name": api.SIGNING_KEYS_SECRET, "namespace": self.namespace,
+                                 "labels": {api.MANAGED_BY_LABEL: api.MANAGED_BY}},
+                    "data": {KEYRING_KEY: base64.b64encode(ring.to_json().encode()).decode()}}
+            self.kube.create_secret_if_absent(body)
+            found = self._read()
+        ring = found[0]
+        self.publish_jwks(ring)
+        with self._lock:
+            self._cached = (time.monotonic(), ring)
+        return ring
+
+    def current(self) -> Keyring:
+        with self._lock:
+            if self._cached and time.monotonic() - self._cached[0] < self.cache_seconds:
+                return self._cached[1]
+        found = self._read()
+        ring = found[0] if found else self.ensure()
+        with self._lock:
+            self._cached = (time.monotonic(), ring)
+        return ring
+
+    def publish_jwks(self, ring: Keyring) -> None:
+        text = json.dumps(ring.jwks(), sort_keys=True)
+        self.kube.update_configmap(self.namespace, api.JWKS_CONFIGMAP, lambda data: {**data, JWKS_KEY: text})
+
+    def rotate(self, alg: str | None = None, now: dt.datetime | None = None) -> Keyring:
+        """New key signs from now on; the old public key stays until its tokens have expired."""
+        now = now or utcnow()
+        for _ in range(10):
+            found = self._read()
+            if found is None:
+                self.ensure()
+                continue
+            ring, secret = found
+            new_ring = ring.rotated(alg or self.alg, now).pruned(now, self.max_token_lifetime)
+            secret["data"][KEYRING_KEY] = base64.b64encode(new_ring.to_json().encode()).decode()
+            try:
+                self.kube.replace_secret(secret)  # resourceVersion guards concurrent rotations
+            except ApiException as exc:
+                if exc.status == 409:
+                    continue
+                raise
+            self.publish_jwks(new_ring)
+            with self._lock:
+                self._cached = (time.monotonic(), new_ring)
+            return new_ring
+        raise RuntimeError("key rotation kept conflicting; try again")
+
+    def prune(self, now: dt.datetime | None = None) -> Keyring:
+        now = now or utcnow()
+        found = self._read()
+        if not found:
+            return self.ensure()
+        ring, secret = found
+        pruned = ring.pruned(now, self.max_token_lifetime)
+        if len(pruned.keys) != len(ring.keys):
+            secret["data"][KEYRING_KEY] = base64.b64encode(pruned.to_json().encode()).decode()
+            try:
+                self.kube.replace_secret(secret)
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise
+                return ring
+            self.publish_jwks(pruned)
+            with self._lock:
+                self._cached = (time.monotonic(), pruned)
+        return pruned
+
+
+class RevocationStore:
+    """ConfigMap `breakglass-revocations`: revoked jtis until their exp; read-modify-write with retries."""
+
+    def __init__(self, kube: Kube, namespace: str, cache_seconds: float = 0.5):
+        self.kube, self.namespace, self.cache_seconds = kube, namespace, cache_seconds
+        self._lock = threading.Lock()
+        self._cached: tuple[float, list[dict[str, Any]]] | None = None
+
+    @staticmethod
+    def _entries(data: dict[str, str]) -> list[dict[str, Any]]:
+        try:
+            return json.loads(data.get(REVOCATIONS_KEY) or "[]")
+        except json.JSONDecodeError:
+            return []
+
+    def add(self, *, jti: str, exp: int, request: str, reason: str, now: dt.datetime | None = None) -> None:
+        now = now or utcnow()
+
+        def mutate(data: dict[str, str]) -> dict[str, str]:
+            entries = [e for e in self._entries(data) if e.get("exp", 0) > now.timestamp() and e["jti"] != jti]
+            entries.append({"jti": jti, "exp": exp, "request": request, "reason": reason,
+                            "revokedAt": to_rfc3339(now)})
+            return {**data, REVOCATIONS_KEY: json.dumps(entries, sort_keys=True)}
+
+        self.kube.update_configmap(self.namespace, api.REVOCATIONS_CONFIGMAP, mutate)
+        with self._lock:
+            self._cached = None
+
+    def prune(self, now: dt.datetime | None = None) -> None:
+        now = now or utcnow()
+        cm = self.kube.get_configmap(self.namespace, api.REVOCATIONS_CONFIGMAP)
+        if cm is None:
+            return
+        entries = self._entries(cm.get("data") or {})
+        if all(e.get("exp", 0) > now.timestamp() for e in entries):
+            return
+        self.kube.update_configmap(self.namespace, api.REVOCATIONS_CONFIGMAP, lambda data: {
+            **data, REVOCATIONS_KEY: json.dumps(
+                [e for e in self._entries(data) if e.get("exp", 0) > now.timestamp()], sort_keys=True)})
+
+    def active(self, now: dt.datetime | None = None) -> list[dict[str, Any]]:
+        now = now or utcnow()
+        with self._lock:
+            if self._cached and time.monotonic() - self._cached[0] < self.cache_seconds:
+                entries = self._cached[1]
+            else:
+                entries = None
+        if entries is None:
+            cm = self.kube.get_configmap(self.namespace, api.REVOCATIONS_CONFIGMAP)
+            entries = self._entries((cm or {}).get("data") or {})
+            with self._lock:
+                self._cached = (time.monotonic(), entries)
+        return [{"jti": e["jti"], "exp": e["exp"]} for e in entries if e.get("exp", 0) > now.timestamp()]
+
+    def jtis(self) -> set[str]:
+        return {e["jti"] for e in self.active()}
