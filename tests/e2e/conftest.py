@@ -1,0 +1,98 @@
+"""Session-scoped real control plane and a real `breakglass-operator` process."""
+from __future__ import annotations
+
+import os
+import pathlib
+import shutil
+import tempfile
+
+import pytest
+import yaml
+
+from breakglass import tls
+
+from .harness import ROOT, Cluster, Operator, free_port, start_cluster, stop_cluster, wait_for
+
+pytestmark = pytest.mark.e2e
+
+
+def _webhook_kubeconfig(path: pathlib.Path, url: str, ca_file: str) -> None:
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "breakglass", "cluster": {"server": url, "certificate-authority": ca_file}}],
+        "users": [{"name": "kube-apiserver", "user": {}}],
+        "contexts": [{"name": "webhook", "context": {"cluster": "breakglass", "user": "kube-apiserver"}}],
+        "current-context": "webhook",
+    }))
+
+
+@pytest.fixture(scope="session")
+def e2e_dir():
+    base = os.environ.get("BREAKGLASS_E2E_DIR")
+    path = pathlib.Path(base) if base else pathlib.Path(tempfile.mkdtemp(prefix="breakglass-e2e-"))
+    path.mkdir(parents=True, exist_ok=True)
+    yield path
+    if not base and os.environ.get("BREAKGLASS_KEEP_E2E") != "1":
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def ports():
+    return {"https": free_port(), "webhook": free_port(), "metrics": free_port(), "health": free_port()}
+
+
+@pytest.fixture(scope="session")
+def operator_tls(e2e_dir):
+    """The operator's serving certificate exists before the apiserver starts, so the TokenReview
+    webhook config can name its CA."""
+    return tls.generate(str(e2e_dir / "operator-tls"), ["127.0.0.1", "localhost"])
+
+
+@pytest.fixture(scope="session")
+def cluster(e2e_dir, ports, operator_tls):
+    webhook_cfg = e2e_dir / "tokenreview-webhook.kubeconfig"
+    _webhook_kubeconfig(webhook_cfg, f"https://127.0.0.1:{ports['https']}/authenticate", operator_tls.ca_file)
+    state = e2e_dir / "cluster"
+    try:
+        c = start_cluster(state, [
+            f"--authentication-token-webhook-config-file={webhook_cfg}",
+            "--authentication-token-webhook-cache-ttl=1s",
+            "--authentication-token-webhook-version=v1",
+        ])
+        c.kubectl("apply", "-f", str(ROOT / "crds"))
+        for crd in ("breakglasspolicies", "breakglassrequests", "breakglassapprovals", "breakglassdrills"):
+            c.kubectl("wait", "--for=condition=Established", f"crd/{crd}.breakglass.dev", "--timeout=60s")
+        c.kubectl("apply", "-f", str(ROOT / "tests" / "e2e" / "manifests" / "users-rbac.yaml"))
+        yield c
+    finally:
+        stop_cluster(state)
+
+
+@pytest.fixture(scope="session")
+def operator(cluster, e2e_dir, ports, operator_tls):
+    workdir = e2e_dir / "operator"
+    workdir.mkdir(exist_ok=True)
+    op = Operator(cluster=cluster, workdir=workdir, https_port=ports["https"], webhook_port=ports["webhook"],
+                  metrics_port=ports["metrics"], health_port=ports["health"], tls_cert=operator_tls.cert_file,
+                  tls_key=operator_tls.key_file, tls_ca=operator_tls.ca_file)
+    op.start()
+    yield op
+    op.stop()
+
+
+@pytest.fixture
+def running_operator(operator):
+    """Function-scoped view that guarantees the operator is up (a previous test may have stopped it)."""
+    if operator.proc is None or operator.proc.poll() is not None:
+        operator.start()
+    return operator
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "call" and report.failed:
+        op = item.funcargs.get("operator") or item.funcargs.get("running_operator")
+        if isinstance(op, Operator):
+            report.sections.append(("operator log (tail)", op.log_tail(120)))

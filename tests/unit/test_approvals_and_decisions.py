@@ -1,0 +1,80 @@
+import datetime as dt
+
+import pytest
+
+from breakglass.domain import decisions as D
+from breakglass.domain.approvals import ApprovalView, tally_approvals
+from breakglass.domain.policy import Policy, RequestView
+
+NOW = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.timezone.utc)
+CREATED = NOW - dt.timedelta(minutes=1)
+POLICY = Policy(name="p", requester_groups=("sre",), approver_groups=("sre-leads",), approver_users=("alice",),
+                required_approvals=2, allowed_namespaces=("*",), allowed_cluster_roles=("view",),
+                emergency_allowed=True, auto_approve_groups=("oncall",))
+REQ = RequestView(name="r", namespace="ns", requester="alice", requester_groups=("sre",),
+                  reason="database is down badly", duration="10m", namespaces=("ns",), cluster_roles=("view",),
+                  policy="p")
+
+
+def appr(who, decision="Approve", groups=("sre-leads",), minutes=0, name=None):
+    return ApprovalView(name=name or f"{who}-{decision}", approver=who, approver_groups=groups, decision=decision,
+                        created=CREATED + dt.timedelta(minutes=minutes))
+
+
+def tally(*approvals):
+    return tally_approvals(list(approvals), requester="alice", policy=POLICY,
+                           deadline=D.approval_deadline(CREATED, POLICY))
+
+
+def test_distinct_approvers_are_counted_once():
+    t = tally(appr("bob"), appr("bob", name="again"), appr("carol"))
+    assert t.approved_by == ["bob", "carol"]
+
+
+def test_self_approval_is_ignored_when_the_policy_forbids_it():
+    t = tally(appr("alice", groups=("sre",)))
+    assert t.approved_by == [] and "forbids self-approval" in t.ignored[0][2]
+
+
+def test_outsiders_are_ignored_with_a_reason():
+    t = tally(appr("mallory", groups=("contractors",)))
+    assert t.approved_by == [] and "not an approver" in t.ignored[0][2]
+
+
+def test_approvals_after_the_timeout_do_not_count():
+    t = tally(appr("bob", minutes=45))
+    assert t.approved_by == [] and "after the approval timeout" in t.ignored[0][2]
+
+
+def decide(request=REQ, phase="Pending", policy=POLICY, t=None, expires_at=None, now=NOW):
+    return D.decide(request=request, phase=phase, policy=policy, tally=t or tally(), created=CREATED,
+                    expires_at=expires_at, now=now)
+
+
+@pytest.mark.parametrize("kwargs,action,reason", [
+    ({}, D.WAIT, "AwaitingApproval"),
+    ({"t": tally(appr("bob"))}, D.WAIT, "AwaitingApproval"),
+    ({"t": tally(appr("bob"), appr("carol"))}, D.ISSUE, "Approved"),
+    ({"t": tally(appr("bob"), appr("carol"), appr("dave", "Deny"))}, D.DENY, "DeniedByApprover"),
+    ({"now": CREATED + dt.timedelta(minutes=31)}, D.DENY, "ApprovalTimeout"),
+    ({"policy": None}, D.FAIL, "PolicyNotFound"),
+    ({"policy": Policy(name="p", requester_groups=("sre",), required_approvals=1)}, D.FAIL, "PolicyInvalid"),
+    ({"request": RequestView(**{**REQ.__dict__, "requester_groups": ("sre", "oncall")})}, D.ISSUE, "AutoApproved"),
+    ({"request": RequestView(**{**REQ.__dict__, "emergency": True})}, D.ISSUE, "EmergencyAccess"),
+    ({"request": RequestView(**{**REQ.__dict__, "duration": "2h"})}, D.DENY, "DurationExceedsMax"),
+    ({"request": RequestView(**{**REQ.__dict__, "revoked": True})}, D.REVOKE, "RevokedBySpec"),
+    ({"expires_at": NOW + dt.timedelta(minutes=5)}, D.WAIT, "Active"),
+    ({"expires_at": NOW}, D.EXPIRE, "DurationElapsed"),
+    ({"phase": "Expired"}, D.NOTHING, "Terminal"),
+], ids=["nothing approved yet waits", "one of two approvals still waits", "two approvals issue",
+        "any deny wins", "pending past the timeout is denied", "a missing policy fails",
+        "an invalid policy fails", "an auto-approve group issues at once", "emergency issues at once",
+        "the policy is re-checked at reconcile time", "revoked spec revokes", "an active grant waits for expiry",
+        "expiry at exp", "terminal requests are left alone"])
+def test_the_decision_follows_the_rules(kwargs, action, reason):
+    decision = decide(**kwargs)
+    assert (decision.action, decision.reason) == (action, reason)
+
+
+def test_waiting_requeues_at_the_approval_deadline():
+    assert decide().requeue_at == CREATED + dt.timedelta(minutes=30)
