@@ -415,8 +415,12 @@ class Reconciler:
         out = []
         for a in items:
             if a.approver in approvers or (tally and a in tally.counted):
-                out.append({"approver": a.approver, "decision": a.decision,
-                            "time": to_rfc3339(a.created) if a.created else None, "comment": a.comment})
+                entry = {"approver": a.approver, "decision": a.decision}
+                if a.created:
+                    entry["time"] = to_rfc3339(a.created)
+                if a.comment:
+                    entry["comment"] = a.comment
+                out.append(entry)
         return out
 
     def _write_status(self, req, status, clear: list[str] | None = None) -> None:

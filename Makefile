@@ -1,0 +1,46 @@
+# breakglass-operator — `make demo` and `make test` are the two commands a newcomer needs.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: help demo test unit e2e venv cluster-build cluster-up cluster-down crds deploy bench lint clean
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
+
+demo: venv cluster-build  ## run the break-glass story on a local control plane
+	@hack/demo.sh
+
+test:  ## install what is missing, then run every test tier (unit, e2e)
+	@hack/test.sh
+
+unit: venv  ## unit tier only (no cluster)
+	$(PY) -m pytest tests/unit -q
+
+e2e: venv cluster-build  ## e2e tier only (starts its own control plane)
+	@hack/test.sh e2e
+
+venv: $(VENV)/.installed  ## project virtualenv with the test extra
+
+$(VENV)/.installed: pyproject.toml
+	@hack/venv.sh $(PYTHON) $(VENV)
+	@touch $@
+
+cluster-build:  ## install etcd/Go and build kube-apiserver, kube-controller-manager, kubectl (cached)
+	@hack/cluster.sh build
+
+cluster-up: cluster-build  ## start a control plane in .state/cluster (KUBECONFIG in .state/cluster/kubeconfig)
+	@hack/cluster.sh start .state/cluster
+
+cluster-down:  ## stop it
+	@hack/cluster.sh stop .state/cluster
+
+crds: venv  ## regenerate crds/ and the chart's copy
+	$(PY) hack/gen_crds.py
+
+bench: venv cluster-build  ## performance figures (request->Secret latency/throughput, expiry lag, memory)
+	$(PY) bench/bench.py
+
+clean:
+	rm -rf .state build *.egg-info

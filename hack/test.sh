@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Every test tier, with phase timings. Leaves no control-plane or operator process behind.
+#   hack/test.sh        unit + e2e
+#   hack/test.sh e2e    e2e only
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ONLY=${1:-all}
+T0=$(date +%s)
+phase_start=$T0
+phase() { local now; now=$(date +%s); printf '== %-28s %4ss (total %ss)\n' "$1" $((now - phase_start)) $((now - T0)); phase_start=$now; }
+
+make --no-print-directory venv
+phase "python environment"
+hack/cluster.sh build
+phase "control plane binaries"
+
+E2E_DIR=$(mktemp -d /tmp/breakglass-e2e.XXXXXX)
+cleanup() {
+  hack/cluster.sh stop "$E2E_DIR/cluster" 2>/dev/null || true
+  pkill -f -- "$E2E_DIR" 2>/dev/null || true
+  sleep 0.2; pkill -9 -f -- "$E2E_DIR" 2>/dev/null || true
+  rm -rf "$E2E_DIR"
+}
+trap cleanup EXIT INT TERM
+
+rc=0
+if [ "$ONLY" = all ]; then
+  .venv/bin/python -m pytest tests/unit -q -p no:cacheprovider || rc=$?
+  phase "unit tier"
+fi
+BREAKGLASS_E2E_DIR="$E2E_DIR" .venv/bin/python -m pytest tests/e2e -q -p no:cacheprovider || rc=$?
+phase "e2e tier"
+exit $rc
