@@ -219,9 +219,9 @@ class Reconciler:
                 new["review"] = review
             if decision.action == D.ISSUE and decision.approvers:
                 new["approvals"] = self._approval_entries(req, decision.approvers)
-            self._write_status(req, new)
-            if decision.reason == "Approved" or decision.reason == "AutoApproved" or decision.reason == "NoApprovalRequired":
+            if decision.reason in ("Approved", "AutoApproved", "NoApprovalRequired"):
                 self._event(req, "Normal", "Approved", decision.message)
+            self._write_status(req, new)
             self._event(req, "Normal", "Issued",
                         f"token Secret {state.secret_name} issued (jti {state.jti}, kid {state.kid}) for "
                         f"{self._grant_text(view)}; expires {to_rfc3339(state.expires_at)}")
