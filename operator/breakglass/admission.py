@@ -57,6 +57,12 @@ def stamp_approval_identity(spec: dict[str, Any], userinfo: dict[str, Any] | Non
     return OK, {"approver": user, "approverGroups": groups}
 
 
+def is_identity_probe(body: dict[str, Any], operation: str, dryrun: bool) -> bool:
+    """`kubectl breakglass explain` asks who the caller is with a dry-run create; dry runs persist nothing."""
+    labels = (body.get("metadata") or {}).get("labels") or {}
+    return bool(dryrun) and operation == "CREATE" and labels.get(api.IDENTITY_PROBE_LABEL) == "true"
+
+
 def validate_request_create(body: dict[str, Any], userinfo: dict[str, Any] | None,
                             get_policy: Callable[[str], dict[str, Any] | None]) -> Verdict:
     user, groups = _identity(userinfo)

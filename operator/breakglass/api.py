@@ -23,6 +23,8 @@ KEY_ID_ANNOTATION = "breakglass.dev/key-id"
 ISSUED_AT_ANNOTATION = "breakglass.dev/issued-at"
 REQUEST_UID_ANNOTATION = "breakglass.dev/request-uid"
 FINALIZER = "breakglass.dev/revoke-on-delete"
+# A server-side dry-run carrying this label only learns the caller's identity (explain); never persisted.
+IDENTITY_PROBE_LABEL = "breakglass.dev/identity-probe"
 
 TOKEN_SECRET_TYPE = "breakglass.dev/token"
 SIGNING_KEYS_SECRET = "breakglass-signing-keys"

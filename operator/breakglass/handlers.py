@@ -62,7 +62,9 @@ def stamp_requester(spec, userinfo, patch, **_):
 
 
 @kopf.on.validate(api.GROUP, api.VERSION, api.REQUEST_PLURAL, id="validate-request", operations=["CREATE", "UPDATE"])
-def validate_request(body, old, operation, userinfo, memo: kopf.Memo, **_):
+def validate_request(body, old, operation, userinfo, dryrun, memo: kopf.Memo, **_):
+    if admission.is_identity_probe(dict(body), operation, dryrun):
+        return
     if operation == "CREATE":
         verdict = admission.validate_request_create(dict(body), userinfo, memo.rt.kube.get_policy)
     else:

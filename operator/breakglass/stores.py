@@ -78,7 +78,7 @@ class KeyStore:
                 self.ensure()
                 continue
             ring, secret = found
-            new_ring = ring.rotated(alg or self.alg, now).pruned(now, self.max_token_lifetime)
+            new_ring = ring.rotated(alg or self.alg, now)
             secret["data"][KEYRING_KEY] = base64.b64encode(new_ring.to_json().encode()).decode()
             try:
                 self.kube.replace_secret(secret)  # resourceVersion guards concurrent rotations
@@ -92,13 +92,20 @@ class KeyStore:
             return new_ring
         raise RuntimeError("key rotation kept conflicting; try again")
 
+    def kids_in_use(self) -> set[str]:
+        return {(s["metadata"].get("annotations") or {}).get(api.KEY_ID_ANNOTATION)
+                for s in self.kube.list_managed_secrets() if s.get("type") == api.TOKEN_SECRET_TYPE}
+
     def prune(self, now: dt.datetime | None = None) -> Keyring:
+        """Remove retired public keys from the JWKS once no live token Secret uses them."""
         now = now or utcnow()
         found = self._read()
         if not found:
             return self.ensure()
         ring, secret = found
-        pruned = ring.pruned(now, self.max_token_lifetime)
+        if not any(k.retired for k in ring.keys):
+            return ring
+        pruned = ring.pruned(now, self.kids_in_use())
         if len(pruned.keys) != len(ring.keys):
             secret["data"][KEYRING_KEY] = base64.b64encode(pruned.to_json().encode()).decode()
             try:

@@ -94,15 +94,19 @@ def test_a_foreign_key_posing_with_our_kid_fails_the_signature():
     assert verify(forged, jwks=RING.jwks(), issuer="https://issuer", audience="breakglass", now=NOW).reason == "BadSignature"
 
 
-def test_rotation_keeps_old_public_keys_until_their_tokens_expire():
+def test_rotation_keeps_old_public_keys_while_tokens_signed_by_them_live():
     ring = Keyring.new("ES256", NOW)
     old_kid = ring.active_kid
     rotated = ring.rotated("ES256", NOW + dt.timedelta(minutes=1))
     assert rotated.active_kid != old_kid and {k["kid"] for k in rotated.jwks()["keys"]} == {old_kid, rotated.active_kid}
-    kept = rotated.pruned(NOW + dt.timedelta(minutes=30), max_token_lifetime=dt.timedelta(hours=1))
-    assert len(kept.keys) == 2
-    gone = rotated.pruned(NOW + dt.timedelta(hours=2), max_token_lifetime=dt.timedelta(hours=1))
-    assert [k.kid for k in gone.keys] == [rotated.active_kid]
+    later = NOW + dt.timedelta(minutes=30)
+    assert len(rotated.pruned(later, in_use_kids={old_kid}).keys) == 2
+    assert [k.kid for k in rotated.pruned(later, in_use_kids=set()).keys] == [rotated.active_kid]
+
+
+def test_a_just_retired_key_survives_the_grace_period_for_in_flight_mints():
+    rotated = Keyring.new("ES256", NOW).rotated("ES256", NOW)
+    assert len(rotated.pruned(NOW + dt.timedelta(seconds=5), in_use_kids=set()).keys) == 2
 
 
 def test_keyring_round_trips_through_json():

@@ -133,17 +133,15 @@ class Keyring:
             keys.append(k)
         return Keyring(active_kid=new_key.kid, keys=keys + [new_key])
 
-    def pruned(self, now: dt.datetime, max_token_lifetime: dt.timedelta) -> "Keyring":
-        """Drop retired keys once every token they could have signed has expired."""
+    def pruned(self, now: dt.datetime, in_use_kids: set[str] | frozenset[str] = frozenset(),
+               grace: dt.timedelta = dt.timedelta(seconds=30)) -> "Keyring":
+        """Drop retired keys once no live token Secret was signed by them.
+
+        `grace` covers a mint that read the keyring just before rotation but has not yet
+        created its Secret.
+        """
         from ..domain.durations import parse_rfc3339
         keep = [k for k in self.keys
-                if k.kid == self.active_kid or not k.retired
-                or parse_rfc3339(k.retired) + max_token_lifetime > now]
+                if k.kid == self.active_kid or not k.retired or k.kid in in_use_kids
+                or parse_rfc3339(k.retired) + grace > now]
         return Keyring(active_kid=self.active_kid, keys=keep)
-
-    def retired_until(self, kid: str, max_token_lifetime: dt.timedelta) -> dt.datetime | None:
-        from ..domain.durations import parse_rfc3339
-        for k in self.keys:
-            if k.kid == kid and k.retired:
-                return parse_rfc3339(k.retired) + max_token_lifetime
-        return None

@@ -1,0 +1,51 @@
+"""Acting with a minted token against the real apiserver."""
+from __future__ import annotations
+
+import base64
+import pathlib
+import subprocess
+import tempfile
+
+import yaml
+
+from .harness import Cluster
+
+
+def kubeconfig_for(cluster: Cluster, token: str) -> str:
+    fd, path = tempfile.mkstemp(prefix="grant-", suffix=".kubeconfig")
+    with open(fd, "w") as fh:
+        yaml.safe_dump({"apiVersion": "v1", "kind": "Config",
+                        "clusters": [{"name": "c", "cluster": {"server": cluster.server,
+                                                               "certificate-authority": cluster.ca_file}}],
+                        "users": [{"name": "u", "user": {"token": token}}],
+                        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
+                        "current-context": "c"}, fh)
+    return path
+
+
+def with_kubeconfig(cluster: Cluster, kubeconfig_path: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([cluster.kubectl_bin, "--kubeconfig", kubeconfig_path, *args], capture_output=True,
+                          text=True, timeout=30)
+
+
+def with_token(cluster: Cluster, token: str, *args: str) -> subprocess.CompletedProcess:
+    path = kubeconfig_for(cluster, token)
+    try:
+        return with_kubeconfig(cluster, path, *args)
+    finally:
+        pathlib.Path(path).unlink()
+
+
+def secret_kubeconfig(cluster: Cluster, secret: dict) -> str:
+    fd, path = tempfile.mkstemp(prefix="grant-", suffix=".kubeconfig")
+    with open(fd, "wb") as fh:
+        fh.write(base64.b64decode(secret["data"]["kubeconfig"]))
+    return path
+
+
+def unauthorized(proc: subprocess.CompletedProcess) -> bool:
+    return proc.returncode != 0 and "Unauthorized" in proc.stderr
+
+
+def forbidden(proc: subprocess.CompletedProcess) -> bool:
+    return proc.returncode != 0 and "forbidden" in proc.stderr.lower() and "Unauthorized" not in proc.stderr
