@@ -45,6 +45,12 @@ def approval_changed(spec, namespace, memo: kopf.Memo, **_):
         memo.rt.enqueue(namespace, spec["request"])
 
 
+@kopf.on.event(api.GROUP, api.VERSION, api.DRILL_PLURAL)
+def drill_changed(name, namespace, type, memo: kopf.Memo, **_):
+    if type != "DELETED":
+        memo.rt.enqueue_drill(namespace, name)
+
+
 @kopf.on.event(api.GROUP, api.VERSION, api.POLICY_PLURAL)
 def policy_changed(body, type, memo: kopf.Memo, **_):
     if type != "DELETED":

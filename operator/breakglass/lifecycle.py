@@ -121,6 +121,9 @@ class Reconciler:
 
         status = self._note_review(req, view, status, tally, now)
         status = self._note_ignored(req, status, tally)
+        status = self._note_counted(req, status, tally)
+        if self.check_review_overdue(req, now):
+            status = dict(req.get("status") or status)
 
         action = decision.action
         if action == D.ISSUE:
@@ -217,8 +220,6 @@ class Reconciler:
                 review.setdefault("required", True)
                 review.setdefault("dueAt", to_rfc3339(due))
                 new["review"] = review
-            if decision.action == D.ISSUE and decision.approvers:
-                new["approvals"] = self._approval_entries(req, decision.approvers)
             if decision.reason in ("Approved", "AutoApproved", "NoApprovalRequired"):
                 self._event(req, "Normal", "Approved", decision.message)
             self._write_status(req, new)
@@ -243,7 +244,6 @@ class Reconciler:
         new["conditions"] = set_condition(new.get("conditions"), type=api.COND_APPROVED, status=False,
                                           reason=decision.reason, message=decision.message, now=now,
                                           observed_generation=req["metadata"].get("generation"))
-        new["approvals"] = self._approval_entries(req, tally.approved_by if tally else [], tally=tally)
         new["message"] = decision.message
         self._write_status_if_changed(req, new)
         return decision.requeue_at
@@ -381,6 +381,30 @@ class Reconciler:
         self._write_status(req, new)
         return new
 
+    def _note_counted(self, req, status, tally):
+        """Record every counted decision once in status.approvals (and count it in metrics)."""
+        if not tally or not tally.counted:
+            return status
+        seen = {(a.get("approver"), a.get("decision")) for a in status.get("approvals") or []}
+        fresh = [a for a in tally.counted if (a.approver, a.decision) not in seen]
+        if not fresh:
+            return status
+        for a in fresh:
+            metrics.approvals_total.labels(a.decision).inc()
+        new = dict(status)
+        new["approvals"] = [self._approval_entry(a) for a in tally.counted]
+        self._write_status(req, new)
+        return new
+
+    @staticmethod
+    def _approval_entry(a: ApprovalView) -> dict[str, Any]:
+        entry = {"approver": a.approver, "decision": a.decision}
+        if a.created:
+            entry["time"] = to_rfc3339(a.created)
+        if a.comment:
+            entry["comment"] = a.comment
+        return entry
+
     def check_review_overdue(self, req, now) -> bool:
         status = req.get("status") or {}
         review = status.get("review") or {}
@@ -409,20 +433,6 @@ class Reconciler:
         return None
 
     # ---------------------------------------------------------------- helpers
-    def _approval_entries(self, req, approvers, tally=None):
-        ns, name = req["metadata"]["namespace"], req["metadata"]["name"]
-        items = [ApprovalView.from_resource(a) for a in self.kube.list_approvals(ns, name)]
-        out = []
-        for a in items:
-            if a.approver in approvers or (tally and a in tally.counted):
-                entry = {"approver": a.approver, "decision": a.decision}
-                if a.created:
-                    entry["time"] = to_rfc3339(a.created)
-                if a.comment:
-                    entry["comment"] = a.comment
-                out.append(entry)
-        return out
-
     def _write_status(self, req, status, clear: list[str] | None = None) -> None:
         meta = req["metadata"]
         patch = dict(status)

@@ -13,6 +13,7 @@ import kopf
 
 from . import api, metrics
 from .audit import AuditLog
+from .drills import DrillRunner
 from .domain.durations import utcnow
 from .endpoints import Endpoints
 from .k8s.client import Kube, error_text, load_config
@@ -42,6 +43,8 @@ class Runtime:
     sweeper: Sweeper
     endpoints: Endpoints
     tls: TLSFiles
+    drills: DrillRunner
+    drill_queue: WorkQueue
     tasks: list[asyncio.Task] = field(default_factory=list)
 
     def enqueue(self, namespace: str, name: str) -> None:
@@ -60,6 +63,17 @@ class Runtime:
         except Exception as exc:
             metrics.errors_total.labels("reconcile").inc()
             log.warning("reconcile %s/%s failed: %s", namespace, name, error_text(exc))
+            raise
+
+    def enqueue_drill(self, namespace: str, name: str) -> None:
+        self.drill_queue.add((namespace, name))
+
+    def run_drill_key(self, key) -> dt.datetime | None:
+        try:
+            return self.drills.reconcile(*key)
+        except Exception as exc:
+            metrics.errors_total.labels("drill").inc()
+            log.warning("drill %s/%s failed to run: %s", key[0], key[1], error_text(exc))
             raise
 
     def on_policy(self, body: dict[str, Any]) -> None:
@@ -103,9 +117,12 @@ def build(settings: Settings) -> Runtime:
                       settings.key_rotation_interval)
     endpoints = Endpoints(keys=keys, revocations=revocations, issuer=settings.issuer,
                           audiences=list(settings_audiences()))
+    drills = DrillRunner(kube=kube, audit=audit, issuer=settings.issuer, operator_namespace=settings.namespace,
+                         clock=utcnow)
+    drill_queue = WorkQueue(lambda key: holder["rt"].run_drill_key(key), workers=2, retry_seconds=5.0)
     rt = Runtime(settings=settings, kube=kube, keys=keys, revocations=revocations, audit=audit,
                  reconciler=reconciler, queue=queue, sweeper=sweeper, endpoints=endpoints,
-                 tls=tls_files(settings))
+                 tls=tls_files(settings), drills=drills, drill_queue=drill_queue)
     holder["rt"] = rt
     return rt
 
@@ -131,6 +148,7 @@ async def start(rt: Runtime, kopf_settings: kopf.OperatorSettings) -> None:
         certfile=rt.tls.cert_file, pkeyfile=rt.tls.key_file, cafile=rt.tls.ca_file)
     kopf_settings.admission.managed = "breakglass.dev"
     rt.queue.start()
+    rt.drill_queue.start()
     await rt.endpoints.start(s.bind_address, s.https_port, rt.tls.cert_file, rt.tls.key_file)
     if s.metrics_port:
         from prometheus_client import start_http_server
@@ -152,4 +170,5 @@ async def stop(rt: Runtime) -> None:
     for t in rt.tasks:
         t.cancel()
     rt.queue.stop()
+    rt.drill_queue.stop()
     await rt.endpoints.stop()

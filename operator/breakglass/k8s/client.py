@@ -79,6 +79,38 @@ class Kube:
             api.GROUP, api.VERSION, namespace, api.APPROVAL_PLURAL)["items"]
         return [a for a in items if (a.get("spec") or {}).get("request") == request_name]
 
+    def get_drill(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return _none_on_404(lambda: self.custom.get_namespaced_custom_object(
+            api.GROUP, api.VERSION, namespace, api.DRILL_PLURAL, name))
+
+    def patch_drill_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        self.custom.patch_namespaced_custom_object_status(
+            api.GROUP, api.VERSION, namespace, api.DRILL_PLURAL, name, {"status": status})
+
+    def delete_request(self, namespace: str, name: str) -> None:
+        _false_on_404(lambda: self.custom.delete_namespaced_custom_object(
+            api.GROUP, api.VERSION, namespace, api.REQUEST_PLURAL, name))
+
+    def get_cluster_role(self, name: str) -> dict[str, Any] | None:
+        return _none_on_404(lambda: self.api_client.sanitize_for_serialization(self.rbac.read_cluster_role(name)))
+
+    def token_review(self, token: str) -> dict[str, Any]:
+        body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": token}}
+        out = kubernetes.client.AuthenticationV1Api(self.api_client).create_token_review(body)
+        return self.api_client.sanitize_for_serialization(out)
+
+    def access_review_as_token(self, token: str, attributes: dict[str, Any]) -> dict[str, Any]:
+        """A SelfSubjectAccessReview sent *with the given token*: what can that credential do?"""
+        cfg = kubernetes.client.Configuration()
+        base = self.api_client.configuration
+        cfg.host, cfg.ssl_ca_cert, cfg.verify_ssl = base.host, base.ssl_ca_cert, base.verify_ssl
+        cfg.api_key = {"authorization": f"Bearer {token}"}
+        with kubernetes.client.ApiClient(cfg) as client:
+            body = {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
+                    "spec": {"resourceAttributes": attributes}}
+            out = kubernetes.client.AuthorizationV1Api(client).create_self_subject_access_review(body)
+            return client.sanitize_for_serialization(out)
+
     # --- secrets ---------------------------------------------------------
     def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
         return _none_on_404(lambda: self.api_client.sanitize_for_serialization(
