@@ -60,14 +60,18 @@ def policy_changed(body, type, memo: kopf.Memo, **_):
 
 
 # --- admission: identity is stamped from userinfo, then everything is validated ----------
-@kopf.on.mutate(api.GROUP, api.VERSION, api.REQUEST_PLURAL, id="stamp-requester", operations=["CREATE"])
+# persistent=True: the webhook configurations stay registered while the operator is down, so
+# admission fails closed (failurePolicy Fail) instead of silently admitting unchecked objects.
+@kopf.on.mutate(api.GROUP, api.VERSION, api.REQUEST_PLURAL, id="stamp-requester", operations=["CREATE"],
+                persistent=True)
 def stamp_requester(spec, userinfo, patch, **_):
     verdict, fields = admission.stamp_request_identity(dict(spec), userinfo)
     _reject("BreakGlassRequest", verdict)
     patch.spec.update(fields)
 
 
-@kopf.on.validate(api.GROUP, api.VERSION, api.REQUEST_PLURAL, id="validate-request", operations=["CREATE", "UPDATE"])
+@kopf.on.validate(api.GROUP, api.VERSION, api.REQUEST_PLURAL, id="validate-request", operations=["CREATE", "UPDATE"],
+                  persistent=True)
 def validate_request(body, old, operation, userinfo, dryrun, memo: kopf.Memo, **_):
     if admission.is_identity_probe(dict(body), operation, dryrun):
         return
@@ -78,14 +82,16 @@ def validate_request(body, old, operation, userinfo, dryrun, memo: kopf.Memo, **
     _reject("BreakGlassRequest", verdict)
 
 
-@kopf.on.mutate(api.GROUP, api.VERSION, api.APPROVAL_PLURAL, id="stamp-approver", operations=["CREATE"])
+@kopf.on.mutate(api.GROUP, api.VERSION, api.APPROVAL_PLURAL, id="stamp-approver", operations=["CREATE"],
+                persistent=True)
 def stamp_approver(spec, userinfo, patch, **_):
     verdict, fields = admission.stamp_approval_identity(dict(spec), userinfo)
     _reject("BreakGlassApproval", verdict)
     patch.spec.update(fields)
 
 
-@kopf.on.validate(api.GROUP, api.VERSION, api.APPROVAL_PLURAL, id="validate-approval", operations=["CREATE", "UPDATE"])
+@kopf.on.validate(api.GROUP, api.VERSION, api.APPROVAL_PLURAL, id="validate-approval", operations=["CREATE", "UPDATE"],
+                  persistent=True)
 def validate_approval(body, old, operation, userinfo, memo: kopf.Memo, **_):
     if operation == "CREATE":
         verdict = admission.validate_approval_create(dict(body), userinfo, memo.rt.kube.get_request,

@@ -90,15 +90,72 @@ def connection_info(settings: Settings) -> kopf.ConnectionInfo:
         certificate_path=cfg.cert_file, private_key_path=cfg.key_file, default_namespace=None)
 
 
-def tls_files(settings: Settings) -> TLSFiles:
+def tls_files(settings: Settings, kube: Kube) -> TLSFiles:
+    """Serving certificate: given by flags, generated for --local, or shared by replicas via a Secret."""
     if settings.tls_cert_file:
-        return TLSFiles(None, settings.tls_cert_file, settings.tls_private_key_file)
+        return TLSFiles(settings.tls_ca_file, settings.tls_cert_file, settings.tls_private_key_file)
     hosts = ["127.0.0.1", "localhost"]
     if settings.webhook_host and settings.webhook_host not in hosts:
         hosts.insert(0, settings.webhook_host)
     if settings.bind_address not in hosts and settings.bind_address != "0.0.0.0":
         hosts.append(settings.bind_address)
-    return generate(os.path.join(settings.state_dir, "tls"), hosts)
+    directory = os.path.join(settings.state_dir, "tls")
+    if settings.local:
+        return generate(directory, hosts)
+    return shared_tls(kube, settings, directory, hosts)
+
+
+def shared_tls(kube: Kube, settings: Settings, directory: str, hosts: list[str]) -> TLSFiles:
+    import base64
+    name = f"{settings.webhook_config_name}-tls"
+    secret = kube.get_secret(settings.namespace, name)
+    if secret is None:
+        files = generate(directory, hosts)
+        data = {}
+        for key, path in (("ca.crt", files.ca_file), ("tls.crt", files.cert_file), ("tls.key", files.key_file)):
+            with open(path, "rb") as fh:
+                data[key] = base64.b64encode(fh.read()).decode()
+        secret, _ = kube.create_secret_if_absent({
+            "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+            "metadata": {"name": name, "namespace": settings.namespace,
+                         "labels": {api.MANAGED_BY_LABEL: api.MANAGED_BY}}, "data": data})
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    paths = {}
+    for key in ("ca.crt", "tls.crt", "tls.key"):
+        path = os.path.join(directory, key)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(base64.b64decode(secret["data"][key]))
+        paths[key] = path
+    return TLSFiles(paths["ca.crt"], paths["tls.crt"], paths["tls.key"])
+
+
+def inject_ca_bundle(kube: Kube, config_name: str, ca_file: str | None) -> None:
+    """Keep the chart's webhook configurations trusting our serving CA."""
+    import base64
+    import kubernetes
+    from kubernetes.client.rest import ApiException
+    if not ca_file:
+        log.warning("no CA bundle known (--tls-ca-file): webhook configurations left as they are")
+        return
+    with open(ca_file, "rb") as fh:
+        bundle = base64.b64encode(fh.read()).decode()
+    adm = kubernetes.client.AdmissionregistrationV1Api(kube.api_client)
+    for read, patch in ((adm.read_validating_webhook_configuration, adm.patch_validating_webhook_configuration),
+                        (adm.read_mutating_webhook_configuration, adm.patch_mutating_webhook_configuration)):
+        try:
+            cfg = kube.api_client.sanitize_for_serialization(read(config_name))
+        except ApiException as exc:
+            log.warning("webhook configuration %s not readable (%s): admission will fail closed",
+                        config_name, exc.status)
+            continue
+        hooks = cfg.get("webhooks") or []
+        if all((h.get("clientConfig") or {}).get("caBundle") == bundle for h in hooks):
+            continue
+        for h in hooks:
+            h.setdefault("clientConfig", {})["caBundle"] = bundle
+        patch(config_name, {"webhooks": hooks})
+        log.info("caBundle injected into %s %s", cfg.get("kind"), config_name)
 
 
 def build(settings: Settings) -> Runtime:
@@ -122,7 +179,7 @@ def build(settings: Settings) -> Runtime:
     drill_queue = WorkQueue(lambda key: holder["rt"].run_drill_key(key), workers=2, retry_seconds=5.0)
     rt = Runtime(settings=settings, kube=kube, keys=keys, revocations=revocations, audit=audit,
                  reconciler=reconciler, queue=queue, sweeper=sweeper, endpoints=endpoints,
-                 tls=tls_files(settings), drills=drills, drill_queue=drill_queue)
+                 tls=tls_files(settings, kube), drills=drills, drill_queue=drill_queue)
     holder["rt"] = rt
     return rt
 
@@ -142,11 +199,18 @@ async def start(rt: Runtime, kopf_settings: kopf.OperatorSettings) -> None:
         prefix="kopf.breakglass.dev", key="last-handled-configuration")
     kopf_settings.watching.server_timeout = 300
     kopf_settings.networking.request_timeout = 60
+    kopf_settings.scanning.disabled = True  # our CRDs are known; no cluster-wide CRD watch needed (RBAC)
     host = s.webhook_host or (s.bind_address if s.bind_address != "0.0.0.0" else "127.0.0.1")
     kopf_settings.admission.server = kopf.WebhookServer(
         addr=s.bind_address, port=s.webhook_port, host=host,
         certfile=rt.tls.cert_file, pkeyfile=rt.tls.key_file, cafile=rt.tls.ca_file)
-    kopf_settings.admission.managed = "breakglass.dev"
+    if s.local:
+        # Development: register our own configurations pointing at 127.0.0.1.
+        kopf_settings.admission.managed = "breakglass.dev"
+    else:
+        # The chart ships the configurations (Service or URL); we only keep their caBundle right.
+        await asyncio.get_running_loop().run_in_executor(
+            None, inject_ca_bundle, rt.kube, s.webhook_config_name, rt.tls.ca_file)
     rt.queue.start()
     rt.drill_queue.start()
     await rt.endpoints.start(s.bind_address, s.https_port, rt.tls.cert_file, rt.tls.key_file)

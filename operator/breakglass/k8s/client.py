@@ -196,7 +196,12 @@ class Kube:
         raise RuntimeError(f"configmap {namespace}/{name}: too many concurrent updates")
 
     def ensure_namespace(self, name: str) -> None:
-        _ignore_409(lambda: self.core.create_namespace({"metadata": {"name": name}}))
+        """Create the operator namespace for local runs; in-cluster it exists (and we may not create it)."""
+        try:
+            self.core.create_namespace({"metadata": {"name": name}})
+        except ApiException as exc:
+            if exc.status not in (403, 409):
+                raise
 
     # --- events -----------------------------------------------------------
     def create_event(self, body: dict[str, Any]) -> None:
