@@ -39,6 +39,9 @@ cluster-down:  ## stop it
 crds: venv  ## regenerate crds/ and the chart's copy
 	$(PY) hack/gen_crds.py
 
+deploy: venv  ## regenerate deploy/ (the chart rendered with default values)
+	$(PY) hack/render_chart.py
+
 bench: venv cluster-build  ## performance figures (request->Secret latency/throughput, expiry lag, memory)
 	$(PY) bench/bench.py
 

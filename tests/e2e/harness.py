@@ -138,6 +138,8 @@ class Operator:
     tls_key: str
     tls_ca: str
     kubeconfig: str | None = None
+    local: bool = True
+    webhook_config_name: str | None = None
     extra_args: list[str] = field(default_factory=list)
     extra_env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen | None = None
@@ -156,7 +158,9 @@ class Operator:
         return self.workdir / "operator.log"
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "breakglass", "run", "--local",
+        mode = ["--local"] if self.local else ["--webhook-config-name", self.webhook_config_name or "",
+                                               "--tls-ca-file", self.tls_ca, "--bind-address", "127.0.0.1"]
+        return [sys.executable, "-m", "breakglass", "run", *mode,
                 "--kubeconfig", self.kubeconfig or self.cluster.kubeconfig("admin"),
                 "--namespace", "breakglass-system", "--issuer", self.issuer,
                 "--https-port", str(self.https_port), "--webhook-port", str(self.webhook_port),

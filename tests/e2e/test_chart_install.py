@@ -1,0 +1,151 @@
+"""Issue 6: the rendered chart applies to the real apiserver, and a full lifecycle runs with the
+operator authenticated as the chart's ServiceAccount under the chart's RBAC (no admin rights)."""
+from __future__ import annotations
+
+import base64
+import sys
+import time
+
+import pytest
+import yaml
+
+from breakglass import tls
+
+from .harness import ROOT, Operator, free_port, secret_token, start_cluster, stop_cluster, wait_for
+from .scenario import approve, policy, request, unique, wait_phase
+from .tokens_helpers import forbidden, unauthorized, with_token
+
+sys.path.insert(0, str(ROOT / "hack"))
+import render_chart  # noqa: E402
+
+MONITORING_KINDS = {"ServiceMonitor", "PrometheusRule"}  # their CRDs come from prometheus-operator
+
+
+@pytest.mark.parametrize("values", [{}, {"replicas": 2}, {"issuer": "https://bg.example.com"},
+                                    {"metrics": {"serviceMonitor": {"enabled": True},
+                                                 "prometheusRule": {"enabled": True},
+                                                 "dashboard": {"enabled": True}},
+                                     "networkPolicy": {"enabled": True}}],
+                         ids=["defaults", "two replicas", "custom issuer", "monitoring on"])
+def test_the_rendered_chart_passes_server_side_dry_run(cluster, values):
+    release = unique("dry")
+    ns = cluster.new_namespace("chart")
+    docs = [d for d in render_chart.manifests(values, name=release, namespace=ns) if d["kind"] not in MONITORING_KINDS]
+    out = cluster.kubectl("apply", "--dry-run=server", "-f", "-", input=yaml.safe_dump_all(docs))
+    assert out.returncode == 0 and "(server dry run)" in out.stdout
+
+
+def test_the_default_deploy_manifests_apply_for_real(cluster):
+    text = (ROOT / "deploy" / "breakglass-operator.yaml").read_text()
+    # Apply under a throwaway name so the session operator's own state is untouched.
+    docs = [d for d in yaml.safe_load_all(text) if d]
+    for d in docs:
+        if d["kind"] == "Namespace":
+            d["metadata"]["name"] = "bg-deploy-test"
+        elif d["metadata"].get("namespace") == "breakglass-system":
+            d["metadata"]["namespace"] = "bg-deploy-test"
+        if d["kind"] in ("ClusterRole", "ClusterRoleBinding", "ValidatingWebhookConfiguration",
+                         "MutatingWebhookConfiguration"):
+            d["metadata"]["name"] += "-deploy-test"
+    # The webhook configurations would intercept every request without a reachable operator: apply
+    # them with no rules so only their validity is tested.
+    for d in docs:
+        if d["kind"].endswith("WebhookConfiguration"):
+            for h in d["webhooks"]:
+                h["rules"] = []
+    out = cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(docs))
+    assert "deployment.apps/breakglass-operator created" in out.stdout
+    cluster.kubectl("delete", "-f", "-", "--wait=false", input=yaml.safe_dump_all(docs), check=False)
+
+
+@pytest.fixture(scope="module")
+def chart_env(e2e_dir):
+    """A fresh control plane with the chart installed; the operator runs as the chart's ServiceAccount."""
+    base = e2e_dir / "chart"
+    base.mkdir(exist_ok=True)
+    ports = {k: free_port() for k in ("https", "webhook", "metrics", "health")}
+    certs = tls.generate(str(base / "tls"), ["127.0.0.1", "localhost"])
+    review_cfg = base / "tokenreview.kubeconfig"
+    review_cfg.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "bg", "cluster": {"server": f"https://127.0.0.1:{ports['https']}/authenticate",
+                                                "certificate-authority": certs.ca_file}}],
+        "users": [{"name": "apiserver", "user": {}}],
+        "contexts": [{"name": "bg", "context": {"cluster": "bg", "user": "apiserver"}}], "current-context": "bg"}))
+    cluster = start_cluster(base / "cluster", [f"--authentication-token-webhook-config-file={review_cfg}",
+                                               "--authentication-token-webhook-cache-ttl=1s",
+                                               "--authentication-token-webhook-version=v1"])
+    op = None
+    try:
+        cluster.kubectl("apply", "-f", str(ROOT / "charts" / "breakglass-operator" / "crds"))
+        for crd in ("breakglasspolicies", "breakglassrequests", "breakglassapprovals", "breakglassdrills"):
+            cluster.kubectl("wait", "--for=condition=Established", f"crd/{crd}.breakglass.dev")
+        values = {"webhook": {"url": f"https://127.0.0.1:{ports['webhook']}"},
+                  "issuer": f"https://127.0.0.1:{ports['https']}", "clusterServer": cluster.server,
+                  "rbac": {"requesterGroups": ["sre", "contractors"], "approverGroups": ["sre-leads"]}}
+        cluster.kubectl("create", "namespace", "breakglass-system")
+        docs = render_chart.manifests(values)
+        cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(docs))
+
+        def sa_token():
+            sa = cluster.get("serviceaccount", "breakglass-operator", "breakglass-system")
+            names = [s["name"] for s in (sa or {}).get("secrets") or []]
+            return names and cluster.get("secret", names[0], "breakglass-system")
+        secret = wait_for(sa_token, 30, "the ServiceAccount token Secret")
+        token = base64.b64decode(secret["data"]["token"]).decode()
+        kubeconfig = base / "operator-sa.kubeconfig"
+        kubeconfig.write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config",
+            "clusters": [{"name": "c", "cluster": {"server": cluster.server, "certificate-authority": cluster.ca_file}}],
+            "users": [{"name": "sa", "user": {"token": token}}],
+            "contexts": [{"name": "c", "context": {"cluster": "c", "user": "sa"}}], "current-context": "c"}))
+        (base / "operator").mkdir(exist_ok=True)
+        op = Operator(cluster=cluster, workdir=base / "operator", https_port=ports["https"],
+                      webhook_port=ports["webhook"], metrics_port=ports["metrics"], health_port=ports["health"],
+                      tls_cert=certs.cert_file, tls_key=certs.key_file, tls_ca=certs.ca_file,
+                      kubeconfig=str(kubeconfig), local=False, webhook_config_name="breakglass-operator")
+        op.start()
+        yield cluster, op
+    finally:
+        if op:
+            op.stop()
+        stop_cluster(base / "cluster")
+
+
+def test_a_full_lifecycle_works_with_the_operator_as_the_charts_service_account(chart_env):
+    cluster, op = chart_env
+    whoami = cluster.kubectl("auth", "can-i", "--list", "--as", "system:serviceaccount:breakglass-system:breakglass-operator")
+    assert "escalate" not in whoami.stdout and "impersonate" not in whoami.stdout
+    cfg = cluster.get("validatingwebhookconfiguration", "breakglass-operator")
+    assert all(h["clientConfig"].get("caBundle") for h in cfg["webhooks"]), "caBundle injected by the operator"
+
+    ns, other = cluster.new_namespace("chart-life"), cluster.new_namespace("chart-other")
+    pol = unique("chart")
+    cluster.apply(policy(pol, emergency={"allowed": True, "reviewWithin": "1h"}))
+    cluster.apply(request("incident", ns, pol, scopes=["db:read"]), user="alice", verb="create")
+    wait_phase(cluster, "incident", ns, "Pending")
+    rejected = cluster.try_create(request("too-long", ns, pol, duration="9h"), user="alice")
+    assert rejected.returncode != 0 and "exceeds policy" in rejected.stderr
+    approve(cluster, "bob", "incident", ns)
+    obj = wait_phase(cluster, "incident", ns, "Active")
+    token = secret_token(cluster.get("secret", "incident-token", ns, user="alice"))
+    assert cluster.kubectl("get", "secret", "incident-token", "-n", ns, user="dave", check=False).returncode != 0
+    wait_for(lambda: with_token(cluster, token, "get", "serviceaccounts", "-n", ns).returncode == 0, 10,
+             "the grant to work")
+    assert forbidden(with_token(cluster, token, "get", "serviceaccounts", "-n", other))
+
+    cluster.kubectl("patch", "bgr", "incident", "-n", ns, "--type=merge", "-p", '{"spec":{"revoked":true}}',
+                    user="alice")
+    wait_phase(cluster, "incident", ns, "Revoked")
+    assert cluster.get("secret", "incident-token", ns) is None
+    assert cluster.list("rolebindings", ns, selector="breakglass.dev/request=incident") == []
+    wait_for(lambda: unauthorized(with_token(cluster, token, "get", "serviceaccounts", "-n", ns)), 13, "401")
+    revs = cluster.get("configmap", "breakglass-revocations", "breakglass-system")["data"]["revocations.json"]
+    assert obj["status"]["tokenId"] in revs
+
+    cluster.apply(request("brief", ns, pol, duration="5s", emergency=True), user="dave", verb="create")
+    wait_phase(cluster, "brief", ns, "Active")
+    wait_phase(cluster, "brief", ns, "Expired", timeout=15)
+    assert cluster.get("secret", "brief-token", ns) is None
+    log = op.log_path.read_text()
+    assert "Forbidden" not in log and "403" not in log, "the chart's RBAC was insufficient somewhere"

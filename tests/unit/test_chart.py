@@ -1,0 +1,132 @@
+"""The chart, linted and rendered by the real Helm engine (helm-python-sdk, Helm v4)."""
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "hack"))
+
+import render_chart  # noqa: E402
+
+helm_python = pytest.importorskip("helm_python")
+
+VALUE_SETS = {
+    "defaults": {},
+    "monitoring on": {"metrics": {"serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True},
+                                  "dashboard": {"enabled": True}}, "networkPolicy": {"enabled": True}},
+    "two replicas": {"replicas": 2},
+    "custom issuer": {"issuer": "https://breakglass.example.com", "clusterServer": "https://k8s.example.com:6443"},
+    "outside the cluster": {"webhook": {"url": "https://10.0.0.5:9443"},
+                            "rbac": {"requesterGroups": ["sre"], "approverGroups": ["sre-leads"]}},
+}
+
+
+def by_kind(docs, kind):
+    return [d for d in docs if d["kind"] == kind]
+
+
+def test_the_chart_lints_clean_in_strict_mode():
+    result = helm_python.lint(str(render_chart.CHART), strict=True)
+    assert result["errors"] == []
+    assert [m for m in result["messages"] if m["severity"] >= 2] == []
+
+
+@pytest.mark.parametrize("values", list(VALUE_SETS.values()), ids=list(VALUE_SETS))
+def test_the_chart_renders_for_each_values_set(values):
+    docs = render_chart.manifests(values)
+    assert by_kind(docs, "Deployment") and by_kind(docs, "ValidatingWebhookConfiguration")
+    deploy = by_kind(docs, "Deployment")[0]
+    assert deploy["spec"]["replicas"] == values.get("replicas", 1)
+    for doc in docs:
+        assert doc["metadata"]["labels"]["app.kubernetes.io/name"] == "breakglass-operator"
+        assert "helm.sh/chart" in doc["metadata"]["labels"]
+
+
+def test_monitoring_extras_render_only_when_enabled():
+    off = {d["kind"] for d in render_chart.manifests({})}
+    on = {d["kind"] for d in render_chart.manifests(VALUE_SETS["monitoring on"])}
+    assert not {"ServiceMonitor", "PrometheusRule", "NetworkPolicy"} & off
+    assert {"ServiceMonitor", "PrometheusRule", "NetworkPolicy"} <= on
+    rule = by_kind(render_chart.manifests(VALUE_SETS["monitoring on"]), "PrometheusRule")[0]
+    alerts = {r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]}
+    assert {"BreakGlassDrillFailing", "BreakGlassDrillStale", "BreakGlassReviewOverdue",
+            "BreakGlassGrantOutlivesPolicy", "BreakGlassTokenReviewErrors", "BreakGlassExpiryLagHigh"} <= alerts
+    dashboard = by_kind(render_chart.manifests(VALUE_SETS["monitoring on"]), "ConfigMap")[0]
+    assert json.loads(dashboard["data"]["breakglass.json"])["panels"]
+
+
+def test_a_custom_issuer_reaches_the_operator_args():
+    deploy = by_kind(render_chart.manifests(VALUE_SETS["custom issuer"]), "Deployment")[0]
+    args = deploy["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--issuer=https://breakglass.example.com" in args
+    assert "--cluster-server=https://k8s.example.com:6443" in args
+
+
+@pytest.mark.parametrize("values,where", [
+    ({"replicas": "two"}, "/replicas"),
+    ({"signingAlgorithm": "HS256"}, "/signingAlgorithm"),
+    ({"rbac": {"grantableClusterRoles": ["cluster-admin"]}}, "/rbac/grantableClusterRoles/0"),
+    ({"issuer": "http://insecure"}, "/issuer"),
+    ({"webhook": {"timeoutSeconds": 60}}, "/webhook/timeoutSeconds"),
+    ({"unknownKey": 1}, "unknownKey"),
+], ids=["replicas must be a number", "HMAC algorithms are refused", "cluster-admin is never grantable",
+        "the issuer must be https", "webhook timeouts are capped at 30 s", "unknown keys are refused"])
+def test_bad_values_fail_with_the_offending_path(values, where):
+    with pytest.raises(helm_python.HelmValuesError) as exc:
+        render_chart.manifests(values)
+    assert where in str(exc.value)
+
+
+def test_deploy_matches_the_default_render():
+    assert (ROOT / "deploy" / "breakglass-operator.yaml").read_text() == render_chart.deploy_text(), \
+        "deploy/ drifted from the chart: run make deploy"
+
+
+def test_the_operator_rbac_has_no_wildcards_escalate_or_impersonate():
+    docs = render_chart.manifests(VALUE_SETS["outside the cluster"])
+    for role in by_kind(docs, "ClusterRole") + by_kind(docs, "Role"):
+        for rule in role["rules"]:
+            for key in ("verbs", "resources", "apiGroups"):
+                assert "*" not in rule.get(key, []), (role["metadata"]["name"], rule)
+            assert not {"escalate", "impersonate"} & set(rule["verbs"]), (role["metadata"]["name"], rule)
+            if "bind" in rule["verbs"]:
+                assert rule["resourceNames"] == ["view", "edit"]
+    user_roles = [r for r in by_kind(docs, "ClusterRole") if r["metadata"]["name"].endswith(("-requester", "-approver"))]
+    assert len(user_roles) == 2
+    for role in user_roles:
+        assert all("secrets" not in rule["resources"] for rule in role["rules"])
+
+
+def test_the_deployment_is_hardened():
+    deploy = by_kind(render_chart.manifests({}), "Deployment")[0]
+    pod = deploy["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert container["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                            "capabilities": {"drop": ["ALL"]}}
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["resources"]["limits"]["memory"]
+
+
+def test_webhooks_fail_closed_and_point_at_the_operator_paths():
+    docs = render_chart.manifests({})
+    hooks = [h for kind in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration")
+             for cfg in by_kind(docs, kind) for h in cfg["webhooks"]]
+    assert {h["clientConfig"]["service"]["path"] for h in hooks} == {
+        "/stamp-requester", "/stamp-approver", "/validate-request", "/validate-approval"}
+    assert all(h["failurePolicy"] == "Fail" and h["sideEffects"] == "None" for h in hooks)
+    url_docs = render_chart.manifests(VALUE_SETS["outside the cluster"])
+    url_hooks = [h for cfg in by_kind(url_docs, "ValidatingWebhookConfiguration") for h in cfg["webhooks"]]
+    assert {h["clientConfig"]["url"] for h in url_hooks} == {"https://10.0.0.5:9443/validate-request",
+                                                             "https://10.0.0.5:9443/validate-approval"}
+
+
+def test_the_dockerfile_runs_as_non_root_without_build_tools():
+    text = (ROOT / "Dockerfile").read_text()
+    final_stage = text.split("FROM python:3.11-slim\n")[-1]
+    assert "USER 65532" in final_stage and "gcc" not in final_stage and "build-essential" not in final_stage
