@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 from . import api
 from .domain.approvals import REVIEW
+from .domain.decisions import exceeds_ceiling
 from .domain.policy import Policy, RequestView, Verdict, evaluate_request, first_failure, validate_policy
 
 IMMUTABLE_REQUEST_FIELDS = ("policy", "reason", "ticket", "duration", "namespaces", "clusterRoles", "scopes",
@@ -64,7 +65,8 @@ def is_identity_probe(body: dict[str, Any], operation: str, dryrun: bool) -> boo
 
 
 def validate_request_create(body: dict[str, Any], userinfo: dict[str, Any] | None,
-                            get_policy: Callable[[str], dict[str, Any] | None]) -> Verdict:
+                            get_policy: Callable[[str], dict[str, Any] | None],
+                            ceiling=None) -> Verdict:
     user, groups = _identity(userinfo)
     spec = body.get("spec") or {}
     # Validation runs after mutation, so requester must now equal the caller.
@@ -89,7 +91,12 @@ def validate_request_create(body: dict[str, Any], userinfo: dict[str, Any] | Non
         return Verdict(False, "PolicyInvalid", f"spec.policy {name!r} is not usable: {problems[0].message}", "policy")
     view = RequestView.from_resource({**body, "spec": {**spec, "requesterGroups": groups}})
     failure = first_failure(evaluate_request(view, policy))
-    return failure or OK
+    if failure:
+        return failure
+    too_long = exceeds_ceiling(view, policy, ceiling)
+    if too_long:
+        return Verdict(False, "ExceedsOperatorCeiling", too_long, "duration")
+    return OK
 
 
 def validate_request_update(old: dict[str, Any], new: dict[str, Any]) -> Verdict:

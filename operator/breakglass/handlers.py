@@ -35,8 +35,9 @@ async def stop_operator(memo: kopf.Memo, **_):
 
 # --- watches: every event becomes "reconcile that request" -------------------------------
 @kopf.on.event(api.GROUP, api.VERSION, api.REQUEST_PLURAL)
-def request_changed(name, namespace, memo: kopf.Memo, **_):
-    memo.rt.enqueue(namespace, name)
+def request_changed(name, namespace, meta, memo: kopf.Memo, **_):
+    if not memo.rt.reconciler.is_own_write(namespace, name, meta.get("resourceVersion")):
+        memo.rt.enqueue(namespace, name)
 
 
 @kopf.on.event(api.GROUP, api.VERSION, api.APPROVAL_PLURAL)
@@ -53,10 +54,7 @@ def drill_changed(name, namespace, type, memo: kopf.Memo, **_):
 
 @kopf.on.event(api.GROUP, api.VERSION, api.POLICY_PLURAL)
 def policy_changed(body, type, memo: kopf.Memo, **_):
-    if type != "DELETED":
-        memo.rt.on_policy(dict(body))
-    else:
-        memo.rt.enqueue_pending_for_policy(body["metadata"]["name"])
+    memo.rt.on_policy(dict(body), deleted=type == "DELETED")
 
 
 # --- admission: identity is stamped from userinfo, then everything is validated ----------
@@ -76,7 +74,8 @@ def validate_request(body, old, operation, userinfo, dryrun, memo: kopf.Memo, **
     if admission.is_identity_probe(dict(body), operation, dryrun):
         return
     if operation == "CREATE":
-        verdict = admission.validate_request_create(dict(body), userinfo, memo.rt.kube.get_policy)
+        verdict = admission.validate_request_create(dict(body), userinfo, memo.rt.policies.get,
+                                                   memo.rt.settings.max_token_lifetime)
     else:
         verdict = admission.validate_request_update(dict(old or {}), dict(body))
     _reject("BreakGlassRequest", verdict)
@@ -95,7 +94,7 @@ def stamp_approver(spec, userinfo, patch, **_):
 def validate_approval(body, old, operation, userinfo, memo: kopf.Memo, **_):
     if operation == "CREATE":
         verdict = admission.validate_approval_create(dict(body), userinfo, memo.rt.kube.get_request,
-                                                     memo.rt.kube.get_policy)
+                                                     memo.rt.policies.get)
     else:
         verdict = admission.validate_approval_update(dict(old or {}), dict(body))
     _reject("BreakGlassApproval", verdict)

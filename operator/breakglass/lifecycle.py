@@ -8,8 +8,11 @@ a status pointing to no Secret for longer than one reconcile.
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import datetime as dt
 import logging
+import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -28,6 +31,35 @@ from .stores import KeyStore, RevocationStore
 from .tokens.jwt_tokens import mint
 
 log = logging.getLogger(__name__)
+
+
+class PolicyCache:
+    """Policies as last seen by the watch, falling back to a GET on a miss (never 'not found' from
+    an unfilled cache). Entries expire after `ttl` seconds as a guard against a missed event."""
+
+    def __init__(self, kube: Kube, ttl: float = 30.0):
+        self.kube, self.ttl = kube, ttl
+        self._lock = threading.Lock()
+        self._items: dict[str, tuple[float, dict[str, Any]]] = {}
+
+    def get(self, name: str) -> dict[str, Any] | None:
+        with self._lock:
+            hit = self._items.get(name)
+            if hit and time.monotonic() - hit[0] < self.ttl:
+                return hit[1]
+        body = self.kube.get_policy(name)
+        if body is not None:
+            self.put(body)
+        return body
+
+    def put(self, body: dict[str, Any]) -> None:
+        with self._lock:
+            self._items[body["metadata"]["name"]] = (time.monotonic(), body)
+
+    def forget(self, name: str) -> None:
+        with self._lock:
+            self._items.pop(name, None)
+
 
 DRILL_LABEL = "breakglass.dev/drill"
 
@@ -55,8 +87,14 @@ def token_state_from_secret(secret: dict[str, Any] | None, request_uid: str) -> 
 
 class Reconciler:
     def __init__(self, *, kube: Kube, keys: KeyStore, revocations: RevocationStore, audit: AuditLog,
-                 settings: Settings, clock: Callable[[], dt.datetime]):
+                 settings: Settings, clock: Callable[[], dt.datetime], policies: "PolicyCache | None" = None):
         self.kube, self.keys, self.revocations, self.audit = kube, keys, revocations, audit
+        self.policies = policies or PolicyCache(kube)
+        # One thread keeps Events in the order they were emitted.
+        self._events = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="events")
+        # resourceVersions produced by our own writes: their watch events need no reconcile.
+        self._own_versions: dict[tuple[str, str], list[str]] = {}
+        self._own_lock = threading.Lock()
         self.settings, self.clock = settings, clock
         self._cluster_ca_b64: str | None = None
         if settings.cluster_ca_file:
@@ -88,9 +126,10 @@ class Reconciler:
 
         phase = status.get("phase")
         if phase not in api.TERMINAL_PHASES and api.FINALIZER not in (meta.get("finalizers") or []):
-            self.kube.patch_request(namespace, name, {"metadata": {"finalizers": (meta.get("finalizers") or []) + [api.FINALIZER]}})
+            self._remember_own_write(self.kube.patch_request(
+                namespace, name, {"metadata": {"finalizers": (meta.get("finalizers") or []) + [api.FINALIZER]}}))
 
-        policy_body = self.kube.get_policy(view.policy)
+        policy_body = self.policies.get(view.policy)
         policy = Policy.from_resource(view.policy, policy_body.get("spec")) if policy_body else None
         created = parse_rfc3339(meta["creationTimestamp"])
         approvals = [ApprovalView.from_resource(a) for a in self.kube.list_approvals(namespace, name)]
@@ -114,7 +153,8 @@ class Reconciler:
             secret_missing = True
 
         decision = D.decide(request=view, phase=phase, policy=policy, tally=tally,
-                            created=created, expires_at=expires_at, now=now)
+                            created=created, expires_at=expires_at, now=now,
+                            ceiling=self.settings.max_token_lifetime)
         if decision.action == D.WAIT and secret_missing:
             decision = D.Decision(D.REVOKE, "SecretDeleted",
                                   "the token Secret was deleted before expiry; the token is revoked")
@@ -181,7 +221,6 @@ class Reconciler:
             metrics.time_to_issue.observe((now - created).total_seconds())
             if not is_drill:
                 metrics.requests_total.labels(policy.name, "issued").inc()
-        self._apply_rbac(req, state)
         return self._ensure_active(req, view, policy, status, state, decision, created, now, just_issued=created_now)
 
     def _apply_rbac(self, req, state: TokenState) -> None:
@@ -441,6 +480,20 @@ class Reconciler:
         patch["observedGeneration"] = meta.get("generation")
         updated = self.kube.patch_request_status(meta["namespace"], meta["name"], patch)
         req["status"] = updated.get("status") or {}
+        req["metadata"]["resourceVersion"] = updated["metadata"]["resourceVersion"]
+        self._remember_own_write(updated)
+
+    def _remember_own_write(self, obj: dict[str, Any]) -> None:
+        meta = obj.get("metadata") or {}
+        with self._own_lock:
+            recent = self._own_versions.setdefault((meta.get("namespace"), meta.get("name")), [])
+            recent.append(meta.get("resourceVersion"))
+            del recent[:-4]
+
+    def is_own_write(self, namespace: str, name: str, resource_version: str | None) -> bool:
+        """True when this watch event only echoes our own last write (nothing new to decide)."""
+        with self._own_lock:
+            return resource_version is not None and resource_version in self._own_versions.get((namespace, name), ())
 
     def _write_status_if_changed(self, req, status) -> None:
         if status != (req.get("status") or {}):
@@ -449,17 +502,18 @@ class Reconciler:
     def _remove_finalizer(self, req) -> None:
         fins = req["metadata"].get("finalizers") or []
         if api.FINALIZER in fins:
-            try:
-                self.kube.patch_request(req["metadata"]["namespace"], req["metadata"]["name"],
-                                        {"metadata": {"finalizers": [f for f in fins if f != api.FINALIZER],
-                                                      "resourceVersion": req["metadata"]["resourceVersion"]}})
-            except Exception as exc:  # conflict: the next reconcile retries
-                log.info("finalizer removal deferred: %s", error_text(exc))
+            # resourceVersion guards against dropping a finalizer someone added meanwhile; a
+            # conflict raises, and the work queue retries with a fresh read.
+            updated = self.kube.patch_request(req["metadata"]["namespace"], req["metadata"]["name"],
+                                              {"metadata": {"finalizers": [f for f in fins if f != api.FINALIZER],
+                                                            "resourceVersion": req["metadata"]["resourceVersion"]}})
+            self._remember_own_write(updated)
 
     def _event(self, req, type_, reason, message) -> None:
-        self.kube.create_event(builders.build_event(involved={**req, "kind": api.KIND_REQUEST,
-                                                              "apiVersion": api.API_VERSION},
-                                                    type_=type_, reason=reason, message=message, now=self.clock()))
+        """Events are best effort (the audit log is the record): posted off the issue path."""
+        body = builders.build_event(involved={**req, "kind": api.KIND_REQUEST, "apiVersion": api.API_VERSION},
+                                    type_=type_, reason=reason, message=message, now=self.clock())
+        self._events.submit(self.kube.create_event, body)
 
     def _audit(self, event: str, req, view: RequestView, **fields) -> None:
         meta = req["metadata"]

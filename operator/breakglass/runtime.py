@@ -76,7 +76,16 @@ class Runtime:
             log.warning("drill %s/%s failed to run: %s", key[0], key[1], error_text(exc))
             raise
 
-    def on_policy(self, body: dict[str, Any]) -> None:
+    @property
+    def policies(self):
+        return self.reconciler.policies
+
+    def on_policy(self, body: dict[str, Any], deleted: bool = False) -> None:
+        if deleted:
+            self.policies.forget(body["metadata"]["name"])
+            self.enqueue_pending_for_policy(body["metadata"]["name"])
+            return
+        self.policies.put(body)
         reconcile_policy(self.kube, body, utcnow(), self.enqueue_pending_for_policy)
 
 

@@ -165,5 +165,12 @@ def test_key_rotation_keeps_old_tokens_working_until_they_end(cluster, running_o
         if (req.get("status") or {}).get("keyId") == old_kid and req["status"].get("phase") == "Active":
             cluster.kubectl("patch", "bgr", req["metadata"]["name"], "-n", req["metadata"]["namespace"],
                             "--type=merge", "-p", '{"spec":{"revoked":true}}')
-    wait_for(lambda: old_kid not in _jwks_kids(cluster), 60, "the old key to leave the JWKS", interval=0.5)
+    def old_key_gone():
+        holders = [f"{s['metadata']['namespace']}/{s['metadata']['name']}"
+                   for s in cluster.list("secrets", selector="app.kubernetes.io/managed-by=breakglass-operator")
+                   if (s["metadata"].get("annotations") or {}).get("breakglass.dev/key-id") == old_kid]
+        assert not holders or time.monotonic() < deadline, f"token Secrets still signed by the old key: {holders}"
+        return old_kid not in _jwks_kids(cluster)
+    deadline = time.monotonic() + 55
+    wait_for(old_key_gone, 60, "the old key to leave the JWKS", interval=0.5)
     assert new_kid in _jwks_kids(cluster)

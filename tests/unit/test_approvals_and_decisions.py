@@ -78,3 +78,11 @@ def test_the_decision_follows_the_rules(kwargs, action, reason):
 
 def test_waiting_requeues_at_the_approval_deadline():
     assert decide().requeue_at == CREATED + dt.timedelta(minutes=30)
+
+
+def test_the_operator_ceiling_bounds_every_grant_whatever_the_policy_says():
+    long_policy = Policy(**{**POLICY.__dict__, "max_duration": "48h"})
+    request = RequestView(**{**REQ.__dict__, "duration": "30h", "emergency": True})
+    decision = D.decide(request=request, phase="Pending", policy=long_policy, tally=tally(), created=CREATED,
+                        expires_at=None, now=NOW, ceiling=dt.timedelta(hours=24))
+    assert (decision.action, decision.reason) == (D.DENY, "ExceedsOperatorCeiling")

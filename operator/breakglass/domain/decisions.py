@@ -29,8 +29,25 @@ def approval_deadline(created: dt.datetime, policy: Policy) -> dt.datetime | Non
         return None
 
 
+def exceeds_ceiling(request: RequestView, policy: Policy, ceiling: dt.timedelta | None) -> str | None:
+    """The operator-wide --max-token-lifetime bounds every grant, whatever a policy says."""
+    from .policy import effective_duration
+    if ceiling is None:
+        return None
+    try:
+        asked = effective_duration(request, policy)
+    except DurationError:
+        return None  # reported by check_duration
+    if asked > ceiling:
+        from .durations import format_duration
+        return (f"spec.duration {format_duration(asked)} exceeds the operator's --max-token-lifetime "
+                f"{format_duration(ceiling)}")
+    return None
+
+
 def decide(*, request: RequestView, phase: str | None, policy: Policy | None, tally: Tally | None,
-           created: dt.datetime, expires_at: dt.datetime | None, now: dt.datetime) -> Decision:
+           created: dt.datetime, expires_at: dt.datetime | None, now: dt.datetime,
+           ceiling: dt.timedelta | None = None) -> Decision:
     """Decide the next step. `expires_at` is set once a token exists (from its Secret)."""
     if phase in api.TERMINAL_PHASES:
         return Decision(NOTHING, "Terminal", f"request is {phase}")
@@ -49,6 +66,9 @@ def decide(*, request: RequestView, phase: str | None, policy: Policy | None, ta
     failure = first_failure(evaluate_request(request, policy))
     if failure:
         return Decision(DENY, failure.reason, failure.message)
+    too_long = exceeds_ceiling(request, policy, ceiling)
+    if too_long:
+        return Decision(DENY, "ExceedsOperatorCeiling", too_long)
     tally = tally or Tally()
     if tally.denied_by:
         return Decision(DENY, "DeniedByApprover", f"denied by {', '.join(tally.denied_by)}")

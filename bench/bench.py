@@ -1,0 +1,202 @@
+#!/usr/bin/env python3
+"""Performance figures against the local control plane (not a test; numbers go to the README).
+
+  request->Secret latency p50/p99 and grants/s for a burst of N auto-approved requests,
+  the raw ceiling (N Secrets created directly with the same concurrency),
+  expiry lag (exp -> Secret deleted) for N grants expiring together,
+  operator memory (RSS) idle and with N active grants.
+
+Usage: .venv/bin/python bench/bench.py [--grants 500] [--concurrency 8]
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import concurrent.futures as cf
+import datetime as dt
+import json
+import pathlib
+import statistics
+import sys
+import tempfile
+import threading
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "operator"))
+sys.path.insert(0, str(ROOT))
+
+import kubernetes  # noqa: E402
+import yaml  # noqa: E402
+
+from breakglass import tls  # noqa: E402
+from tests.e2e.harness import Operator, free_port, start_cluster, stop_cluster, wait_for  # noqa: E402
+
+
+def client_for(cluster, user):
+    cfg = kubernetes.client.Configuration()
+    kubernetes.config.load_kube_config(config_file=cluster.kubeconfig(user), client_configuration=cfg)
+    cfg.connection_pool_maxsize = 64
+    return kubernetes.client.ApiClient(cfg)
+
+
+def pct(values, p):
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))] if values else float("nan")
+
+
+def rss_mb(pid):
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def children_rss_mb(pid):
+    total = rss_mb(pid)
+    for p in pathlib.Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                if f"PPid:\t{pid}\n" in (p / "status").read_text():
+                    total += rss_mb(int(p.name))
+            except OSError:
+                pass
+    return total
+
+
+class SecretWatch:
+    """Record when each Secret in a namespace is ADDED / DELETED (server events, client clock)."""
+
+    def __init__(self, api_client, namespace):
+        self.added, self.deleted, self.exp = {}, {}, {}
+        self._stop = False
+        self.core = kubernetes.client.CoreV1Api(api_client)
+        self.ns = namespace
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        rv = None  # resume where the last stream ended so no DELETED event is lost between streams
+        while not self._stop:
+            w = kubernetes.watch.Watch()
+            try:
+                kwargs = {"resource_version": rv} if rv else {}
+                for ev in w.stream(self.core.list_namespaced_secret, self.ns, timeout_seconds=30, **kwargs):
+                    now = time.time()
+                    rv = ev["object"].metadata.resource_version
+                    name = ev["object"].metadata.name
+                    ann = ev["object"].metadata.annotations or {}
+                    if "breakglass.dev/expires-at" in ann:
+                        self.exp[name] = dt.datetime.fromisoformat(
+                            ann["breakglass.dev/expires-at"].replace("Z", "+00:00")).timestamp()
+                    if ev["type"] == "ADDED":
+                        self.added.setdefault(name, now)
+                    elif ev["type"] == "DELETED":
+                        self.deleted.setdefault(name, now)
+                    if self._stop:
+                        return
+            except Exception:
+                time.sleep(0.2)
+
+    def stop(self):
+        self._stop = True
+
+
+def burst(fn, items, concurrency):
+    with cf.ThreadPoolExecutor(concurrency) as pool:
+        return list(pool.map(fn, items))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--grants", type=int, default=500)
+    ap.add_argument("--concurrency", type=int, default=8)
+    ap.add_argument("--duration", default="90s", help="grant duration for the expiry phase")
+    args = ap.parse_args()
+    n, conc = args.grants, args.concurrency
+    work = pathlib.Path(tempfile.mkdtemp(prefix="breakglass-bench-"))
+    ports = {k: free_port() for k in ("https", "webhook", "metrics", "health")}
+    certs = tls.generate(str(work / "tls"), ["127.0.0.1"])
+    cluster = start_cluster(work / "cluster", [])
+    op = None
+    results = {"grants": n, "concurrency": conc}
+    try:
+        cluster.kubectl("apply", "-f", str(ROOT / "crds"))
+        for crd in ("breakglasspolicies", "breakglassrequests", "breakglassapprovals"):
+            cluster.kubectl("wait", "--for=condition=Established", f"crd/{crd}.breakglass.dev")
+        cluster.kubectl("apply", "-f", str(ROOT / "tests/e2e/manifests/users-rbac.yaml"))
+        (work / "operator").mkdir()
+        op = Operator(cluster=cluster, workdir=work / "operator", https_port=ports["https"],
+                      webhook_port=ports["webhook"], metrics_port=ports["metrics"], health_port=ports["health"],
+                      tls_cert=certs.cert_file, tls_key=certs.key_file, tls_ca=certs.ca_file)
+        op.start()
+        time.sleep(2)
+        results["rss_idle_mb"] = round(rss_mb(op.proc.pid), 1)
+        cluster.apply({"apiVersion": "breakglass.dev/v1alpha1", "kind": "BreakGlassPolicy",
+                       "metadata": {"name": "bench"},
+                       "spec": {"requesters": {"groups": ["sre"]}, "requiredApprovals": 0,
+                                "allowedNamespaces": ["bench-*"], "allowedClusterRoles": ["view"],
+                                "maxDuration": "1h"}})
+        admin, alice = client_for(cluster, "admin"), client_for(cluster, "alice")
+
+        # Raw ceiling: N Secrets straight into the apiserver, same concurrency.
+        cluster.kubectl("create", "namespace", "bench-raw")
+        core = kubernetes.client.CoreV1Api(admin)
+        t0 = time.monotonic()
+        burst(lambda i: core.create_namespaced_secret("bench-raw", {"metadata": {"name": f"raw-{i}"},
+                                                                    "stringData": {"x": "y"}}), range(n), conc)
+        raw = time.monotonic() - t0
+        results["raw_secrets_per_s"] = round(n / raw, 1)
+
+        # Burst of auto-approved requests: time from create call to the token Secret's ADDED event.
+        ns = "bench-grants"
+        cluster.kubectl("create", "namespace", ns)
+        watch = SecretWatch(admin, ns)
+        time.sleep(1)
+        custom = kubernetes.client.CustomObjectsApi(alice)
+        started = {}
+
+        def file(i):
+            name = f"g{i:04d}"
+            body = {"apiVersion": "breakglass.dev/v1alpha1", "kind": "BreakGlassRequest",
+                    "metadata": {"name": name, "namespace": ns},
+                    "spec": {"policy": "bench", "reason": "benchmark burst of grants", "duration": args.duration,
+                             "namespaces": [ns], "clusterRoles": ["view"]}}
+            started[f"{name}-token"] = time.time()
+            custom.create_namespaced_custom_object("breakglass.dev", "v1alpha1", ns, "breakglassrequests", body)
+
+        t0 = time.time()
+        burst(file, range(n), conc)
+        wait_for(lambda: len([k for k in watch.added if k in started]) >= n, 600, "all token Secrets", interval=0.2)
+        last = max(watch.added[k] for k in started)
+        lat = [watch.added[k] - started[k] for k in started]
+        results["request_to_secret_p50_s"] = round(pct(lat, 50), 3)
+        results["request_to_secret_p99_s"] = round(pct(lat, 99), 3)
+        results["grants_per_s"] = round(n / (last - t0), 1)
+        results["vs_raw_ceiling"] = round(results["grants_per_s"] / results["raw_secrets_per_s"], 2)
+        wait_for(lambda: sum(1 for r in custom.list_namespaced_custom_object(
+            "breakglass.dev", "v1alpha1", ns, "breakglassrequests")["items"]
+            if (r.get("status") or {}).get("phase") == "Active") >= n, 600, "all Active", interval=0.5)
+        results["rss_active_mb"] = round(rss_mb(op.proc.pid), 1)
+
+        # Expiry: every grant's Secret deletion vs its own exp.
+        last_exp = max(watch.exp[k] for k in started)
+        wait_for(lambda: len([k for k in watch.deleted if k in started]) >= n, last_exp - time.time() + 300,
+                 "all Secrets deleted at expiry", interval=0.5)
+        lags = [watch.deleted[k] - watch.exp[k] for k in started]
+        results["expiry_lag_p50_s"] = round(pct(lags, 50), 3)
+        results["expiry_lag_p99_s"] = round(pct(lags, 99), 3)
+        results["expiry_lag_max_s"] = round(max(lags), 3)
+        results["expiry_window_s"] = round(max(watch.exp.values()) - min(watch.exp.values()), 1)
+        watch.stop()
+        print(json.dumps(results, indent=2))
+        (ROOT / "bench" / "last-results.json").write_text(json.dumps(results, indent=2) + "\n")
+    finally:
+        if op:
+            op.stop()
+        stop_cluster(work / "cluster")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
