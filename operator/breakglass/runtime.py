@@ -200,6 +200,7 @@ def settings_audiences() -> list[str]:
 
 async def start(rt: Runtime, kopf_settings: kopf.OperatorSettings) -> None:
     s = rt.settings
+    kopf_settings.execution.max_workers = 32  # sync handlers incl. admission; never starve webhooks
     kopf_settings.posting.enabled = False  # our Events are written deliberately, never from logs
     kopf_settings.peering.standalone = True
     kopf_settings.persistence.finalizer = "breakglass.dev/kopf"
@@ -220,8 +221,9 @@ async def start(rt: Runtime, kopf_settings: kopf.OperatorSettings) -> None:
         # The chart ships the configurations (Service or URL); we only keep their caBundle right.
         await asyncio.get_running_loop().run_in_executor(
             None, inject_ca_bundle, rt.kube, s.webhook_config_name, rt.tls.ca_file)
-    rt.queue.start()
-    rt.drill_queue.start()
+    # Our own writes to requests (finalizers) pass through our own persistent, fail-closed webhooks:
+    # start reconciling once the webhook server (started by kopf after this handler) accepts connections.
+    rt.tasks.append(asyncio.create_task(_start_queues_when_serving(rt)))
     await rt.endpoints.start(s.bind_address, s.https_port, rt.tls.cert_file, rt.tls.key_file)
     if s.metrics_port:
         from prometheus_client import start_http_server
@@ -230,6 +232,22 @@ async def start(rt: Runtime, kopf_settings: kopf.OperatorSettings) -> None:
     await loop.run_in_executor(None, rt.sweeper.sweep_expired)
     await loop.run_in_executor(None, rt.sweeper.resync_all)
     rt.tasks.append(asyncio.create_task(_housekeeping(rt)))
+
+
+async def _start_queues_when_serving(rt: Runtime, timeout: float = 30.0) -> None:
+    host = "127.0.0.1" if rt.settings.bind_address in ("0.0.0.0", "") else rt.settings.bind_address
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        try:
+            _, writer = await asyncio.open_connection(host, rt.settings.webhook_port)
+            writer.close()
+            break
+        except OSError:
+            await asyncio.sleep(0.05)
+    else:
+        log.warning("webhook server not reachable after %.0fs; reconciling anyway", timeout)
+    rt.queue.start()
+    rt.drill_queue.start()
 
 
 async def _housekeeping(rt: Runtime, interval: float = 5.0) -> None:

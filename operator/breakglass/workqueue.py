@@ -90,6 +90,7 @@ class WorkQueue:
                 self._queued.discard(key)
                 self._processing.add(key)
             requeue_at: float | None = None
+            started = time.monotonic()
             try:
                 when = self.handler(key)
                 requeue_at = when.timestamp() if when is not None else None
@@ -100,6 +101,9 @@ class WorkQueue:
                 backoff = min(self.retry_seconds * (2 ** (n - 1)), 30.0)
                 log.exception("reconcile of %s failed (attempt %d); retrying in %.1fs", key, n, backoff)
                 requeue_at = self.clock() + backoff
+            took = time.monotonic() - started
+            if took > 10:
+                log.warning("reconcile of %s took %.1fs", key, took)
             with self._cond:
                 self._processing.discard(key)
                 if key in self._dirty:

@@ -30,7 +30,11 @@ def load_config(kubeconfig: str | None = None, pool_size: int = 32) -> kubernete
     except Exception as exc:  # config errors must name the problem, not a stack trace
         raise SystemExit(f"breakglass: cannot load Kubernetes credentials: {exc}") from None
     cfg.connection_pool_maxsize = pool_size
-    return kubernetes.client.ApiClient(cfg)
+    client = kubernetes.client.ApiClient(cfg)
+    # The client has no default timeout: a stuck connection would hold a worker forever.
+    import urllib3
+    client.rest_client.pool_manager.connection_pool_kw["timeout"] = urllib3.Timeout(connect=5, read=45)
+    return client
 
 
 class Kube:
