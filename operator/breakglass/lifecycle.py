@@ -71,6 +71,7 @@ class TokenState:
     issued_at: dt.datetime
     expires_at: dt.datetime
     secret_name: str
+    secret_uid: str = ""
 
 
 def token_state_from_secret(secret: dict[str, Any] | None, request_uid: str) -> TokenState | None:
@@ -82,14 +83,16 @@ def token_state_from_secret(secret: dict[str, Any] | None, request_uid: str) -> 
     return TokenState(jti=ann[api.TOKEN_ID_ANNOTATION], kid=ann.get(api.KEY_ID_ANNOTATION, ""),
                       issued_at=parse_rfc3339(ann[api.ISSUED_AT_ANNOTATION]),
                       expires_at=parse_rfc3339(ann[api.EXPIRES_AT_ANNOTATION]),
-                      secret_name=secret["metadata"]["name"])
+                      secret_name=secret["metadata"]["name"], secret_uid=secret["metadata"].get("uid", ""))
 
 
 class Reconciler:
     def __init__(self, *, kube: Kube, keys: KeyStore, revocations: RevocationStore, audit: AuditLog,
-                 settings: Settings, clock: Callable[[], dt.datetime], policies: "PolicyCache | None" = None):
+                 settings: Settings, clock: Callable[[], dt.datetime], policies: "PolicyCache | None" = None,
+                 schedule_expiry: Callable[..., None] | None = None):
         self.kube, self.keys, self.revocations, self.audit = kube, keys, revocations, audit
         self.policies = policies or PolicyCache(kube)
+        self.schedule_expiry = schedule_expiry
         # One thread keeps Events in the order they were emitted.
         self._events = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="events")
         # resourceVersions produced by our own writes: their watch events need no reconcile.
@@ -274,6 +277,9 @@ class Reconciler:
                         emergency=bool(new.get("review")))
         else:
             self._write_status_if_changed(req, new)
+        if self.schedule_expiry and state.secret_uid:
+            self.schedule_expiry((meta["namespace"], meta["name"]), meta["namespace"], state.secret_name,
+                                 state.secret_uid, state.expires_at.timestamp())
         due = self._review_due(new)
         return min([t for t in (state.expires_at, due) if t is not None])
 
@@ -310,7 +316,7 @@ class Reconciler:
         if token is not None:
             self._cleanup(req, token)
             metrics.expiry_lag.observe(max(0.0, (self.clock() - token.expires_at).total_seconds()))
-        else:
+        else:  # the expiry fast path already deleted the Secret
             self.kube.delete_managed_rbac(view.namespace, view.name)
         new = dict(status)
         gen = req["metadata"].get("generation")

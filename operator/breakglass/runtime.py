@@ -16,6 +16,7 @@ from .audit import AuditLog
 from .drills import DrillRunner
 from .domain.durations import utcnow
 from .endpoints import Endpoints
+from .expiry import ExpiryTimer
 from .k8s.client import Kube, error_text, load_config
 from .lifecycle import Reconciler
 from .policies import reconcile_policy
@@ -45,6 +46,7 @@ class Runtime:
     tls: TLSFiles
     drills: DrillRunner
     drill_queue: WorkQueue
+    expiry: ExpiryTimer
     tasks: list[asyncio.Task] = field(default_factory=list)
 
     def enqueue(self, namespace: str, name: str) -> None:
@@ -175,9 +177,10 @@ def build(settings: Settings) -> Runtime:
     revocations = RevocationStore(kube, settings.namespace)
     hmac_key = (settings.audit_hmac_secret or os.environ.get("BREAKGLASS_AUDIT_HMAC_SECRET") or "").encode() or None
     audit = AuditLog(settings.audit_log, hmac_key)
-    reconciler = Reconciler(kube=kube, keys=keys, revocations=revocations, audit=audit, settings=settings,
-                            clock=utcnow)
     holder: dict[str, Runtime] = {}
+    expiry = ExpiryTimer(kube.delete_secret, lambda key: holder["rt"].queue.add(key))
+    reconciler = Reconciler(kube=kube, keys=keys, revocations=revocations, audit=audit, settings=settings,
+                            clock=utcnow, schedule_expiry=expiry.schedule)
     queue = WorkQueue(lambda key: holder["rt"].reconcile_key(key), workers=settings.workers)
     sweeper = Sweeper(kube, keys, revocations, lambda ns, n: queue.add((ns, n)), utcnow,
                       settings.key_rotation_interval)
@@ -188,7 +191,7 @@ def build(settings: Settings) -> Runtime:
     drill_queue = WorkQueue(lambda key: holder["rt"].run_drill_key(key), workers=2, retry_seconds=5.0)
     rt = Runtime(settings=settings, kube=kube, keys=keys, revocations=revocations, audit=audit,
                  reconciler=reconciler, queue=queue, sweeper=sweeper, endpoints=endpoints,
-                 tls=tls_files(settings, kube), drills=drills, drill_queue=drill_queue)
+                 tls=tls_files(settings, kube), drills=drills, drill_queue=drill_queue, expiry=expiry)
     holder["rt"] = rt
     return rt
 
@@ -248,6 +251,7 @@ async def _start_queues_when_serving(rt: Runtime, timeout: float = 30.0) -> None
         log.warning("webhook server not reachable after %.0fs; reconciling anyway", timeout)
     rt.queue.start()
     rt.drill_queue.start()
+    rt.expiry.start()
 
 
 async def _housekeeping(rt: Runtime, interval: float = 5.0) -> None:
@@ -262,4 +266,5 @@ async def stop(rt: Runtime) -> None:
         t.cancel()
     rt.queue.stop()
     rt.drill_queue.stop()
+    rt.expiry.stop()
     await rt.endpoints.stop()

@@ -89,3 +89,24 @@ def test_the_queue_fires_delayed_keys_at_their_time():
         time.sleep(0.01)
     q.stop()
     assert fired and fired[0][1] >= at - 0.01 and fired[0][1] - at < 0.5
+
+
+def test_the_expiry_timer_deletes_the_exact_secret_at_exp_then_hands_over_to_the_reconcile():
+    from breakglass.expiry import ExpiryTimer
+    deleted, after = [], []
+    timer = ExpiryTimer(lambda ns, name, uid: deleted.append((ns, name, uid, time.time())) or True,
+                        lambda key: after.append(key), workers=2)
+    timer.start()
+    at = time.time() + 0.3
+    timer.schedule(("ns", "r"), "ns", "r-token", "uid-1", at)
+    timer.schedule(("ns", "r"), "ns", "r-token", "uid-1", at)  # duplicate scheduling is harmless
+    timer.schedule(("ns", "gone"), "ns", "gone-token", "uid-2", at)
+    timer.cancel(("ns", "gone"))
+    deadline = time.monotonic() + 3
+    while not after and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.1)
+    timer.stop()
+    assert [(d[0], d[1], d[2]) for d in deleted] == [("ns", "r-token", "uid-1")]
+    assert deleted[0][3] >= at - 0.01 and deleted[0][3] - at < 0.5
+    assert after == [("ns", "r")]

@@ -137,8 +137,15 @@ class Kube:
     def replace_secret(self, body: dict[str, Any]) -> None:
         self.core.replace_namespaced_secret(body["metadata"]["name"], body["metadata"]["namespace"], body)
 
-    def delete_secret(self, namespace: str, name: str) -> bool:
-        return _false_on_404(lambda: self.core.delete_namespaced_secret(name, namespace))
+    def delete_secret(self, namespace: str, name: str, uid: str | None = None) -> bool:
+        """Delete; with `uid`, only if it is still that exact object (409 otherwise, reported False)."""
+        body = {"preconditions": {"uid": uid}} if uid else None
+        try:
+            return _false_on_404(lambda: self.core.delete_namespaced_secret(name, namespace, body=body))
+        except ApiException as exc:
+            if exc.status == 409 and uid:
+                return False
+            raise
 
     def list_managed_secrets(self) -> list[dict[str, Any]]:
         items = self.core.list_secret_for_all_namespaces(
