@@ -74,6 +74,8 @@ cmd_build() {
   mkdir -p "$CACHE"
   local blog="$CACHE/build.log"
   log "building kubernetes $K8S_VERSION from Debian source (about 5 min cold); log: $blog"
+  # Not `( ... ) || die`: errexit is ignored inside a subshell that is part of an || list.
+  set +e
   (
     set -euo pipefail
     local work="$CACHE/work"
@@ -116,7 +118,12 @@ cmd_build() {
     done
     rm -rf "$BIN"; mv "$BIN.tmp" "$BIN"
     cd /; rm -rf "$work"
-  ) >"$blog" 2>&1 || die "kubernetes build failed; see $blog (last lines: $(tail -3 "$blog" | tr '\n' ' '))"
+  ) >"$blog" 2>&1
+  local rc=$?
+  set -e
+  if [ $rc -ne 0 ] || [ ! -x "$BIN/kube-apiserver" ]; then
+    die "kubernetes build failed; see $blog (last lines: $(tail -3 "$blog" | tr '\n' ' '))"
+  fi
   log "built: $("$BIN/kube-apiserver" --version)"
 }
 
