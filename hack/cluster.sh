@@ -82,10 +82,10 @@ cmd_build() {
     rm -rf "$work"; mkdir -p "$work/src-dl"
     cd "$work/src-dl"
     apt-get source --download-only "kubernetes=$DEB_VERSION" || apt-get source --download-only kubernetes
-    local orig; orig=$(ls kubernetes_*.orig.tar.* | head -1)
+    local orig; orig=$(ls kubernetes_*.orig.tar.* | sed -n 1p)
     mkdir -p "$work/gopath/src/k8s.io"
     tar -xf "$orig" -C "$work/gopath/src/k8s.io"
-    local top; top=$(tar -tf "$orig" | head -1 | cut -d/ -f1)
+    local top; top=$(tar -tf "$orig" | sed -n '1s#/.*##p')  # sed reads it all: no SIGPIPE under pipefail
     mv "$work/gopath/src/k8s.io/$top" "$work/gopath/src/k8s.io/kubernetes"
     local tree="$work/gopath/src/k8s.io/kubernetes"
     cd "$tree"
@@ -97,8 +97,8 @@ cmd_build() {
     go build -o "$work/openapi-gen" ./vendor/k8s.io/kube-openapi/cmd/openapi-gen
     local dirs
     # vendor/k8s.io/<staging> entries are symlinks into staging/: -R follows them.
-    dirs=$( { grep -rl --include='*.go' '+k8s:openapi-gen=' pkg cmd plugin; \
-              grep -Rl --include='*.go' '+k8s:openapi-gen=' vendor; } \
+    dirs=$( { grep -rl --include='*.go' '+k8s:openapi-gen=' pkg cmd plugin || true; \
+              grep -Rl --include='*.go' '+k8s:openapi-gen=' vendor 2>/dev/null || true; } \
             | grep -v -e '^vendor/k8s.io/code-generator/' -e '^vendor/k8s.io/sample-apiserver/' \
             | xargs -n1 dirname | sort -u | sed -e 's#^#k8s.io/kubernetes/#' | paste -sd, -)
     echo "openapi-gen over $(echo "$dirs" | tr ',' '\n' | wc -l) packages"

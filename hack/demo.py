@@ -25,7 +25,8 @@ sys.path.insert(0, str(ROOT))
 import yaml  # noqa: E402
 
 from breakglass import tls  # noqa: E402
-from tests.e2e.harness import Operator, free_port, start_cluster, stop_cluster, wait_for  # noqa: E402
+from tests.e2e.harness import (Operator, free_port, install_crds, start_cluster, stop_cluster,  # noqa: E402
+                               wait_for, write_tokenreview_webhook_config)
 
 BOLD, DIM, RESET = ("\033[1m", "\033[2m", "\033[0m") if sys.stdout.isatty() else ("", "", "")
 
@@ -43,24 +44,14 @@ def main() -> int:
     work = pathlib.Path(tempfile.mkdtemp(prefix="breakglass-demo-"))
     ports = {k: free_port() for k in ("https", "webhook", "metrics", "health")}
     certs = tls.generate(str(work / "operator-tls"), ["127.0.0.1", "localhost"])
-    webhook_cfg = work / "tokenreview.kubeconfig"
-    webhook_cfg.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config",
-        "clusters": [{"name": "bg", "cluster": {"server": f"https://127.0.0.1:{ports['https']}/authenticate",
-                                                "certificate-authority": certs.ca_file}}],
-        "users": [{"name": "apiserver", "user": {}}],
-        "contexts": [{"name": "bg", "context": {"cluster": "bg", "user": "apiserver"}}], "current-context": "bg"}))
     op = None
     cluster_dir = work / "cluster"
     try:
         step(1, "Start the local control plane (etcd + kube-apiserver + kube-controller-manager, Kubernetes 1.20.2)")
-        cluster = start_cluster(cluster_dir, [f"--authentication-token-webhook-config-file={webhook_cfg}",
-                                              "--authentication-token-webhook-cache-ttl=1s",
-                                              "--authentication-token-webhook-version=v1"])
+        flags = write_tokenreview_webhook_config(work / "tokenreview.kubeconfig", ports["https"], certs.ca_file)
+        cluster = start_cluster(cluster_dir, flags)
         show("kubectl version --short", cluster.kubectl("version", "--short").stdout)
-        cluster.kubectl("apply", "-f", str(ROOT / "crds"))
-        for crd in ("breakglasspolicies", "breakglassrequests", "breakglassapprovals"):
-            cluster.kubectl("wait", "--for=condition=Established", f"crd/{crd}.breakglass.dev")
+        install_crds(cluster)
         cluster.kubectl("apply", "-f", str(ROOT / "tests/e2e/manifests/users-rbac.yaml"))
         cluster.kubectl("create", "namespace", "team-db")
         cluster.kubectl("create", "namespace", "payments")

@@ -23,39 +23,31 @@ def _identity(userinfo: dict[str, Any] | None) -> tuple[str, list[str]]:
     return userinfo.get("username") or "", list(userinfo.get("groups") or [])
 
 
-def stamp_request_identity(spec: dict[str, Any], userinfo: dict[str, Any] | None) -> tuple[Verdict, dict[str, Any]]:
-    """Mutating, CREATE: requester and requesterGroups come from the authenticated caller."""
+def _stamp_identity(spec: dict[str, Any], userinfo: dict[str, Any] | None, user_field: str,
+                    groups_field: str, role: str) -> tuple[Verdict, dict[str, Any]]:
+    """Mutating, CREATE: who the caller is comes from the API server, never from the client."""
     user, groups = _identity(userinfo)
     if not user:
         return Verdict(False, "NoIdentity", "the API server sent no user identity", "identity"), {}
-    given = spec.get("requester")
+    given = spec.get(user_field)
     if given and given != user:
         return Verdict(False, "IdentityMismatch",
-                       f"spec.requester {given!r} differs from the authenticated user {user!r}: "
-                       "the requester is set by the API server, leave it empty", "identity"), {}
-    given_groups = spec.get("requesterGroups")
+                       f"spec.{user_field} {given!r} differs from the authenticated user {user!r}: "
+                       f"the {role} is set by the API server, leave it empty", "identity"), {}
+    given_groups = spec.get(groups_field)
     if given_groups and sorted(given_groups) != sorted(groups):
         return Verdict(False, "IdentityMismatch",
-                       "spec.requesterGroups differs from the authenticated user's groups: "
+                       f"spec.{groups_field} differs from the authenticated user's groups: "
                        "it is set by the API server, leave it empty", "identity"), {}
-    return OK, {"requester": user, "requesterGroups": groups}
+    return OK, {user_field: user, groups_field: groups}
+
+
+def stamp_request_identity(spec: dict[str, Any], userinfo: dict[str, Any] | None) -> tuple[Verdict, dict[str, Any]]:
+    return _stamp_identity(spec, userinfo, "requester", "requesterGroups", "requester")
 
 
 def stamp_approval_identity(spec: dict[str, Any], userinfo: dict[str, Any] | None) -> tuple[Verdict, dict[str, Any]]:
-    user, groups = _identity(userinfo)
-    if not user:
-        return Verdict(False, "NoIdentity", "the API server sent no user identity", "identity"), {}
-    given = spec.get("approver")
-    if given and given != user:
-        return Verdict(False, "IdentityMismatch",
-                       f"spec.approver {given!r} differs from the authenticated user {user!r}: "
-                       "the approver is set by the API server, leave it empty", "identity"), {}
-    given_groups = spec.get("approverGroups")
-    if given_groups and sorted(given_groups) != sorted(groups):
-        return Verdict(False, "IdentityMismatch",
-                       "spec.approverGroups differs from the authenticated user's groups: "
-                       "it is set by the API server, leave it empty", "identity"), {}
-    return OK, {"approver": user, "approverGroups": groups}
+    return _stamp_identity(spec, userinfo, "approver", "approverGroups", "approver")
 
 
 def is_identity_probe(body: dict[str, Any], operation: str, dryrun: bool) -> bool:

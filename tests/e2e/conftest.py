@@ -7,23 +7,13 @@ import shutil
 import tempfile
 
 import pytest
-import yaml
 
 from breakglass import tls
 
-from .harness import ROOT, Cluster, Operator, free_port, start_cluster, stop_cluster, wait_for
+from .harness import (ROOT, Operator, free_port, install_crds, start_cluster, stop_cluster,
+                      write_tokenreview_webhook_config)
 
 pytestmark = pytest.mark.e2e
-
-
-def _webhook_kubeconfig(path: pathlib.Path, url: str, ca_file: str) -> None:
-    path.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config",
-        "clusters": [{"name": "breakglass", "cluster": {"server": url, "certificate-authority": ca_file}}],
-        "users": [{"name": "kube-apiserver", "user": {}}],
-        "contexts": [{"name": "webhook", "context": {"cluster": "breakglass", "user": "kube-apiserver"}}],
-        "current-context": "webhook",
-    }))
 
 
 @pytest.fixture(scope="session")
@@ -50,18 +40,12 @@ def operator_tls(e2e_dir):
 
 @pytest.fixture(scope="session")
 def cluster(e2e_dir, ports, operator_tls):
-    webhook_cfg = e2e_dir / "tokenreview-webhook.kubeconfig"
-    _webhook_kubeconfig(webhook_cfg, f"https://127.0.0.1:{ports['https']}/authenticate", operator_tls.ca_file)
+    flags = write_tokenreview_webhook_config(e2e_dir / "tokenreview-webhook.kubeconfig", ports["https"],
+                                             operator_tls.ca_file)
     state = e2e_dir / "cluster"
     try:
-        c = start_cluster(state, [
-            f"--authentication-token-webhook-config-file={webhook_cfg}",
-            "--authentication-token-webhook-cache-ttl=1s",
-            "--authentication-token-webhook-version=v1",
-        ])
-        c.kubectl("apply", "-f", str(ROOT / "crds"))
-        for crd in ("breakglasspolicies", "breakglassrequests", "breakglassapprovals", "breakglassdrills"):
-            c.kubectl("wait", "--for=condition=Established", f"crd/{crd}.breakglass.dev", "--timeout=60s")
+        c = start_cluster(state, flags)
+        install_crds(c)
         c.kubectl("apply", "-f", str(ROOT / "tests" / "e2e" / "manifests" / "users-rbac.yaml"))
         yield c
     finally:

@@ -232,3 +232,26 @@ def secret_token(secret: dict) -> str:
 
 def secret_field(secret: dict, key: str) -> str:
     return base64.b64decode(secret["data"][key]).decode()
+
+
+CRD_PLURALS = ("breakglasspolicies", "breakglassrequests", "breakglassapprovals", "breakglassdrills")
+
+
+def install_crds(cluster: Cluster, crd_dir: pathlib.Path | None = None) -> None:
+    cluster.kubectl("apply", "-f", str(crd_dir or ROOT / "crds"))
+    for crd in CRD_PLURALS:
+        cluster.kubectl("wait", "--for=condition=Established", f"crd/{crd}.breakglass.dev", "--timeout=60s")
+
+
+def write_tokenreview_webhook_config(path: pathlib.Path, https_port: int, ca_file: str) -> list[str]:
+    """The kubeconfig kube-apiserver uses to call the operator's /authenticate; returns the flags."""
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "breakglass", "cluster": {"server": f"https://127.0.0.1:{https_port}/authenticate",
+                                                        "certificate-authority": ca_file}}],
+        "users": [{"name": "kube-apiserver", "user": {}}],
+        "contexts": [{"name": "webhook", "context": {"cluster": "breakglass", "user": "kube-apiserver"}}],
+        "current-context": "webhook",
+    }))
+    return [f"--authentication-token-webhook-config-file={path}", "--authentication-token-webhook-cache-ttl=1s",
+            "--authentication-token-webhook-version=v1"]

@@ -11,7 +11,8 @@ import yaml
 
 from breakglass import tls
 
-from .harness import ROOT, Operator, free_port, secret_token, start_cluster, stop_cluster, wait_for
+from .harness import (ROOT, Operator, free_port, install_crds, secret_token, start_cluster, stop_cluster,
+                      wait_for, write_tokenreview_webhook_config)
 from .scenario import approve, policy, request, unique, wait_phase
 from .tokens_helpers import forbidden, unauthorized, with_token
 
@@ -65,21 +66,11 @@ def chart_env(e2e_dir):
     base.mkdir(exist_ok=True)
     ports = {k: free_port() for k in ("https", "webhook", "metrics", "health")}
     certs = tls.generate(str(base / "tls"), ["127.0.0.1", "localhost"])
-    review_cfg = base / "tokenreview.kubeconfig"
-    review_cfg.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config",
-        "clusters": [{"name": "bg", "cluster": {"server": f"https://127.0.0.1:{ports['https']}/authenticate",
-                                                "certificate-authority": certs.ca_file}}],
-        "users": [{"name": "apiserver", "user": {}}],
-        "contexts": [{"name": "bg", "context": {"cluster": "bg", "user": "apiserver"}}], "current-context": "bg"}))
-    cluster = start_cluster(base / "cluster", [f"--authentication-token-webhook-config-file={review_cfg}",
-                                               "--authentication-token-webhook-cache-ttl=1s",
-                                               "--authentication-token-webhook-version=v1"])
+    flags = write_tokenreview_webhook_config(base / "tokenreview.kubeconfig", ports["https"], certs.ca_file)
+    cluster = start_cluster(base / "cluster", flags)
     op = None
     try:
-        cluster.kubectl("apply", "-f", str(ROOT / "charts" / "breakglass-operator" / "crds"))
-        for crd in ("breakglasspolicies", "breakglassrequests", "breakglassapprovals", "breakglassdrills"):
-            cluster.kubectl("wait", "--for=condition=Established", f"crd/{crd}.breakglass.dev")
+        install_crds(cluster, ROOT / "charts" / "breakglass-operator" / "crds")
         values = {"webhook": {"url": f"https://127.0.0.1:{ports['webhook']}"},
                   "issuer": f"https://127.0.0.1:{ports['https']}", "clusterServer": cluster.server,
                   "rbac": {"requesterGroups": ["sre", "contractors"], "approverGroups": ["sre-leads"]}}

@@ -12,7 +12,7 @@ import pytest
 
 from breakglass import tls
 
-from .harness import Operator, free_port, secret_token, start_cluster, stop_cluster, wait_for
+from .harness import Operator, free_port, install_crds, secret_token, start_cluster, stop_cluster, wait_for
 from .scenario import policy, request, unique, wait_phase
 from .tokens_helpers import forbidden, unauthorized, with_token
 from .harness import ROOT
@@ -31,9 +31,7 @@ def oidc_env(e2e_dir):
         "--oidc-signing-algs=ES256"])
     op = None
     try:
-        cluster.kubectl("apply", "-f", str(ROOT / "crds"))
-        for crd in ("breakglasspolicies", "breakglassrequests", "breakglassapprovals"):
-            cluster.kubectl("wait", "--for=condition=Established", f"crd/{crd}.breakglass.dev", "--timeout=60s")
+        install_crds(cluster)
         cluster.kubectl("apply", "-f", str(ROOT / "tests/e2e/manifests/users-rbac.yaml"))
         (base / "operator").mkdir(exist_ok=True)
         op = Operator(cluster=cluster, workdir=base / "operator", https_port=ports["https"],
