@@ -65,6 +65,12 @@ def _run(settings, verbose: bool) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     for noisy in ("kopf.objects", "kopf.activities.probe", "aiohttp.access", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    for name in filter(None, os.environ.get("BREAKGLASS_DEBUG_LOGGERS", "").split(",")):
+        logging.getLogger(name.strip()).setLevel(logging.DEBUG)
+    import faulthandler
+    import signal
+    # `kill -USR1 <pid>` dumps every thread's stack to stderr: the first tool for a stuck operator.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     if settings.kubeconfig:
         os.environ["KUBECONFIG"] = settings.kubeconfig
     runtime.SETTINGS = settings

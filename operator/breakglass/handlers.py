@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import kopf
 
 from . import admission, api, metrics, runtime
 from .domain.policy import Verdict
+
+log = logging.getLogger(__name__)
 
 
 def _reject(kind: str, verdict: Verdict) -> None:
@@ -35,8 +38,10 @@ async def stop_operator(memo: kopf.Memo, **_):
 
 # --- watches: every event becomes "reconcile that request" -------------------------------
 @kopf.on.event(api.GROUP, api.VERSION, api.REQUEST_PLURAL)
-def request_changed(name, namespace, meta, memo: kopf.Memo, **_):
-    if not memo.rt.reconciler.is_own_write(namespace, name, meta.get("resourceVersion")):
+def request_changed(name, namespace, meta, type, memo: kopf.Memo, **_):
+    own = memo.rt.reconciler.is_own_write(namespace, name, meta.get("resourceVersion"))
+    log.debug("request event %s rv=%s own=%s", type, meta.get("resourceVersion"), own)
+    if not own:
         memo.rt.enqueue(namespace, name)
 
 

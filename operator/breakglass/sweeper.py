@@ -89,7 +89,10 @@ class Sweeper:
         metrics.signing_key_age.set((now - parse_rfc3339(ring.active.created)).total_seconds())
 
     def housekeeping(self, check_overdue: Callable | None = None) -> None:
-        for step, fn in (("sweep", self.sweep_expired), ("gauges", lambda: self.refresh_gauges(check_overdue)),
+        # resync: the level-triggered safety net (like an informer resync) for any watch event that
+        # never arrived; a request is decided from cluster state, so extra reconciles are harmless.
+        for step, fn in (("sweep", self.sweep_expired), ("resync", self.resync_all),
+                         ("gauges", lambda: self.refresh_gauges(check_overdue)),
                          ("revocations", self.revocations.prune), ("keys", self._keys)):
             try:
                 fn()

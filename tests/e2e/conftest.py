@@ -79,4 +79,5 @@ def pytest_runtest_makereport(item, call):
     if report.when == "call" and report.failed:
         op = item.funcargs.get("operator") or item.funcargs.get("running_operator")
         if isinstance(op, Operator):
-            report.sections.append(("operator log (tail)", op.log_tail(120)))
+            op.dump_threads()
+            report.sections.append(("operator log (tail)", op.log_tail(400)))

@@ -219,6 +219,12 @@ class Operator:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
 
+    def dump_threads(self) -> None:
+        """Ask a running operator for its thread stacks (faulthandler on SIGUSR1) before reading its log."""
+        if self.proc and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGUSR1)
+            time.sleep(0.5)
+
     def log_tail(self, lines: int = 80) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
