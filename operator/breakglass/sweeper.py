@@ -63,6 +63,16 @@ class Sweeper:
                     api.FINALIZER in (req["metadata"].get("finalizers") or []):
                 self.enqueue(req["metadata"]["namespace"], req["metadata"]["name"])
 
+    def resync_stale(self) -> None:
+        """Enqueue requests a missed watch event could leave behind: never seen (no status), still
+        Pending (an approval event may be the one missed), spec changed since (observedGeneration
+        behind, e.g. revoked), or being deleted. Active grants need no polling: expiry is timed."""
+        for req in self.kube.list_requests():
+            meta, status = req["metadata"], req.get("status") or {}
+            if status.get("phase") in (None, api.PENDING) \
+                    or status.get("observedGeneration") != meta.get("generation") or meta.get("deletionTimestamp"):
+                self.enqueue(meta["namespace"], meta["name"])
+
     def refresh_gauges(self, check_overdue: Callable | None = None) -> None:
         now = self.clock()
         active: dict[str, int] = {}
@@ -91,7 +101,7 @@ class Sweeper:
     def housekeeping(self, check_overdue: Callable | None = None) -> None:
         # resync: the level-triggered safety net (like an informer resync) for any watch event that
         # never arrived; a request is decided from cluster state, so extra reconciles are harmless.
-        for step, fn in (("sweep", self.sweep_expired), ("resync", self.resync_all),
+        for step, fn in (("sweep", self.sweep_expired), ("resync", self.resync_stale),
                          ("gauges", lambda: self.refresh_gauges(check_overdue)),
                          ("revocations", self.revocations.prune), ("keys", self._keys)):
             try:
