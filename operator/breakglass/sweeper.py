@@ -67,8 +67,13 @@ class Sweeper:
         """Enqueue requests a missed watch event could leave behind: never seen (no status), still
         Pending (an approval event may be the one missed), spec changed since (observedGeneration
         behind, e.g. revoked), or being deleted. Active grants need no polling: expiry is timed."""
+        now = self.clock()
         for req in self.kube.list_requests():
             meta, status = req["metadata"], req.get("status") or {}
+            if not status.get("phase") and meta.get("creationTimestamp") and \
+                    (now - parse_rfc3339(meta["creationTimestamp"])).total_seconds() > 5:
+                log.warning("resync picked up %s/%s: no watch event reached the operator for it",
+                            meta.get("namespace"), meta.get("name"))
             if status.get("phase") in (None, api.PENDING) \
                     or status.get("observedGeneration") != meta.get("generation") or meta.get("deletionTimestamp"):
                 self.enqueue(meta["namespace"], meta["name"])
