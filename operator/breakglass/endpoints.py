@@ -50,8 +50,12 @@ def token_review_response(result, api_version: str = "authentication.k8s.io/v1")
 
 
 class Endpoints:
-    def __init__(self, *, keys: KeyStore, revocations: RevocationStore, issuer: str, audiences: list[str]):
+    def __init__(self, *, keys: KeyStore, revocations: RevocationStore, issuer: str, audiences: list[str],
+                 client_ca_file: str | None = None):
         self.keys, self.revocations, self.issuer, self.audiences = keys, revocations, issuer, audiences
+        # With a client CA, /authenticate answers only callers presenting a certificate it signed
+        # (kube-apiserver's webhook kubeconfig); JWKS, discovery and revocations stay public.
+        self.client_ca_file = client_ca_file
         self._runner: web.AppRunner | None = None
 
     def app(self) -> web.Application:
@@ -68,6 +72,9 @@ class Endpoints:
     async def start(self, host: str, port: int, cert_file: str, key_file: str) -> None:
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ctx.load_cert_chain(cert_file, key_file)
+        if self.client_ca_file:
+            ctx.verify_mode = ssl.CERT_OPTIONAL  # verified when presented; required by /authenticate
+            ctx.load_verify_locations(cafile=self.client_ca_file)
         self._runner = web.AppRunner(self.app(), handle_signals=False, access_log=None)
         await self._runner.setup()
         await web.TCPSite(self._runner, host, port, ssl_context=ctx, reuse_address=True).start()
@@ -92,6 +99,13 @@ class Endpoints:
         return web.Response(text="ok")
 
     async def authenticate(self, request: web.Request) -> web.Response:
+        if self.client_ca_file:
+            peer = request.transport.get_extra_info("peercert") if request.transport else None
+            if not peer:
+                metrics.token_reviews_total.labels("unauthenticated_caller").inc()
+                return web.json_response({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+                                          "status": {"authenticated": False,
+                                                     "error": "client certificate required"}}, status=401)
         try:
             review = json.loads(await request.text())
             token = review["spec"]["token"]

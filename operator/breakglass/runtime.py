@@ -185,7 +185,7 @@ def build(settings: Settings) -> Runtime:
     sweeper = Sweeper(kube, keys, revocations, lambda ns, n: queue.add((ns, n)), utcnow,
                       settings.key_rotation_interval)
     endpoints = Endpoints(keys=keys, revocations=revocations, issuer=settings.issuer,
-                          audiences=list(settings_audiences()))
+                          audiences=list(settings_audiences()), client_ca_file=settings.client_ca_file)
     drills = DrillRunner(kube=kube, audit=audit, issuer=settings.issuer, operator_namespace=settings.namespace,
                          clock=utcnow)
     drill_queue = WorkQueue(lambda key: holder["rt"].run_drill_key(key), workers=2, retry_seconds=5.0)

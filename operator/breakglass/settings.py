@@ -36,6 +36,7 @@ class Settings:
     state_dir: str = "/tmp/breakglass-operator"
     webhook_config_name: str = "breakglass-operator"
     tls_ca_file: str | None = None
+    client_ca_file: str | None = None
 
 
 # (flag, env suffix, help, type)
@@ -53,6 +54,8 @@ _OPTIONS = [
     ("--tls-cert-file", "TLS_CERT_FILE", "serving certificate (PEM); generated with a local CA when absent", str),
     ("--tls-private-key-file", "TLS_PRIVATE_KEY_FILE", "serving private key (PEM)", str),
     ("--tls-ca-file", "TLS_CA_FILE", "CA bundle of the serving certificate, injected into the webhook configurations", str),
+    ("--client-ca-file", "CLIENT_CA_FILE",
+     "CA whose client certificates may call /authenticate (kube-apiserver's webhook identity)", str),
     ("--metrics-port", "METRICS_PORT", "port of /metrics (0 disables)", int),
     ("--health-port", "HEALTH_PORT", "port of kopf's liveness endpoint /healthz (0 disables)", int),
     ("--signing-alg", "SIGNING_ALG", f"JWT signing algorithm: {', '.join(SUPPORTED_ALGS)}", str),
@@ -107,7 +110,7 @@ def from_args(ns: argparse.Namespace) -> Settings:
         raise SettingsError(f"--signing-alg must be one of {', '.join(SUPPORTED_ALGS)}, got {values['signing_alg']!r}")
     if bool(values.get("tls_cert_file")) != bool(values.get("tls_private_key_file")):
         raise SettingsError("--tls-cert-file and --tls-private-key-file go together")
-    for key in ("tls_cert_file", "tls_private_key_file", "cluster_ca_file", "tls_ca_file"):
+    for key in ("tls_cert_file", "tls_private_key_file", "cluster_ca_file", "tls_ca_file", "client_ca_file"):
         if values.get(key) and not os.path.isfile(values[key]):
             raise SettingsError(f"--{key.replace('_', '-')} {values[key]!r} does not exist")
     issuer = values.get("issuer", defaults.issuer)

@@ -62,3 +62,33 @@ def generate(directory: str, hosts: list[str], days: int = 365) -> TLSFiles:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
     return files
+
+
+def generate_client(directory: str, common_name: str, days: int = 365) -> TLSFiles:
+    """A client CA and one client certificate (e.g. kube-apiserver calling /authenticate)."""
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    now = dt.datetime.now(dt.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "breakglass-operator client CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=days))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=days))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    files = TLSFiles(os.path.join(directory, "client-ca.crt"), os.path.join(directory, "client.crt"),
+                     os.path.join(directory, "client.key"))
+    for path, data in ((files.ca_file, ca.public_bytes(serialization.Encoding.PEM)),
+                       (files.cert_file, cert.public_bytes(serialization.Encoding.PEM)),
+                       (files.key_file, _key_pem(key))):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+    return files

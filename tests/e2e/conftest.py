@@ -39,9 +39,15 @@ def operator_tls(e2e_dir):
 
 
 @pytest.fixture(scope="session")
-def cluster(e2e_dir, ports, operator_tls):
+def apiserver_client_cert(e2e_dir):
+    """kube-apiserver authenticates to /authenticate with this client certificate."""
+    return tls.generate_client(str(e2e_dir / "apiserver-client"), "kube-apiserver")
+
+
+@pytest.fixture(scope="session")
+def cluster(e2e_dir, ports, operator_tls, apiserver_client_cert):
     flags = write_tokenreview_webhook_config(e2e_dir / "tokenreview-webhook.kubeconfig", ports["https"],
-                                             operator_tls.ca_file)
+                                             operator_tls.ca_file, client=apiserver_client_cert)
     state = e2e_dir / "cluster"
     try:
         c = start_cluster(state, flags)
@@ -53,12 +59,13 @@ def cluster(e2e_dir, ports, operator_tls):
 
 
 @pytest.fixture(scope="session")
-def operator(cluster, e2e_dir, ports, operator_tls):
+def operator(cluster, e2e_dir, ports, operator_tls, apiserver_client_cert):
     workdir = e2e_dir / "operator"
     workdir.mkdir(exist_ok=True)
     op = Operator(cluster=cluster, workdir=workdir, https_port=ports["https"], webhook_port=ports["webhook"],
                   metrics_port=ports["metrics"], health_port=ports["health"], tls_cert=operator_tls.cert_file,
-                  tls_key=operator_tls.key_file, tls_ca=operator_tls.ca_file)
+                  tls_key=operator_tls.key_file, tls_ca=operator_tls.ca_file,
+                  extra_args=["--client-ca-file", apiserver_client_cert.ca_file])
     op.start()
     yield op
     op.stop()

@@ -249,13 +249,16 @@ def install_crds(cluster: Cluster, crd_dir: pathlib.Path | None = None) -> None:
         cluster.kubectl("wait", "--for=condition=Established", f"crd/{crd}.breakglass.dev", "--timeout=60s")
 
 
-def write_tokenreview_webhook_config(path: pathlib.Path, https_port: int, ca_file: str) -> list[str]:
-    """The kubeconfig kube-apiserver uses to call the operator's /authenticate; returns the flags."""
+def write_tokenreview_webhook_config(path: pathlib.Path, https_port: int, ca_file: str,
+                                     client=None) -> list[str]:
+    """The kubeconfig kube-apiserver uses to call the operator's /authenticate (optionally with a
+    client certificate, `client` being tls.generate_client()'s files); returns the flags."""
+    user = {"client-certificate": client.cert_file, "client-key": client.key_file} if client else {}
     path.write_text(yaml.safe_dump({
         "apiVersion": "v1", "kind": "Config",
         "clusters": [{"name": "breakglass", "cluster": {"server": f"https://127.0.0.1:{https_port}/authenticate",
                                                         "certificate-authority": ca_file}}],
-        "users": [{"name": "kube-apiserver", "user": {}}],
+        "users": [{"name": "kube-apiserver", "user": user}],
         "contexts": [{"name": "webhook", "context": {"cluster": "breakglass", "user": "kube-apiserver"}}],
         "current-context": "webhook",
     }))

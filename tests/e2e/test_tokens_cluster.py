@@ -174,3 +174,24 @@ def test_key_rotation_keeps_old_tokens_working_until_they_end(cluster, running_o
     deadline = time.monotonic() + 55
     wait_for(old_key_gone, 60, "the old key to leave the JWKS", interval=0.5)
     assert new_kid in _jwks_kids(cluster)
+
+
+def test_only_the_apiserver_may_ask_authenticate_while_keys_stay_public(cluster, running_operator,
+                                                                        apiserver_client_cert):
+    import ssl
+    import urllib.error
+    import urllib.request
+    review = json.dumps({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+                         "spec": {"token": "x.y.z"}}).encode()
+    url = f"{running_operator.issuer}/authenticate"
+    anonymous = ssl.create_default_context(cafile=running_operator.tls_ca)
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(urllib.request.Request(url, data=review, method="POST"), context=anonymous)
+    assert refused.value.code == 401 and b"client certificate required" in refused.value.read()
+    with urllib.request.urlopen(f"{running_operator.issuer}/openid/v1/jwks", context=anonymous) as r:
+        assert json.load(r)["keys"]
+    apiserver = ssl.create_default_context(cafile=running_operator.tls_ca)
+    apiserver.load_cert_chain(apiserver_client_cert.cert_file, apiserver_client_cert.key_file)
+    with urllib.request.urlopen(urllib.request.Request(url, data=review, method="POST"), context=apiserver) as r:
+        answer = json.load(r)
+    assert answer["status"]["authenticated"] is False and "Malformed" in answer["status"]["error"]

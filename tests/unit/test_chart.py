@@ -20,6 +20,7 @@ VALUE_SETS = {
                                   "dashboard": {"enabled": True}}, "networkPolicy": {"enabled": True}},
     "two replicas": {"replicas": 2},
     "custom issuer": {"issuer": "https://breakglass.example.com", "clusterServer": "https://k8s.example.com:6443"},
+    "apiserver client certificate": {"tokenReview": {"clientCASecretName": "apiserver-client-ca"}},
     "outside the cluster": {"webhook": {"url": "https://10.0.0.5:9443"},
                             "rbac": {"requesterGroups": ["sre"], "approverGroups": ["sre-leads"]}},
 }
@@ -130,3 +131,10 @@ def test_the_dockerfile_runs_as_non_root_without_build_tools():
     text = (ROOT / "Dockerfile").read_text()
     final_stage = text.split("FROM python:3.11-slim\n")[-1]
     assert "USER 65532" in final_stage and "gcc" not in final_stage and "build-essential" not in final_stage
+
+
+def test_a_client_ca_secret_locks_authenticate_to_the_apiserver():
+    deploy = by_kind(render_chart.manifests(VALUE_SETS["apiserver client certificate"]), "Deployment")[0]
+    pod = deploy["spec"]["template"]["spec"]
+    assert "--client-ca-file=/etc/breakglass/client-ca/ca.crt" in pod["containers"][0]["args"]
+    assert {"name": "client-ca", "secret": {"secretName": "apiserver-client-ca"}} in pod["volumes"]
