@@ -11,12 +11,10 @@ Usage: .venv/bin/python bench/bench.py [--grants 500] [--concurrency 8]
 from __future__ import annotations
 
 import argparse
-import base64
 import concurrent.futures as cf
 import datetime as dt
 import json
 import pathlib
-import statistics
 import sys
 import tempfile
 import threading
@@ -27,7 +25,6 @@ sys.path.insert(0, str(ROOT / "operator"))
 sys.path.insert(0, str(ROOT))
 
 import kubernetes  # noqa: E402
-import yaml  # noqa: E402
 
 from breakglass import tls  # noqa: E402
 from tests.e2e.harness import Operator, free_port, start_cluster, stop_cluster, wait_for  # noqa: E402

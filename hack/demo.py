@@ -22,7 +22,6 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "operator"))
 sys.path.insert(0, str(ROOT))
 
-import yaml  # noqa: E402
 
 from breakglass import tls  # noqa: E402
 from tests.e2e.harness import (Operator, free_port, install_crds, start_cluster, stop_cluster,  # noqa: E402

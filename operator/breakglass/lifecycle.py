@@ -25,7 +25,7 @@ from .domain.conditions import get_condition, set_condition
 from .domain.durations import parse_duration, parse_rfc3339, to_rfc3339
 from .domain.policy import Policy, RequestView, effective_duration
 from .k8s import builders
-from .k8s.client import Kube, error_text
+from .k8s.client import Kube
 from .settings import Settings
 from .stores import KeyStore, RevocationStore
 from .tokens.jwt_tokens import mint
@@ -111,7 +111,7 @@ class Reconciler:
         if req is None:
             return None
         now = self.clock()
-        meta, spec, status = req["metadata"], req.get("spec") or {}, dict(req.get("status") or {})
+        meta, status = req["metadata"], dict(req.get("status") or {})
         view = RequestView.from_resource(req)
         secret = self.kube.get_secret(namespace, api.token_secret_name(name))
         token = token_state_from_secret(secret, meta["uid"])
@@ -218,7 +218,6 @@ class Reconciler:
         if state is None:
             raise RuntimeError(f"token Secret {secret['metadata']['name']} belongs to another request")
         if created_now:
-            approved_at = now
             if decision.reason == "Approved":
                 metrics.time_to_approval.observe((now - created).total_seconds())
             metrics.time_to_issue.observe((now - created).total_seconds())

@@ -5,7 +5,6 @@ import asyncio
 import datetime as dt
 import logging
 import os
-import threading
 from dataclasses import dataclass, field
 from typing import Any
 

@@ -7,7 +7,6 @@ import time
 import urllib.request
 
 import jwt as pyjwt
-import pytest
 
 from .harness import secret_token, wait_for
 from .scenario import approval, approve, condition, event_reasons, policy, request, unique, wait_phase

@@ -7,7 +7,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 
 from .harness import ROOT, wait_for
 from .scenario import approve, condition, event_reasons, policy, request, unique, wait_phase
@@ -23,7 +22,6 @@ def scrape(op) -> dict[str, float]:
 
 
 def metric(samples, name, **labels):
-    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
     total = 0.0
     for key, value in samples.items():
         mname, _, rest = key.partition("{")

@@ -12,9 +12,6 @@ import time
 import jwt as pyjwt
 import pytest
 
-from breakglass.domain.claims import build_claims
-from breakglass.domain.policy import Policy, RequestView
-from breakglass.tokens.jwt_tokens import mint
 from breakglass.tokens.keys import SigningKey
 
 from .harness import ROOT, secret_token, wait_for

@@ -1,6 +1,4 @@
-import datetime as dt
 import io
-import json
 import threading
 import time
 
