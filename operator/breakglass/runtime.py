@@ -22,7 +22,7 @@ from .policies import reconcile_policy
 from .settings import Settings
 from .stores import KeyStore, RevocationStore
 from .sweeper import Sweeper
-from .tls import TLSFiles, generate
+from .tls import TLSFiles, generate, write_private
 from .workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
@@ -132,11 +132,8 @@ def shared_tls(kube: Kube, settings: Settings, directory: str, hosts: list[str])
     os.makedirs(directory, mode=0o700, exist_ok=True)
     paths = {}
     for key in ("ca.crt", "tls.crt", "tls.key"):
-        path = os.path.join(directory, key)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(base64.b64decode(secret["data"][key]))
-        paths[key] = path
+        paths[key] = os.path.join(directory, key)
+        write_private(paths[key], base64.b64decode(secret["data"][key]))
     return TLSFiles(paths["ca.crt"], paths["tls.crt"], paths["tls.key"])
 
 
@@ -171,7 +168,7 @@ def inject_ca_bundle(kube: Kube, config_name: str, ca_file: str | None) -> None:
 def build(settings: Settings) -> Runtime:
     kube = Kube(load_config(settings.kubeconfig, pool_size=max(32, settings.workers * 2)))
     kube.ensure_namespace(settings.namespace)
-    keys = KeyStore(kube, settings.namespace, settings.signing_alg, settings.max_token_lifetime)
+    keys = KeyStore(kube, settings.namespace, settings.signing_alg)
     keys.ensure()
     revocations = RevocationStore(kube, settings.namespace)
     hmac_key = (settings.audit_hmac_secret or os.environ.get("BREAKGLASS_AUDIT_HMAC_SECRET") or "").encode() or None

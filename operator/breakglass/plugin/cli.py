@@ -20,6 +20,7 @@ import yaml
 
 from .. import api
 from ..domain.durations import DurationError, format_duration, parse_duration, parse_rfc3339, utcnow
+from ..tls import write_private
 
 OK, NOT_OK, USAGE, API_ERROR, NOT_FOUND, TIMEOUT = 0, 1, 2, 3, 4, 5
 
@@ -266,9 +267,7 @@ def cmd_token(args, client):
     if args.kubeconfig_out:
         if "kubeconfig" not in data:
             raise CliError("the token Secret has no kubeconfig (operator runs without --cluster-server)", NOT_OK)
-        fd = os.open(args.kubeconfig_out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(base64.b64decode(data["kubeconfig"]))
+        write_private(args.kubeconfig_out, base64.b64decode(data["kubeconfig"]))
         print(f"kubeconfig written to {args.kubeconfig_out} (expires {st.get('expiresAt')})", file=sys.stderr)
         return OK
     sys.stdout.write(base64.b64decode(data["token"]).decode() + "\n")
