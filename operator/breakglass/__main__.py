@@ -49,7 +49,7 @@ def _rotate(settings) -> int:
     from .k8s.client import Kube, load_config
     from .stores import KeyStore
     kube = Kube(load_config(settings.kubeconfig))
-    store = KeyStore(kube, settings.namespace, settings.signing_alg, settings.max_token_lifetime)
+    store = KeyStore(kube, settings.namespace, settings.signing_alg)
     store.ensure()
     ring = store.rotate()
     print(f"rotated: new signing key {ring.active_kid}; JWKS now holds {len(ring.keys)} key(s)")

@@ -23,6 +23,7 @@ KEY_ID_ANNOTATION = "breakglass.dev/key-id"
 ISSUED_AT_ANNOTATION = "breakglass.dev/issued-at"
 REQUEST_UID_ANNOTATION = "breakglass.dev/request-uid"
 FINALIZER = "breakglass.dev/revoke-on-delete"
+DRILL_LABEL = "breakglass.dev/drill"  # "true" on synthetic drill requests: never counted as real grants
 # A server-side dry-run carrying this label only learns the caller's identity (explain); never persisted.
 IDENTITY_PROBE_LABEL = "breakglass.dev/identity-probe"
 
@@ -56,6 +57,16 @@ def grant_username(namespace: str, request_name: str) -> str:
 
 def grant_groups(policy: str) -> list[str]:
     return ["breakglass", f"breakglass:policy:{policy}"]
+
+
+def is_drill(obj: dict) -> bool:
+    return ((obj.get("metadata") or {}).get("labels") or {}).get(DRILL_LABEL) == "true"
+
+
+def managed_selector(request_namespace: str, request_name: str) -> str:
+    """Label selector for everything made for one request (Secret, Roles, RoleBindings)."""
+    return (f"{MANAGED_BY_LABEL}={MANAGED_BY},{REQUEST_LABEL}={request_name},"
+            f"{REQUEST_NS_LABEL}={request_namespace}")
 
 
 def managed_labels(request_name: str, request_namespace: str) -> dict[str, str]:

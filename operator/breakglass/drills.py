@@ -19,7 +19,6 @@ from .audit import AuditLog
 from .domain.durations import parse_rfc3339, to_rfc3339
 from .domain.schedule import next_run, validate
 from .k8s.client import Kube, error_text
-from .lifecycle import DRILL_LABEL
 from .tokens.jwt_tokens import verify
 
 log = logging.getLogger(__name__)
@@ -123,7 +122,7 @@ class DrillRunner:
         spec = drill["spec"]
         body = {"apiVersion": api.API_VERSION, "kind": api.KIND_REQUEST,
                 "metadata": {"name": request_name, "namespace": ns,
-                             "labels": {DRILL_LABEL: "true", "breakglass.dev/drill-name": drill["metadata"]["name"]}},
+                             "labels": {api.DRILL_LABEL: "true", "breakglass.dev/drill-name": drill["metadata"]["name"]}},
                 "spec": {"policy": spec["policy"], "reason": f"scheduled break-glass drill {drill['metadata']['name']}",
                          "duration": spec.get("duration") or "5m"}}
         for key in ("namespaces", "clusterRoles", "scopes"):
@@ -199,8 +198,8 @@ class DrillRunner:
         def clean():
             if self.kube.get_secret(ns, api.token_secret_name(request_name)) is not None:
                 return False
-            selector = f"{api.REQUEST_LABEL}={request_name},{api.REQUEST_NS_LABEL}={ns}"
-            return not self.kube.rbac.list_role_binding_for_all_namespaces(label_selector=selector).items
+            return not self.kube.rbac.list_role_binding_for_all_namespaces(
+                label_selector=api.managed_selector(ns, request_name)).items
         self._poll("the Secret and RoleBindings to be deleted", clean, timeout=10)
 
     def _status(self, drill, patch):

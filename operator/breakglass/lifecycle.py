@@ -61,8 +61,6 @@ class PolicyCache:
             self._items.pop(name, None)
 
 
-DRILL_LABEL = "breakglass.dev/drill"
-
 
 @dataclass
 class TokenState:
@@ -200,7 +198,7 @@ class Reconciler:
         ring = self.keys.current()
         key = ring.active
         jti = new_token_id()
-        is_drill = (meta.get("labels") or {}).get(DRILL_LABEL) == "true"
+        is_drill = api.is_drill(req)
         claims = build_claims(request=view, policy=policy, request_uid=meta["uid"], issuer=self.settings.issuer,
                               approvers=decision.approvers, issued_at=now, duration=duration, jti=jti,
                               emergency=decision.emergency, drill=is_drill)
@@ -306,7 +304,7 @@ class Reconciler:
         self._event(req, "Warning", reason, f"{phase}: {decision.message}")
         self._audit("denied" if phase == api.DENIED else "failed", req, view, reason=decision.reason,
                     message=decision.message, outcome=phase.lower())
-        if not self._is_drill(req):
+        if not api.is_drill(req):
             metrics.requests_total.labels(view.policy, phase.lower()).inc()
         self._remove_finalizer(req)
         return None
@@ -334,7 +332,7 @@ class Reconciler:
                                               "RoleBindings deleted")
         self._audit("expired", req, view, jti=status.get("tokenId") or (token.jti if token else None),
                     expiresAt=to_rfc3339(expires_at), outcome="expired")
-        if not self._is_drill(req):
+        if not api.is_drill(req):
             metrics.requests_total.labels(view.policy, "expired").inc()
         self._remove_finalizer(req)
         return self._review_due(new)
@@ -375,7 +373,7 @@ class Reconciler:
         self._audit("revoked", req, view, jti=jti, reason=reason, outcome="revoked")
         if had_token:
             metrics.revocations_total.labels(reason).inc()
-        if not self._is_drill(req):
+        if not api.is_drill(req):
             metrics.requests_total.labels(view.policy, "revoked").inc()
         self._remove_finalizer(req)
 
@@ -526,11 +524,7 @@ class Reconciler:
                           request={"namespace": meta["namespace"], "name": meta["name"], "uid": meta["uid"]},
                           policy=view.policy, requester=view.requester, namespaces=list(view.namespaces),
                           clusterRoles=list(view.cluster_roles), scopes=list(view.scopes),
-                          ticket=view.ticket or "", drill=self._is_drill(req), **fields)
-
-    @staticmethod
-    def _is_drill(req) -> bool:
-        return (req["metadata"].get("labels") or {}).get(DRILL_LABEL) == "true"
+                          ticket=view.ticket or "", drill=api.is_drill(req), **fields)
 
     @staticmethod
     def _grant_text(view: RequestView) -> str:

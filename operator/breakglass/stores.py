@@ -23,10 +23,8 @@ REVOCATIONS_KEY = "revocations.json"
 class KeyStore:
     """Loads the keyring from its Secret (create-if-absent), caches it briefly, publishes the JWKS."""
 
-    def __init__(self, kube: Kube, namespace: str, alg: str, max_token_lifetime: dt.timedelta,
-                 cache_seconds: float = 2.0):
+    def __init__(self, kube: Kube, namespace: str, alg: str, cache_seconds: float = 2.0):
         self.kube, self.namespace, self.alg = kube, namespace, alg
-        self.max_token_lifetime = max_token_lifetime
         self.cache_seconds = cache_seconds
         self._lock = threading.Lock()
         self._cached: tuple[float, Keyring] | None = None

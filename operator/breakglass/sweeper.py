@@ -63,12 +63,12 @@ class Sweeper:
                     api.FINALIZER in (req["metadata"].get("finalizers") or []):
                 self.enqueue(req["metadata"]["namespace"], req["metadata"]["name"])
 
-    def resync_stale(self) -> None:
+    def resync_stale(self, requests: list[dict] | None = None) -> None:
         """Enqueue requests a missed watch event could leave behind: never seen (no status), still
         Pending (an approval event may be the one missed), spec changed since (observedGeneration
         behind, e.g. revoked), or being deleted. Active grants need no polling: expiry is timed."""
         now = self.clock()
-        for req in self.kube.list_requests():
+        for req in self.kube.list_requests() if requests is None else requests:
             meta, status = req["metadata"], req.get("status") or {}
             if not status.get("phase") and meta.get("creationTimestamp") and \
                     (now - parse_rfc3339(meta["creationTimestamp"])).total_seconds() > 5:
@@ -78,15 +78,14 @@ class Sweeper:
                     or status.get("observedGeneration") != meta.get("generation") or meta.get("deletionTimestamp"):
                 self.enqueue(meta["namespace"], meta["name"])
 
-    def refresh_gauges(self, check_overdue: Callable | None = None) -> None:
+    def refresh_gauges(self, check_overdue: Callable | None = None, requests: list[dict] | None = None) -> None:
         now = self.clock()
         active: dict[str, int] = {}
         overdue = 0
-        for req in self.kube.list_requests():
+        for req in self.kube.list_requests() if requests is None else requests:
             status = req.get("status") or {}
-            labels = req["metadata"].get("labels") or {}
             policy = (req.get("spec") or {}).get("policy", "")
-            if status.get("phase") == api.ACTIVE and labels.get("breakglass.dev/drill") != "true":
+            if status.get("phase") == api.ACTIVE and not api.is_drill(req):
                 active[policy] = active.get(policy, 0) + 1
             review = status.get("review") or {}
             if review.get("required") and not review.get("reviewedAt") and review.get("dueAt") \
@@ -106,14 +105,25 @@ class Sweeper:
     def housekeeping(self, check_overdue: Callable | None = None) -> None:
         # resync: the level-triggered safety net (like an informer resync) for any watch event that
         # never arrived; a request is decided from cluster state, so extra reconciles are harmless.
-        for step, fn in (("sweep", self.sweep_expired), ("resync", self.resync_stale),
-                         ("gauges", lambda: self.refresh_gauges(check_overdue)),
-                         ("revocations", self.revocations.prune), ("keys", self._keys)):
-            try:
-                fn()
-            except Exception as exc:
-                metrics.errors_total.labels(step).inc()
-                log.warning("housekeeping step %s failed: %s", step, error_text(exc))
+        # Resync and gauges share one list of requests per pass; without it both are skipped
+        # (gauges must never drop to zero because a list failed).
+        steps: list[tuple[str, Callable[[], object]]] = [("sweep", self.sweep_expired)]
+        requests = self._run_step("list", self.kube.list_requests)
+        if requests is not None:
+            steps += [("resync", lambda: self.resync_stale(requests)),
+                      ("gauges", lambda: self.refresh_gauges(check_overdue, requests))]
+        steps += [("revocations", self.revocations.prune), ("keys", self._keys)]
+        for step, fn in steps:
+            self._run_step(step, fn)
+
+    @staticmethod
+    def _run_step(step: str, fn: Callable[[], object]):
+        try:
+            return fn()
+        except Exception as exc:
+            metrics.errors_total.labels(step).inc()
+            log.warning("housekeeping step %s failed: %s", step, error_text(exc))
+            return None
 
     def _keys(self) -> None:
         ring = self.keys.prune(self.clock())

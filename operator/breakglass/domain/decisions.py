@@ -6,8 +6,9 @@ from dataclasses import dataclass, field
 
 from .. import api
 from .approvals import Tally
-from .durations import DurationError, parse_duration
-from .policy import Policy, RequestView, evaluate_request, first_failure, validate_policy
+from .durations import DurationError, format_duration, parse_duration
+from .policy import (Policy, RequestView, effective_duration, evaluate_request, first_failure,
+                     validate_policy)
 
 WAIT, ISSUE, DENY, FAIL, EXPIRE, REVOKE, NOTHING = "wait", "issue", "deny", "fail", "expire", "revoke", "nothing"
 
@@ -31,7 +32,6 @@ def approval_deadline(created: dt.datetime, policy: Policy) -> dt.datetime | Non
 
 def exceeds_ceiling(request: RequestView, policy: Policy, ceiling: dt.timedelta | None) -> str | None:
     """The operator-wide --max-token-lifetime bounds every grant, whatever a policy says."""
-    from .policy import effective_duration
     if ceiling is None:
         return None
     try:
@@ -39,7 +39,6 @@ def exceeds_ceiling(request: RequestView, policy: Policy, ceiling: dt.timedelta 
     except DurationError:
         return None  # reported by check_duration
     if asked > ceiling:
-        from .durations import format_duration
         return (f"spec.duration {format_duration(asked)} exceeds the operator's --max-token-lifetime "
                 f"{format_duration(ceiling)}")
     return None

@@ -160,8 +160,7 @@ class Kube:
         _ignore_409(lambda: self.rbac.create_namespaced_role_binding(body["metadata"]["namespace"], body))
 
     def delete_managed_rbac(self, request_namespace: str, request_name: str) -> int:
-        selector = (f"{api.MANAGED_BY_LABEL}={api.MANAGED_BY},{api.REQUEST_LABEL}={request_name},"
-                    f"{api.REQUEST_NS_LABEL}={request_namespace}")
+        selector = api.managed_selector(request_namespace, request_name)
         n = 0
         for rb in self.rbac.list_role_binding_for_all_namespaces(label_selector=selector).items:
             n += _false_on_404(lambda: self.rbac.delete_namespaced_role_binding(rb.metadata.name, rb.metadata.namespace))

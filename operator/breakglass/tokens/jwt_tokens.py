@@ -9,7 +9,7 @@ from typing import Any, Iterable
 import jwt
 from jwt import PyJWK
 
-from .keys import Keyring, SigningKey
+from .keys import SigningKey
 
 LEEWAY_SECONDS = 5
 
@@ -82,7 +82,3 @@ def verify(token: str, *, jwks: dict[str, Any], issuer: str | None, audience: st
 
 def unverified_claims(token: str) -> dict[str, Any]:
     return jwt.decode(token, options={"verify_signature": False})
-
-
-def keyring_for(keyring: Keyring) -> dict[str, Any]:
-    return keyring.jwks()
