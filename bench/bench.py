@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 import kubernetes  # noqa: E402
 
 from breakglass import tls  # noqa: E402
-from tests.e2e.harness import Operator, free_port, start_cluster, stop_cluster, wait_for  # noqa: E402
+from tests.e2e.harness import Operator, operator_ports, start_cluster, stop_cluster, wait_for  # noqa: E402
 
 
 def client_for(cluster, user):
@@ -112,7 +112,7 @@ def main():
     args = ap.parse_args()
     n, conc = args.grants, args.concurrency
     work = pathlib.Path(tempfile.mkdtemp(prefix="breakglass-bench-"))
-    ports = {k: free_port() for k in ("https", "webhook", "metrics", "health")}
+    ports = operator_ports()
     certs = tls.generate(str(work / "tls"), ["127.0.0.1"])
     cluster = start_cluster(work / "cluster", [])
     op = None
@@ -122,10 +122,7 @@ def main():
         for crd in ("breakglasspolicies", "breakglassrequests", "breakglassapprovals"):
             cluster.kubectl("wait", "--for=condition=Established", f"crd/{crd}.breakglass.dev")
         cluster.kubectl("apply", "-f", str(ROOT / "tests/e2e/manifests/users-rbac.yaml"))
-        (work / "operator").mkdir()
-        op = Operator(cluster=cluster, workdir=work / "operator", https_port=ports["https"],
-                      webhook_port=ports["webhook"], metrics_port=ports["metrics"], health_port=ports["health"],
-                      tls_cert=certs.cert_file, tls_key=certs.key_file, tls_ca=certs.ca_file)
+        op = Operator.on_ports(cluster, work / "operator", ports, certs)
         op.start()
         time.sleep(2)
         results["rss_idle_mb"] = round(rss_mb(op.proc.pid), 1)

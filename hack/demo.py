@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 
 from breakglass import tls  # noqa: E402
-from tests.e2e.harness import (Operator, free_port, install_crds, start_cluster, stop_cluster,  # noqa: E402
+from tests.e2e.harness import (Operator, operator_ports, install_crds, start_cluster, stop_cluster,  # noqa: E402
                                wait_for, write_tokenreview_webhook_config)
 
 BOLD, DIM, RESET = ("\033[1m", "\033[2m", "\033[0m") if sys.stdout.isatty() else ("", "", "")
@@ -41,7 +41,7 @@ def show(cmd_text, out):
 
 def main() -> int:
     work = pathlib.Path(tempfile.mkdtemp(prefix="breakglass-demo-"))
-    ports = {k: free_port() for k in ("https", "webhook", "metrics", "health")}
+    ports = operator_ports()
     certs = tls.generate(str(work / "operator-tls"), ["127.0.0.1", "localhost"])
     op = None
     cluster_dir = work / "cluster"
@@ -56,10 +56,7 @@ def main() -> int:
         cluster.kubectl("create", "namespace", "payments")
 
         step(2, "Start breakglass-operator (admission webhooks, TokenReview endpoint, metrics)")
-        (work / "operator").mkdir()
-        op = Operator(cluster=cluster, workdir=work / "operator", https_port=ports["https"],
-                      webhook_port=ports["webhook"], metrics_port=ports["metrics"], health_port=ports["health"],
-                      tls_cert=certs.cert_file, tls_key=certs.key_file, tls_ca=certs.ca_file)
+        op = Operator.on_ports(cluster, work / "operator", ports, certs)
         op.start()
         print(f"operator up: issuer {op.issuer}, log {op.log_path}")
 

@@ -10,7 +10,7 @@ import pytest
 
 from breakglass import tls
 
-from .harness import (ROOT, Operator, free_port, install_crds, start_cluster, stop_cluster,
+from .harness import (ROOT, Operator, operator_ports, install_crds, start_cluster, stop_cluster,
                       write_tokenreview_webhook_config)
 
 pytestmark = pytest.mark.e2e
@@ -28,7 +28,7 @@ def e2e_dir():
 
 @pytest.fixture(scope="session")
 def ports():
-    return {"https": free_port(), "webhook": free_port(), "metrics": free_port(), "health": free_port()}
+    return operator_ports()
 
 
 @pytest.fixture(scope="session")
@@ -60,12 +60,8 @@ def cluster(e2e_dir, ports, operator_tls, apiserver_client_cert):
 
 @pytest.fixture(scope="session")
 def operator(cluster, e2e_dir, ports, operator_tls, apiserver_client_cert):
-    workdir = e2e_dir / "operator"
-    workdir.mkdir(exist_ok=True)
-    op = Operator(cluster=cluster, workdir=workdir, https_port=ports["https"], webhook_port=ports["webhook"],
-                  metrics_port=ports["metrics"], health_port=ports["health"], tls_cert=operator_tls.cert_file,
-                  tls_key=operator_tls.key_file, tls_ca=operator_tls.ca_file,
-                  extra_args=["--client-ca-file", apiserver_client_cert.ca_file])
+    op = Operator.on_ports(cluster, e2e_dir / "operator", ports, operator_tls,
+                           extra_args=["--client-ca-file", apiserver_client_cert.ca_file])
     op.start()
     yield op
     op.stop()

@@ -27,6 +27,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def operator_ports() -> dict[str, int]:
+    return {k: free_port() for k in ("https", "webhook", "metrics", "health")}
+
+
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.1):
     """Poll `predicate` until it returns something truthy or the deadline passes."""
     deadline = time.monotonic() + timeout
@@ -144,6 +148,15 @@ class Operator:
     extra_env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen | None = None
     starts: int = 0
+
+    @classmethod
+    def on_ports(cls, cluster: "Cluster", workdir: pathlib.Path, ports: dict[str, int], certs,
+                 **kwargs) -> "Operator":
+        """An operator listening on `operator_ports()` with the serving certificate `certs` (tls.TLSFiles)."""
+        workdir.mkdir(parents=True, exist_ok=True)
+        return cls(cluster=cluster, workdir=workdir, https_port=ports["https"], webhook_port=ports["webhook"],
+                   metrics_port=ports["metrics"], health_port=ports["health"], tls_cert=certs.cert_file,
+                   tls_key=certs.key_file, tls_ca=certs.ca_file, **kwargs)
 
     @property
     def issuer(self) -> str:

@@ -11,7 +11,7 @@ import yaml
 
 from breakglass import tls
 
-from .harness import (ROOT, Operator, free_port, install_crds, secret_token, start_cluster, stop_cluster,
+from .harness import (ROOT, Operator, operator_ports, install_crds, secret_token, start_cluster, stop_cluster,
                       wait_for, write_tokenreview_webhook_config)
 from .scenario import approve, policy, request, unique, wait_phase
 from .tokens_helpers import forbidden, unauthorized, with_token
@@ -64,7 +64,7 @@ def chart_env(e2e_dir):
     """A fresh control plane with the chart installed; the operator runs as the chart's ServiceAccount."""
     base = e2e_dir / "chart"
     base.mkdir(exist_ok=True)
-    ports = {k: free_port() for k in ("https", "webhook", "metrics", "health")}
+    ports = operator_ports()
     certs = tls.generate(str(base / "tls"), ["127.0.0.1", "localhost"])
     flags = write_tokenreview_webhook_config(base / "tokenreview.kubeconfig", ports["https"], certs.ca_file)
     cluster = start_cluster(base / "cluster", flags)
@@ -90,11 +90,8 @@ def chart_env(e2e_dir):
             "clusters": [{"name": "c", "cluster": {"server": cluster.server, "certificate-authority": cluster.ca_file}}],
             "users": [{"name": "sa", "user": {"token": token}}],
             "contexts": [{"name": "c", "context": {"cluster": "c", "user": "sa"}}], "current-context": "c"}))
-        (base / "operator").mkdir(exist_ok=True)
-        op = Operator(cluster=cluster, workdir=base / "operator", https_port=ports["https"],
-                      webhook_port=ports["webhook"], metrics_port=ports["metrics"], health_port=ports["health"],
-                      tls_cert=certs.cert_file, tls_key=certs.key_file, tls_ca=certs.ca_file,
-                      kubeconfig=str(kubeconfig), local=False, webhook_config_name="breakglass-operator")
+        op = Operator.on_ports(cluster, base / "operator", ports, certs,
+                               kubeconfig=str(kubeconfig), local=False, webhook_config_name="breakglass-operator")
         op.start()
         yield cluster, op
     finally:

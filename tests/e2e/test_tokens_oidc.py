@@ -12,7 +12,7 @@ import pytest
 
 from breakglass import tls
 
-from .harness import Operator, free_port, install_crds, secret_token, start_cluster, stop_cluster, wait_for
+from .harness import Operator, operator_ports, install_crds, secret_token, start_cluster, stop_cluster, wait_for
 from .scenario import policy, request, unique, wait_phase
 from .tokens_helpers import forbidden, unauthorized, with_token
 from .harness import ROOT
@@ -22,7 +22,7 @@ from .harness import ROOT
 def oidc_env(e2e_dir):
     base = e2e_dir / "oidc"
     base.mkdir(exist_ok=True)
-    ports = {k: free_port() for k in ("https", "webhook", "metrics", "health")}
+    ports = operator_ports()
     certs = tls.generate(str(base / "tls"), ["127.0.0.1", "localhost"])
     issuer = f"https://127.0.0.1:{ports['https']}"
     cluster = start_cluster(base / "cluster", [
@@ -33,10 +33,7 @@ def oidc_env(e2e_dir):
     try:
         install_crds(cluster)
         cluster.kubectl("apply", "-f", str(ROOT / "tests/e2e/manifests/users-rbac.yaml"))
-        (base / "operator").mkdir(exist_ok=True)
-        op = Operator(cluster=cluster, workdir=base / "operator", https_port=ports["https"],
-                      webhook_port=ports["webhook"], metrics_port=ports["metrics"], health_port=ports["health"],
-                      tls_cert=certs.cert_file, tls_key=certs.key_file, tls_ca=certs.ca_file)
+        op = Operator.on_ports(cluster, base / "operator", ports, certs)
         op.start()
         yield cluster, op
     finally:
