@@ -42,21 +42,48 @@ COND_READY = "Ready"
 COND_REVIEW_OVERDUE = "ReviewOverdue"
 
 
-def token_secret_name(request_name: str) -> str:
-    return f"{request_name}-token"
+# The grant ledger: one ConfigMap per request uid in the operator namespace, written only by the
+# operator. It is the only record of what was issued and of what the operator created.
+LEDGER_LABEL = "breakglass.dev/ledger"
+LEDGER_KEY = "grant.json"
+AUDIT_HEAD_CONFIGMAP = "breakglass-audit-head"
+AUDIT_HMAC_SECRET = "breakglass-audit-hmac"
+# Random per grant, kept in the ledger: an object carrying it was created by the operator.
+GRANT_NONCE_ANNOTATION = "breakglass.dev/grant-nonce"
+# Identity prefix: webhook answers and the OIDC flags (--oidc-username-prefix / --oidc-groups-prefix)
+# both put it in front of the claims, so no token can name a `system:` user or group.
+IDENTITY_PREFIX = "breakglass:"
+GRANT_GROUP_CLAIM = "grant"
 
 
-def reader_role_name(request_name: str) -> str:
-    return f"{request_name}-token-reader"
+def ledger_name(request_uid: str) -> str:
+    return f"breakglass-grant-{request_uid}"
 
 
-def grant_username(namespace: str, request_name: str) -> str:
-    """Each grant has its own Kubernetes identity, so two grants never share permissions."""
-    return f"breakglass:{namespace}:{request_name}"
+def token_secret_name(request_uid: str) -> str:
+    """Named by the request uid: a new request with an old name never meets an old Secret."""
+    return f"breakglass-token-{request_uid}"
+
+
+def reader_role_name(request_uid: str) -> str:
+    return f"breakglass-token-reader-{request_uid}"
+
+
+def grant_user_claim(namespace: str, request_name: str, request_uid: str) -> str:
+    return f"{namespace}:{request_name}:{request_uid}"
+
+
+def grant_username(namespace: str, request_name: str, request_uid: str) -> str:
+    """Each grant has its own Kubernetes identity, never reused: it carries the request uid."""
+    return IDENTITY_PREFIX + grant_user_claim(namespace, request_name, request_uid)
+
+
+def grant_group_claims(policy: str) -> list[str]:
+    return [GRANT_GROUP_CLAIM, f"policy:{policy}"]
 
 
 def grant_groups(policy: str) -> list[str]:
-    return ["breakglass", f"breakglass:policy:{policy}"]
+    return [IDENTITY_PREFIX + g for g in grant_group_claims(policy)]
 
 
 def is_drill(obj: dict) -> bool:

@@ -37,6 +37,16 @@ class Settings:
     webhook_config_name: str = "breakglass-operator"
     tls_ca_file: str | None = None
     client_ca_file: str | None = None
+    # Where token Secrets and their reader Roles live (default: the operator namespace).
+    token_namespace: str | None = None
+    # Members of these groups may change or delete anyone's request (admission).
+    admin_groups: tuple[str, ...] = ("system:masters",)
+    # The operator's own Kubernetes username; found at start when not given (see runtime.whoami).
+    operator_username: str | None = None
+
+    @property
+    def tokens_namespace(self) -> str:
+        return self.token_namespace or self.namespace
 
 
 # (flag, env suffix, help, type)
@@ -67,6 +77,12 @@ _OPTIONS = [
     ("--audit-hmac-secret", "AUDIT_HMAC_SECRET", "HMAC key for audit records (or set the env variable)", str),
     ("--workers", "WORKERS", "reconcile worker threads", int),
     ("--state-dir", "STATE_DIR", "where generated local certificates go", str),
+    ("--token-namespace", "TOKEN_NAMESPACE",
+     "namespace for token Secrets and their per-request reader Roles (default: --namespace)", str),
+    ("--admin-groups", "ADMIN_GROUPS",
+     "comma-separated groups whose members may revoke, change or delete anyone's request", str),
+    ("--operator-username", "OPERATOR_USERNAME",
+     "the operator's own Kubernetes username (default: found at start from its credentials)", str),
 ]
 
 
@@ -113,6 +129,8 @@ def from_args(ns: argparse.Namespace) -> Settings:
     for key in ("tls_cert_file", "tls_private_key_file", "cluster_ca_file", "tls_ca_file", "client_ca_file"):
         if values.get(key) and not os.path.isfile(values[key]):
             raise SettingsError(f"--{key.replace('_', '-')} {values[key]!r} does not exist")
+    if "admin_groups" in values:
+        values["admin_groups"] = tuple(g.strip() for g in values["admin_groups"].split(",") if g.strip())
     issuer = values.get("issuer", defaults.issuer)
     if not issuer.startswith("https://"):
         raise SettingsError(f"--issuer must be an https:// URL, got {issuer!r}")

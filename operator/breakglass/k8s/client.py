@@ -205,6 +205,9 @@ class Kube:
                 raise
         raise RuntimeError(f"configmap {namespace}/{name}: too many concurrent updates")
 
+    def namespace_exists(self, name: str) -> bool:
+        return _none_on_404(lambda: self.core.read_namespace(name)) is not None
+
     def ensure_namespace(self, name: str) -> None:
         """Create the operator namespace for local runs; in-cluster it exists (and we may not create it)."""
         try:
