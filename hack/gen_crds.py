@@ -15,6 +15,8 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 DURATION = {"type": "string", "pattern": r"^([0-9]+h)?([0-9]+m)?([0-9]+s)?$", "maxLength": 32}
 NAME = {"type": "string", "pattern": r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", "maxLength": 253}
 RFC3339 = {"type": "string", "format": "date-time"}
+# Same as breakglass.domain.policy.SCOPE_PATTERN (a unit test keeps them equal): one scope, no whitespace.
+SCOPE = {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9._:/+=@-]{0,127}$", "maxLength": 128}
 
 
 def s(desc, **kw):
@@ -88,6 +90,10 @@ POLICY_SPEC = obj("Who may request what, who approves, and for how long.", {
                     "description": "Whether spec.emergency requests are issued without approval."},
         "reviewWithin": d("An approver must file a Review within this time after issue.", "24h"),
     }),
+    "tokenDelivery": s("Where the token Secret and its reader Role go. OperatorNamespace (default): the operator's "
+                       "token namespace, readable only by the requester. RequestNamespace: the request's namespace, "
+                       "for workloads that mount it; anyone who can read Secrets there can read the token.",
+                       enum=["OperatorNamespace", "RequestNamespace"], default="OperatorNamespace"),
 }, required=["requesters"])
 
 POLICY_STATUS = obj("Observed state of the policy.", {
@@ -104,7 +110,8 @@ REQUEST_SPEC = obj("What is requested, why, and for how long. Immutable except s
                       maxItems=64),
     "clusterRoles": arr("ClusterRoles to bind in each namespace.", s("A ClusterRole name.", maxLength=253),
                         maxItems=32),
-    "scopes": arr("Free-form JWT scopes, e.g. db:read.", s("A scope.", maxLength=253), maxItems=64),
+    "scopes": arr("Free-form JWT scopes, e.g. db:read; the k8s: prefix is reserved.",
+                  dict(SCOPE, description="One scope: letters, digits and ._:/+=@- (no whitespace)."), maxItems=64),
     "audiences": arr("Token audiences (default: the policy's).", s("An audience.", maxLength=253), maxItems=16),
     "emergency": {"type": "boolean", "default": False,
                   "description": "Issue at once without approval (policy must allow it); a review is then required."},
@@ -133,6 +140,7 @@ REQUEST_STATUS = obj("Observed state of the request.", {
     "issuedAt": dict(RFC3339, description="When the token was issued."),
     "expiresAt": dict(RFC3339, description="When the token expires (its exp claim)."),
     "tokenId": s("The token's jti."),
+    "username": s("The grant's Kubernetes username, breakglass:<namespace>:<name>:<uid>; never reused."),
     "keyId": s("kid of the signing key."),
     "secretRef": obj("Where the token Secret is (while Active).", {
         "namespace": s("Namespace of the Secret."), "name": s("Name of the Secret.")}, nullable=True),
@@ -148,6 +156,9 @@ APPROVAL_SPEC = obj("An approver's decision on one request in the same namespace
     "request": dict(NAME, description="Name of the BreakGlassRequest in this namespace."),
     "decision": s("Approve, Deny, or Review (closes an emergency review).", enum=["Approve", "Deny", "Review"]),
     "comment": s("Free text for the audit trail.", maxLength=1024),
+    "requestUID": s("Written by admission: metadata.uid of the request instance approved (a client-given different "
+                    "value is refused). Only approvals carrying the request's current uid, created after it, count.",
+                    maxLength=128),
     "approver": s("Written by admission from the authenticated user; never chosen by the client.", maxLength=253),
     "approverGroups": arr("Written by admission from the authenticated user's groups.",
                           s("A group name.", maxLength=253), maxItems=256),
@@ -158,7 +169,8 @@ DRILL_SPEC = obj("A scheduled end-to-end exercise of the break-glass path.", {
     "policy": dict(NAME, description="Policy the synthetic request is filed under."),
     "namespaces": arr("Namespaces for the drill grant.", dict(NAME, description="A namespace."), maxItems=16),
     "clusterRoles": arr("ClusterRoles for the drill grant.", s("A ClusterRole name."), maxItems=16),
-    "scopes": arr("Scopes for the drill grant.", s("A scope."), maxItems=16),
+    "scopes": arr("Scopes for the drill grant.", dict(SCOPE, description="One scope (no whitespace)."),
+                  maxItems=16),
     "duration": d("Duration of the drill grant.", "5m"),
     "verifyWithCluster": {"type": "boolean", "default": False,
                           "description": "Also check the token through TokenReview and a SelfSubjectAccessReview."},

@@ -12,10 +12,13 @@ from .domain.policy import Verdict
 log = logging.getLogger(__name__)
 
 
+_FORBIDDEN = ("identity", "self-approval", "authorization", "operator-only")
+
+
 def _reject(kind: str, verdict: Verdict) -> None:
     if not verdict.ok:
         metrics.admission_rejections_total.labels(kind, verdict.rule or verdict.reason).inc()
-        raise kopf.AdmissionError(verdict.message, code=403 if verdict.rule in ("identity", "self-approval") else 422)
+        raise kopf.AdmissionError(verdict.message, code=403 if verdict.rule in _FORBIDDEN else 422)
 
 
 @kopf.on.login()
@@ -73,25 +76,27 @@ def stamp_requester(spec, userinfo, patch, **_):
     patch.spec.update(fields)
 
 
-@kopf.on.validate(api.GROUP, api.VERSION, api.REQUEST_PLURAL, id="validate-request", operations=["CREATE", "UPDATE"],
-                  persistent=True)
+# DELETE is routed here too: kopf then passes the stored object as both `body` and `old` (new is None).
+@kopf.on.validate(api.GROUP, api.VERSION, api.REQUEST_PLURAL, id="validate-request",
+                  operations=["CREATE", "UPDATE", "DELETE"], persistent=True)
 def validate_request(body, old, operation, userinfo, dryrun, memo: kopf.Memo, **_):
     if admission.is_identity_probe(dict(body), operation, dryrun):
         return
-    if operation == "CREATE":
-        verdict = admission.validate_request_create(dict(body), userinfo, memo.rt.policies.get,
-                                                   memo.rt.settings.max_token_lifetime)
-    else:
-        verdict = admission.validate_request_update(dict(old or {}), dict(body))
-    _reject("BreakGlassRequest", verdict)
+    rules = admission.RequestRules(memo.rt.policies.get, memo.rt.kube.namespace_exists, memo.rt.settings.admin_groups,
+                                   memo.rt.operator_username, memo.rt.settings.max_token_lifetime)
+    _reject("BreakGlassRequest", admission.validate_request(operation, dict(body), dict(old) if old else None,
+                                                            userinfo, rules))
 
 
 @kopf.on.mutate(api.GROUP, api.VERSION, api.APPROVAL_PLURAL, id="stamp-approver", operations=["CREATE"],
                 persistent=True)
-def stamp_approver(spec, userinfo, patch, **_):
+def stamp_approver(body, spec, userinfo, patch, memo: kopf.Memo, **_):
     verdict, fields = admission.stamp_approval_identity(dict(spec), userinfo)
     _reject("BreakGlassApproval", verdict)
-    patch.spec.update(fields)
+    verdict, request_fields, owners = admission.stamp_approval_request(dict(body), memo.rt.kube.get_request)
+    _reject("BreakGlassApproval", verdict)
+    patch.spec.update({**fields, **request_fields})
+    patch.metadata["ownerReferences"] = owners
 
 
 @kopf.on.validate(api.GROUP, api.VERSION, api.APPROVAL_PLURAL, id="validate-approval", operations=["CREATE", "UPDATE"],

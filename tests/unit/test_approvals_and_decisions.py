@@ -8,6 +8,7 @@ from breakglass.domain.policy import Policy, RequestView
 
 NOW = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.timezone.utc)
 CREATED = NOW - dt.timedelta(minutes=1)
+UID = "11111111-2222-3333-4444-555555555555"
 POLICY = Policy(name="p", requester_groups=("sre",), approver_groups=("sre-leads",), approver_users=("alice",),
                 required_approvals=2, allowed_namespaces=("*",), allowed_cluster_roles=("view",),
                 emergency_allowed=True, auto_approve_groups=("oncall",))
@@ -18,12 +19,12 @@ REQ = RequestView(name="r", namespace="ns", requester="alice", requester_groups=
 
 def appr(who, decision="Approve", groups=("sre-leads",), minutes=0, name=None):
     return ApprovalView(name=name or f"{who}-{decision}", approver=who, approver_groups=groups, decision=decision,
-                        created=CREATED + dt.timedelta(minutes=minutes))
+                        created=CREATED + dt.timedelta(minutes=minutes), request_uid=UID)
 
 
 def tally(*approvals):
     return tally_approvals(list(approvals), requester="alice", policy=POLICY,
-                           deadline=D.approval_deadline(CREATED, POLICY))
+                           deadline=D.approval_deadline(CREATED, POLICY), request_uid=UID, request_created=CREATED)
 
 
 def test_distinct_approvers_are_counted_once():

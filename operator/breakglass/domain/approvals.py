@@ -1,4 +1,9 @@
-"""Counting approvals: distinct, eligible approvers only; any valid Deny wins."""
+"""Counting approvals: distinct, eligible approvers only; any valid Deny wins.
+
+An approval belongs to one request instance: admission stamps the live request's uid into
+spec.requestUID, and only approvals carrying this request's uid, created at or after the request,
+are counted. An approval left over from an earlier request of the same name never counts.
+"""
 from __future__ import annotations
 
 import datetime as dt
@@ -19,6 +24,7 @@ class ApprovalView:
     decision: str
     comment: str = ""
     created: dt.datetime | None = None
+    request_uid: str = ""  # spec.requestUID, stamped by admission from the live request
 
     @classmethod
     def from_resource(cls, body: dict[str, Any]) -> "ApprovalView":
@@ -29,6 +35,7 @@ class ApprovalView:
             approver_groups=tuple(spec.get("approverGroups") or ()),
             decision=spec.get("decision") or "", comment=spec.get("comment") or "",
             created=parse_rfc3339(created) if isinstance(created, str) else created,
+            request_uid=spec.get("requestUID") or "",
         )
 
 
@@ -40,6 +47,18 @@ class Tally:
     # (approval name, approver, why) for approvals that do not count.
     ignored: list[tuple[str, str, str]] = field(default_factory=list)
     counted: list[ApprovalView] = field(default_factory=list)
+
+
+def belongs_to(approval: ApprovalView, *, request_uid: str, request_created: dt.datetime) -> tuple[bool, str]:
+    """(ok, why-not): is this approval for this very request instance?"""
+    if not approval.request_uid:
+        return False, "approval carries no spec.requestUID (not stamped by admission), so it is for no request"
+    if approval.request_uid != request_uid:
+        return False, (f"approval is for another request instance (uid {approval.request_uid}), "
+                       f"not this one (uid {request_uid})")
+    if approval.created is None or approval.created < request_created:
+        return False, "approval was created before this request"
+    return True, ""
 
 
 def eligibility(approval: ApprovalView, *, requester: str, policy: Policy,
@@ -61,10 +80,13 @@ def eligibility(approval: ApprovalView, *, requester: str, policy: Policy,
 
 
 def tally_approvals(approvals: list[ApprovalView], *, requester: str, policy: Policy,
-                    deadline: dt.datetime | None) -> Tally:
+                    deadline: dt.datetime | None, request_uid: str, request_created: dt.datetime) -> Tally:
+    """Count approvals for the request instance `request_uid` created at `request_created`."""
     tally = Tally()
     for a in sorted(approvals, key=lambda a: (a.created or dt.datetime.min.replace(tzinfo=dt.timezone.utc), a.name)):
-        ok, why = eligibility(a, requester=requester, policy=policy, deadline=deadline)
+        ok, why = belongs_to(a, request_uid=request_uid, request_created=request_created)
+        if ok:
+            ok, why = eligibility(a, requester=requester, policy=policy, deadline=deadline)
         if not ok:
             tally.ignored.append((a.name, a.approver, why))
             continue

@@ -15,7 +15,12 @@ from typing import Any, Callable, Iterable
 from .durations import DurationError, format_duration, parse_duration
 
 DEFAULT_AUDIENCES = ("breakglass",)
-NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+# A scope is one token of the JWT `scope` claim: no whitespace, so it can never carry a second scope.
+SCOPE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/+=@-]{0,127}$"
+_SCOPE_RE = re.compile(SCOPE_PATTERN[1:-1])
+RESERVED_SCOPE_PREFIX = "k8s:"
+OPERATOR_NAMESPACE, REQUEST_NAMESPACE = "OperatorNamespace", "RequestNamespace"
+TOKEN_DELIVERIES = (OPERATOR_NAMESPACE, REQUEST_NAMESPACE)
 
 
 @dataclass(frozen=True)
@@ -47,6 +52,7 @@ class Policy:
     auto_approve_groups: tuple[str, ...] = ()
     emergency_allowed: bool = False
     emergency_review_within: str = "24h"
+    token_delivery: str = OPERATOR_NAMESPACE  # where the token Secret goes: TOKEN_DELIVERIES
 
     @classmethod
     def from_resource(cls, name: str, spec: dict[str, Any] | None) -> "Policy":
@@ -73,6 +79,7 @@ class Policy:
             auto_approve_groups=tuple((spec.get("autoApprove") or {}).get("groups") or ()),
             emergency_allowed=bool(emergency.get("allowed", False)),
             emergency_review_within=emergency.get("reviewWithin") or "24h",
+            token_delivery=spec.get("tokenDelivery") or OPERATOR_NAMESPACE,
         )
 
     def may_request(self, user: str, groups: Iterable[str]) -> bool:
@@ -117,6 +124,9 @@ def validate_policy(policy: Policy) -> list[Verdict]:
                                 "is empty: no request could ever be approved"))
     if not (policy.requester_users or policy.requester_groups):
         problems.append(Verdict(False, "NoRequesters", "spec.requesters is empty: nobody may request"))
+    if policy.token_delivery not in TOKEN_DELIVERIES:
+        problems.append(Verdict(False, "InvalidTokenDelivery", f"spec.tokenDelivery {policy.token_delivery!r} "
+                                f"must be one of {list(TOKEN_DELIVERIES)}"))
     if "*" in policy.allowed_cluster_roles:
         problems.append(Verdict(False, "WildcardClusterRole",
                                 "spec.allowedClusterRoles must name ClusterRoles; '*' is not allowed"))
@@ -194,14 +204,21 @@ def check_reason(req: RequestView, pol: Policy) -> Verdict:
 
 
 def check_duration(req: RequestView, pol: Policy) -> Verdict:
+    """Messages name spec.duration (or the policy field at fault) and carry only our own wording."""
     try:
-        asked = effective_duration(req, pol)
-        maximum = parse_duration(pol.max_duration)
+        asked = parse_duration(req.duration) if req.duration else None
     except DurationError as exc:
         return Verdict(False, "InvalidDuration", f"spec.duration: {exc}")
+    try:
+        asked = asked or parse_duration(pol.default_duration)
+        maximum = parse_duration(pol.max_duration)
+    except DurationError:
+        return Verdict(False, "PolicyInvalid", f"spec.duration cannot be checked: policy {pol.name!r} "
+                                               "defaultDuration or maxDuration is not a valid duration")
     if asked > maximum:
+        asked_text = repr(req.duration) if req.duration else f"(policy default {pol.default_duration})"
         return Verdict(False, "DurationExceedsMax",
-                       f"spec.duration {req.duration!r} exceeds policy {pol.name!r} maxDuration {pol.max_duration}")
+                       f"spec.duration {asked_text} exceeds policy {pol.name!r} maxDuration {pol.max_duration}")
     return Verdict(True, "DurationAllowed", f"duration {format_duration(asked)} within maxDuration {pol.max_duration}")
 
 
@@ -228,7 +245,15 @@ def check_cluster_roles(req: RequestView, pol: Policy) -> Verdict:
 
 
 def check_scopes(req: RequestView, pol: Policy) -> Verdict:
-    bad = [s for s in req.scopes if not _matches_any(s, pol.allowed_scopes) or s.startswith("k8s:")]
+    malformed = [s for s in req.scopes if not isinstance(s, str) or not _SCOPE_RE.fullmatch(s)]
+    if malformed:
+        return Verdict(False, "ScopeMalformed",
+                       f"spec.scopes {malformed} must each match {SCOPE_PATTERN} (one scope per item, no whitespace)")
+    reserved = [s for s in req.scopes if s.lower().startswith(RESERVED_SCOPE_PREFIX)]
+    if reserved:
+        return Verdict(False, "ScopeNotAllowed", f"spec.scopes {reserved}: the {RESERVED_SCOPE_PREFIX!r} prefix is "
+                                               "reserved for Kubernetes grants (use spec.clusterRoles)")
+    bad = [s for s in req.scopes if not _matches_any(s, pol.allowed_scopes)]
     if bad:
         return Verdict(False, "ScopeNotAllowed",
                        f"spec.scopes {bad} not allowed by policy {pol.name!r} allowedScopes {list(pol.allowed_scopes)}")
