@@ -23,6 +23,10 @@ VALUE_SETS = {
     "apiserver client certificate": {"tokenReview": {"clientCASecretName": "apiserver-client-ca"}},
     "outside the cluster": {"webhook": {"url": "https://10.0.0.5:9443"},
                             "rbac": {"requesterGroups": ["sre"], "approverGroups": ["sre-leads"]}},
+    "token namespace and request-namespace delivery": {
+        "tokenNamespace": "breakglass-tokens",
+        "rbac": {"tokenDeliveryNamespaces": ["batch", "ml"], "adminGroups": ["sre-admins", "platform"],
+                 "grantableClusterRoles": ["view", "edit", "admin"]}},
 }
 
 
@@ -74,8 +78,13 @@ def test_a_custom_issuer_reaches_the_operator_args():
     ({"issuer": "http://insecure"}, "/issuer"),
     ({"webhook": {"timeoutSeconds": 60}}, "/webhook/timeoutSeconds"),
     ({"unknownKey": 1}, "unknownKey"),
+    ({"tokenNamespace": "Not_A_Namespace"}, "/tokenNamespace"),
+    ({"rbac": {"tokenDeliveryNamespaces": ["ok", "no spaces"]}}, "/rbac/tokenDeliveryNamespaces/1"),
+    ({"rbac": {"adminGroups": ["a,b"]}}, "/rbac/adminGroups/0"),
 ], ids=["replicas must be a number", "HMAC algorithms are refused", "cluster-admin is never grantable",
-        "the issuer must be https", "webhook timeouts are capped at 30 s", "unknown keys are refused"])
+        "the issuer must be https", "webhook timeouts are capped at 30 s", "unknown keys are refused",
+        "the token namespace must be a namespace name", "delivery namespaces must be namespace names",
+        "an admin group cannot smuggle a second group through a comma"])
 def test_bad_values_fail_with_the_offending_path(values, where):
     with pytest.raises(helm_python.HelmValuesError) as exc:
         render_chart.manifests(values)
@@ -138,3 +147,88 @@ def test_a_client_ca_secret_locks_authenticate_to_the_apiserver():
     pod = deploy["spec"]["template"]["spec"]
     assert "--client-ca-file=/etc/breakglass/client-ca/ca.crt" in pod["containers"][0]["args"]
     assert {"name": "client-ca", "secret": {"secretName": "apiserver-client-ca"}} in pod["volumes"]
+
+
+# ---------------------------------------------------------------- least privilege (issue 9, invariant 8)
+def operator_rules(docs, namespace=None):
+    """Rules the operator's ServiceAccount holds: cluster-wide (namespace None) or in one namespace."""
+    bindings = [b for b in by_kind(docs, "ClusterRoleBinding") + by_kind(docs, "RoleBinding")
+                if any(s["kind"] == "ServiceAccount" and s["name"] == "breakglass-operator" for s in b["subjects"])]
+    out = []
+    for b in bindings:
+        bns = b["metadata"].get("namespace")
+        if b["kind"] == "ClusterRoleBinding" and namespace is not None:
+            continue
+        if b["kind"] == "RoleBinding" and bns != namespace:
+            continue
+        (role,) = [r for r in by_kind(docs, b["roleRef"]["kind"]) if r["metadata"]["name"] == b["roleRef"]["name"]
+                   and r["metadata"].get("namespace") == (bns if b["roleRef"]["kind"] == "Role" else None)]
+        out.extend(role["rules"])
+    return out
+
+
+def namespaces_where_the_operator_can(docs, verb, resource):
+    spaces = {r["metadata"].get("namespace") for r in by_kind(docs, "Role")}
+    return {ns for ns in spaces
+            if any(resource in rule["resources"] and verb in rule["verbs"] for rule in operator_rules(docs, ns))}
+
+
+def test_with_default_values_the_operator_has_no_cluster_wide_secret_or_role_creation_rights():
+    docs = render_chart.manifests({})
+    cluster_roles = by_kind(docs, "ClusterRole")
+    assert {r["metadata"]["name"] for r in cluster_roles} == {
+        "breakglass-operator", "breakglass-operator-requester", "breakglass-operator-approver"}
+    for role in cluster_roles:
+        for rule in role["rules"]:
+            where = (role["metadata"]["name"], rule)
+            assert "secrets" not in rule["resources"], where
+            assert not ({"roles", "*"} & set(rule["resources"]) and {"create", "*"} & set(rule["verbs"])), where
+            assert not {"escalate", "impersonate", "*"} & set(rule["verbs"]), where
+            assert "*" not in rule["resources"] and "*" not in rule["apiGroups"], where
+            if "bind" in rule["verbs"]:
+                assert rule["resources"] == ["clusterroles"], where
+                assert rule["resourceNames"] == ["view", "edit"], where
+    cluster_wide = operator_rules(docs)
+    assert any("bind" in r["verbs"] for r in cluster_wide)
+    assert [r for r in cluster_wide if "bind" in r["verbs"]] == \
+        [{"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["clusterroles"], "verbs": ["bind", "get"],
+          "resourceNames": ["view", "edit"]}]
+
+
+def test_secret_and_role_rights_exist_only_in_the_operator_token_and_delivery_namespaces():
+    assert namespaces_where_the_operator_can(render_chart.manifests({}), "get", "secrets") == {"breakglass-system"}
+    assert namespaces_where_the_operator_can(render_chart.manifests({}), "create", "roles") == {"breakglass-system"}
+    docs = render_chart.manifests(VALUE_SETS["token namespace and request-namespace delivery"])
+    for verb, resource in (("get", "secrets"), ("create", "secrets"), ("delete", "secrets"),
+                           ("create", "roles"), ("create", "rolebindings")):
+        assert namespaces_where_the_operator_can(docs, verb, resource) == \
+            {"breakglass-system", "breakglass-tokens", "batch", "ml"}, (verb, resource)
+    # Request-namespace delivery needs no listing, watching or rewriting of Secrets there.
+    for ns in ("batch", "ml"):
+        secret_verbs = {v for r in operator_rules(docs, ns) if "secrets" in r["resources"] for v in r["verbs"]}
+        assert secret_verbs == {"get", "create", "delete"}
+    # The ledger, JWKS, revocations and audit head live only in the operator namespace.
+    assert namespaces_where_the_operator_can(docs, "update", "configmaps") == {"breakglass-system"}
+    (bind,) = [r for r in operator_rules(docs) if "bind" in r["verbs"]]
+    assert bind["resourceNames"] == ["view", "edit", "admin"]
+
+
+def test_the_token_namespace_and_admin_groups_reach_the_operator_flags():
+    default_args = by_kind(render_chart.manifests({}), "Deployment")[0]["spec"]["template"]["spec"][
+        "containers"][0]["args"]
+    assert "--admin-groups=system:masters" in default_args
+    assert not [a for a in default_args if a.startswith("--token-namespace")]
+    args = by_kind(render_chart.manifests(VALUE_SETS["token namespace and request-namespace delivery"]),
+                   "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--token-namespace=breakglass-tokens" in args
+    assert "--admin-groups=sre-admins,platform" in args
+    no_admins = by_kind(render_chart.manifests({"rbac": {"adminGroups": []}}), "Deployment")[0]
+    assert "--admin-groups=" in no_admins["spec"]["template"]["spec"]["containers"][0]["args"]
+
+
+def test_anyone_authenticated_may_read_the_audit_head_but_not_the_hmac_key():
+    docs = render_chart.manifests({})
+    (public,) = [r for r in by_kind(docs, "Role") if r["metadata"]["name"] == "breakglass-operator-public-keys"]
+    (rule,) = public["rules"]
+    assert rule["resources"] == ["configmaps"] and rule["verbs"] == ["get"]
+    assert set(rule["resourceNames"]) == {"breakglass-jwks", "breakglass-revocations", "breakglass-audit-head"}
