@@ -90,12 +90,6 @@ def is_drill(obj: dict) -> bool:
     return ((obj.get("metadata") or {}).get("labels") or {}).get(DRILL_LABEL) == "true"
 
 
-def managed_selector(request_namespace: str, request_name: str) -> str:
-    """Label selector for everything made for one request (Secret, Roles, RoleBindings)."""
-    return (f"{MANAGED_BY_LABEL}={MANAGED_BY},{REQUEST_LABEL}={request_name},"
-            f"{REQUEST_NS_LABEL}={request_namespace}")
-
-
 def managed_labels(request_name: str, request_namespace: str) -> dict[str, str]:
     return {
         MANAGED_BY_LABEL: MANAGED_BY,

@@ -32,8 +32,8 @@ class StepFailed(Exception):
 
 class DrillRunner:
     def __init__(self, *, kube: Kube, audit: AuditLog, issuer: str, operator_namespace: str,
-                 clock: Callable[[], dt.datetime], step_timeout: float = 30.0):
-        self.kube, self.audit, self.issuer = kube, audit, issuer
+                 clock: Callable[[], dt.datetime], ledger=None, step_timeout: float = 30.0):
+        self.kube, self.audit, self.issuer, self.ledger = kube, audit, issuer, ledger
         self.operator_namespace = operator_namespace
         self.clock, self.step_timeout = clock, step_timeout
 
@@ -72,10 +72,10 @@ class DrillRunner:
             token = self._step(steps, "read-secret", lambda: self._read_token(req))
             claims = self._step(steps, "verify-jwks", lambda: self._verify_jwks(token))
             if spec.get("verifyWithCluster"):
-                self._step(steps, "token-review", lambda: self._token_review(token, ns, request_name))
+                self._step(steps, "token-review", lambda: self._token_review(token, req))
                 self._step(steps, "access-review", lambda: self._access_review(token, spec))
             self._step(steps, "revoke", lambda: self._revoke(ns, request_name))
-            self._step(steps, "cleanup", lambda: self._wait_clean(ns, request_name, claims["jti"]))
+            self._step(steps, "cleanup", lambda: self._wait_clean(req))
         except StepFailed as exc:
             failure = exc
         finally:
@@ -168,10 +168,11 @@ class DrillRunner:
             raise StepFailed("", "token is not marked as a drill")
         return result.claims
 
-    def _token_review(self, token, ns, request_name):
+    def _token_review(self, token, req):
         review = self.kube.token_review(token)
         status = review.get("status") or {}
-        want = api.grant_username(ns, request_name)
+        meta = req["metadata"]
+        want = api.grant_username(meta["namespace"], meta["name"], meta["uid"])
         if not status.get("authenticated"):
             raise StepFailed("", f"TokenReview did not authenticate the token: {status.get('error') or 'no reason'}")
         if (status.get("user") or {}).get("username") != want:
@@ -194,12 +195,14 @@ class DrillRunner:
     def _revoke(self, ns, request_name):
         self.kube.patch_request(ns, request_name, {"spec": {"revoked": True}})
 
-    def _wait_clean(self, ns, request_name, jti):
+    def _wait_clean(self, req):
+        """Every object the ledger lists for this grant is gone (checked by name and uid)."""
         def clean():
-            if self.kube.get_secret(ns, api.token_secret_name(request_name)) is not None:
+            entry = self.ledger.get(req["metadata"]["uid"]) if self.ledger else None
+            if entry is None or entry.get("state") in ("Issuing", "Active"):
                 return False
-            return not self.kube.rbac.list_role_binding_for_all_namespaces(
-                label_selector=api.managed_selector(ns, request_name)).items
+            return all((self.kube.read(o["kind"], o["namespace"], o["name"]) or {}).get("metadata", {}).get("uid")
+                       != o.get("uid") or not o.get("uid") for o in entry.get("objects") or [])
         self._poll("the Secret and RoleBindings to be deleted", clean, timeout=10)
 
     def _status(self, drill, patch):

@@ -10,6 +10,8 @@ from typing import Any
 from aiohttp import web
 
 from . import api, metrics
+from .domain.durations import utcnow
+from .ledger import Ledger, is_live
 from .stores import KeyStore, RevocationStore
 from .tokens.jwt_tokens import verify
 
@@ -27,22 +29,39 @@ def discovery_document(issuer: str) -> dict[str, Any]:
     }
 
 
-def token_review_response(result, api_version: str = "authentication.k8s.io/v1") -> dict[str, Any]:
-    """Build the TokenReview answer from a verification result (pure)."""
+def live_grant_check(result, entry: dict[str, Any] | None, now) -> tuple[bool, str, str]:
+    """A verified token authenticates only while the ledger holds its jti as a live grant of the same
+    request uid and key (an allow-list bounded by the active grants; revocation removes it)."""
     if not result.ok:
-        return {"apiVersion": api_version, "kind": "TokenReview",
-                "status": {"authenticated": False, "error": f"{result.reason}: {result.message}"}}
+        return False, result.reason, result.message
     claims = result.claims
-    bg = claims.get("breakglass") or {}
-    ns, _, name = (bg.get("request") or "/").partition("/")
+    if entry is None:
+        return False, "UnknownGrant", f"token {claims['jti']} is not a grant the operator issued"
+    if entry.get("state") != "Active" or not is_live(entry, now):
+        return False, entry.get("state") or "NotLive", f"token {claims['jti']} grant is {entry.get('state')}"
+    bg = claims.get("breakglass") if isinstance(claims.get("breakglass"), dict) else {}
+    if entry.get("kid") != result.kid or entry["request"]["uid"] != bg.get("uid"):
+        return False, "GrantMismatch", "token does not match its grant's key or request"
+    return True, "Valid", result.message
+
+
+def token_review_response(result, entry: dict[str, Any] | None, now,
+                          api_version: str = "authentication.k8s.io/v1") -> dict[str, Any]:
+    """Build the TokenReview answer (pure). The identity comes from the ledger, not from the token."""
+    ok, reason, message = live_grant_check(result, entry, now)
+    if not ok:
+        return {"apiVersion": api_version, "kind": "TokenReview",
+                "status": {"authenticated": False, "error": f"{reason}: {message}"}}
+    claims = result.claims
+    bg = claims.get("breakglass") if isinstance(claims.get("breakglass"), dict) else {}
     return {"apiVersion": api_version, "kind": "TokenReview", "status": {
         "authenticated": True,
         "user": {
-            "username": api.grant_username(ns, name),
-            "uid": bg.get("uid", ""),
-            "groups": api.grant_groups(bg.get("policy", "")),
-            "extra": {"requester": [claims.get("sub", "")], "jti": [claims["jti"]],
-                      "ticket": [bg.get("ticket", "")]},
+            "username": entry["username"],
+            "uid": entry["request"]["uid"],
+            "groups": api.grant_groups(entry["policy"]),
+            "extra": {"requester": [entry.get("requester", "")], "jti": [entry["jti"]],
+                      "ticket": [str(bg.get("ticket", ""))]},
         },
         # No `audiences`: kube-apiserver would intersect them with its own api-audiences and
         # reject; the token's own `aud` was already checked against --token-audiences.
@@ -50,9 +69,10 @@ def token_review_response(result, api_version: str = "authentication.k8s.io/v1")
 
 
 class Endpoints:
-    def __init__(self, *, keys: KeyStore, revocations: RevocationStore, issuer: str, audiences: list[str],
-                 client_ca_file: str | None = None):
+    def __init__(self, *, keys: KeyStore, revocations: RevocationStore, ledger: Ledger, issuer: str,
+                 audiences: list[str], client_ca_file: str | None = None, clock=utcnow):
         self.keys, self.revocations, self.issuer, self.audiences = keys, revocations, issuer, audiences
+        self.ledger, self.clock = ledger, clock
         # With a client CA, /authenticate answers only callers presenting a certificate it signed
         # (kube-apiserver's webhook kubeconfig); JWKS, discovery and revocations stay public.
         self.client_ca_file = client_ca_file
@@ -114,19 +134,35 @@ class Endpoints:
             return web.json_response({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
                                       "status": {"authenticated": False, "error": "malformed TokenReview"}},
                                      status=400)
+
+        def malformed():
+            metrics.token_reviews_total.labels("malformed").inc()
+            return web.json_response({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+                                      "status": {"authenticated": False, "error": "malformed TokenReview"}},
+                                     status=401)
+        if not isinstance(review, dict) or not isinstance(token, str):
+            return malformed()
+        api_version = review.get("apiVersion") if review.get("apiVersion") in (
+            "authentication.k8s.io/v1", "authentication.k8s.io/v1beta1") else "authentication.k8s.io/v1"
         loop = asyncio.get_running_loop()
         try:
             ring = await loop.run_in_executor(None, self.keys.current)
-            revoked = await loop.run_in_executor(None, self.revocations.jtis)
+            if not self.ledger.synced.is_set():
+                raise RuntimeError("grant ledger not synced yet")
         except Exception as exc:
-            # Fail closed: without keys or the revocation list no token is accepted.
+            # Fail closed: without keys or the ledger no token is accepted.
             metrics.token_reviews_total.labels("error").inc()
             metrics.errors_total.labels("tokenreview").inc()
             log.warning("TokenReview failed closed: %s", type(exc).__name__)
-            return web.json_response({"apiVersion": review.get("apiVersion", "authentication.k8s.io/v1"),
-                                      "kind": "TokenReview",
+            return web.json_response({"apiVersion": api_version, "kind": "TokenReview",
                                       "status": {"authenticated": False, "error": "verifier unavailable"}})
-        result = verify(token, jwks=ring.jwks(), issuer=self.issuer, audience=self.audiences, revoked_jtis=revoked)
+        result = verify(token, jwks=ring.jwks(), issuer=self.issuer, audience=self.audiences)
         del token
-        metrics.token_reviews_total.labels("authenticated" if result.ok else result.reason.lower()).inc()
-        return web.json_response(token_review_response(result, review.get("apiVersion", "authentication.k8s.io/v1")))
+        if result.reason in ("MalformedClaims", "MissingClaim"):  # signed but malformed: 401, never a 500
+            return malformed()
+        entry = self.ledger.by_jti(result.claims["jti"]) if result.ok else None
+        answer = token_review_response(result, entry, self.clock(), api_version)
+        ok = answer["status"]["authenticated"]
+        label = "authenticated" if ok else (answer["status"]["error"].split(":")[0].lower())
+        metrics.token_reviews_total.labels(label).inc()
+        return web.json_response(answer)

@@ -29,3 +29,9 @@ signing_key_age = Gauge("breakglass_signing_key_age_seconds", "Age of the active
 drill_runs_total = Counter("breakglass_drill_runs_total", "Drill runs", ["drill", "result"], registry=REGISTRY)
 drill_last_success = Gauge("breakglass_drill_last_success_timestamp_seconds", "Last successful drill run",
                            ["drill"], registry=REGISTRY)
+ledger_entries = Gauge("breakglass_ledger_entries", "Grant ledger entries (live and recently ended)",
+                       registry=REGISTRY)
+issue_rollbacks_total = Counter("breakglass_issue_rollbacks_total", "Issues rolled back (request Failed)",
+                                ["reason"], registry=REGISTRY)
+revocations_unpublished_total = Counter("breakglass_revocations_unpublished_total",
+                                        "Revoked jtis left out of the bounded published view", registry=REGISTRY)

@@ -16,7 +16,9 @@ from .drills import DrillRunner
 from .domain.durations import utcnow
 from .endpoints import Endpoints
 from .expiry import ExpiryTimer
+from .grants import Grants
 from .k8s.client import Kube, error_text, load_config
+from .ledger import Ledger
 from .lifecycle import Reconciler
 from .policies import reconcile_policy
 from .settings import Settings
@@ -46,6 +48,9 @@ class Runtime:
     drills: DrillRunner
     drill_queue: WorkQueue
     expiry: ExpiryTimer
+    ledger: Ledger
+    grants: Grants
+    operator_username: str
     tasks: list[asyncio.Task] = field(default_factory=list)
 
     def enqueue(self, namespace: str, name: str) -> None:
@@ -165,31 +170,86 @@ def inject_ca_bundle(kube: Kube, config_name: str, ca_file: str | None) -> None:
         log.info("caBundle injected into %s %s", cfg.get("kind"), config_name)
 
 
+def whoami(settings: Settings, kube: Kube) -> str:
+    """The operator's own username, so admission can tell its writes (finalizer removal, drill
+    requests) from everyone else's: the flag; else the in-cluster ServiceAccount token's subject;
+    else a TokenReview of our own bearer token; else our client certificate's CN."""
+    if settings.operator_username:
+        return settings.operator_username
+    import base64 as b64
+    import json as js
+    sa_token = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+    cfg = kube.api_client.configuration
+    auth = (cfg.api_key or {}).get("authorization") or (cfg.api_key or {}).get("BearerToken") or ""
+    if not auth and os.path.exists(sa_token) and not settings.kubeconfig:
+        with open(sa_token) as fh:
+            payload = fh.read().strip().split(".")[1]
+        return js.loads(b64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["sub"]
+    if auth:
+        status = kube.token_review(auth.partition(" ")[2] or auth).get("status") or {}
+        if status.get("authenticated"):
+            return status["user"]["username"]
+    if cfg.cert_file:
+        from cryptography import x509
+        with open(cfg.cert_file, "rb") as fh:
+            cert = x509.load_pem_x509_certificate(fh.read())
+        return cert.subject.get_attributes_for_oid(x509.oid.NameOID.COMMON_NAME)[0].value
+    raise SystemExit("breakglass: cannot tell the operator's own username; set --operator-username")
+
+
 def build(settings: Settings) -> Runtime:
     kube = Kube(load_config(settings.kubeconfig, pool_size=max(32, settings.workers * 2)))
     kube.ensure_namespace(settings.namespace)
-    keys = KeyStore(kube, settings.namespace, settings.signing_alg)
+    if settings.tokens_namespace != settings.namespace:
+        kube.ensure_namespace(settings.tokens_namespace)
+    holder: dict[str, Runtime] = {}
+    ledger = Ledger(kube, settings.namespace)
+    keys = KeyStore(kube, settings.namespace, settings.signing_alg,
+                    kids_in_use=lambda: holder["rt"].sweeper.kids_in_use())
     keys.ensure()
     revocations = RevocationStore(kube, settings.namespace)
-    hmac_key = (settings.audit_hmac_secret or os.environ.get("BREAKGLASS_AUDIT_HMAC_SECRET") or "").encode() or None
-    audit = AuditLog(settings.audit_log, hmac_key)
-    holder: dict[str, Runtime] = {}
+    audit = build_audit(settings, kube)
+    cluster_ca_b64 = None
+    if settings.cluster_ca_file:
+        import base64 as b64
+        with open(settings.cluster_ca_file, "rb") as fh:
+            cluster_ca_b64 = b64.b64encode(fh.read()).decode()
+    grants = Grants(kube=kube, ledger=ledger, keys=keys, revocations=revocations, settings=settings,
+                    clock=utcnow, cluster_ca_b64=cluster_ca_b64)
     expiry = ExpiryTimer(kube.delete_secret, lambda key: holder["rt"].queue.add(key))
-    reconciler = Reconciler(kube=kube, keys=keys, revocations=revocations, audit=audit, settings=settings,
+    reconciler = Reconciler(kube=kube, ledger=ledger, grants=grants, audit=audit, settings=settings,
                             clock=utcnow, schedule_expiry=expiry.schedule)
     queue = WorkQueue(lambda key: holder["rt"].reconcile_key(key), workers=settings.workers)
-    sweeper = Sweeper(kube, keys, revocations, lambda ns, n: queue.add((ns, n)), utcnow,
+    sweeper = Sweeper(kube, ledger, grants, keys, revocations, audit, lambda ns, n: queue.add((ns, n)), utcnow,
                       settings.key_rotation_interval)
-    endpoints = Endpoints(keys=keys, revocations=revocations, issuer=settings.issuer,
+    endpoints = Endpoints(keys=keys, revocations=revocations, ledger=ledger, issuer=settings.issuer,
                           audiences=list(settings_audiences()), client_ca_file=settings.client_ca_file)
     drills = DrillRunner(kube=kube, audit=audit, issuer=settings.issuer, operator_namespace=settings.namespace,
-                         clock=utcnow)
+                         clock=utcnow, ledger=ledger)
     drill_queue = WorkQueue(lambda key: holder["rt"].run_drill_key(key), workers=2, retry_seconds=5.0)
     rt = Runtime(settings=settings, kube=kube, keys=keys, revocations=revocations, audit=audit,
                  reconciler=reconciler, queue=queue, sweeper=sweeper, endpoints=endpoints,
-                 tls=tls_files(settings, kube), drills=drills, drill_queue=drill_queue, expiry=expiry)
+                 tls=tls_files(settings, kube), drills=drills, drill_queue=drill_queue, expiry=expiry,
+                 ledger=ledger, grants=grants, operator_username=whoami(settings, kube))
     holder["rt"] = rt
+    log.info("operator identity %s; token namespace %s", rt.operator_username, settings.tokens_namespace)
     return rt
+
+
+def build_audit(settings: Settings, kube: Kube) -> AuditLog:
+    """HMAC on by default (a key generated into a Secret on first start); the chain's head is
+    published in the cluster on every append, so a truncated or re-sealed log is detected."""
+    from .audit import AuditHead, ensure_hmac_key
+    from .domain.durations import to_rfc3339
+    head = AuditHead(settings.namespace, kube.get_configmap, kube.update_configmap, clock=utcnow)
+    given = settings.audit_hmac_secret or os.environ.get("BREAKGLASS_AUDIT_HMAC_SECRET")
+    hmac_key = given.encode() if given else ensure_hmac_key(settings.namespace, kube.get_secret,
+                                                            kube.create_secret_if_absent)
+    audit = AuditLog(settings.audit_log, hmac_key, on_append=head.publish, head=head.read())
+    if audit.discrepancy:
+        log.error("audit: %s", audit.discrepancy)
+        audit.record("audit-discrepancy", time=to_rfc3339(utcnow()), problem=audit.discrepancy)
+    return audit
 
 
 def settings_audiences() -> list[str]:
@@ -222,13 +282,13 @@ async def start(rt: Runtime, kopf_settings: kopf.OperatorSettings) -> None:
             None, inject_ca_bundle, rt.kube, s.webhook_config_name, rt.tls.ca_file)
     # Our own writes to requests (finalizers) pass through our own persistent, fail-closed webhooks:
     # start reconciling once the webhook server (started by kopf after this handler) accepts connections.
+    rt.ledger.start()
     rt.tasks.append(asyncio.create_task(_start_queues_when_serving(rt)))
     await rt.endpoints.start(s.bind_address, s.https_port, rt.tls.cert_file, rt.tls.key_file)
     if s.metrics_port:
         from prometheus_client import start_http_server
         start_http_server(s.metrics_port, addr=s.bind_address, registry=metrics.REGISTRY)
     loop = asyncio.get_running_loop()
-    await loop.run_in_executor(None, rt.sweeper.sweep_expired)
     await loop.run_in_executor(None, rt.sweeper.resync_all)
     rt.tasks.append(asyncio.create_task(_housekeeping(rt)))
 
@@ -245,6 +305,8 @@ async def _start_queues_when_serving(rt: Runtime, timeout: float = 30.0) -> None
             await asyncio.sleep(0.05)
     else:
         log.warning("webhook server not reachable after %.0fs; reconciling anyway", timeout)
+    # Decisions read the ledger view: never act on an unsynced one.
+    await asyncio.get_running_loop().run_in_executor(None, rt.ledger.wait_synced, 60.0)
     rt.queue.start()
     rt.drill_queue.start()
     rt.expiry.start()
@@ -253,8 +315,15 @@ async def _start_queues_when_serving(rt: Runtime, timeout: float = 30.0) -> None
 async def _housekeeping(rt: Runtime, interval: float = 5.0) -> None:
     loop = asyncio.get_running_loop()
     while True:
-        await loop.run_in_executor(None, rt.sweeper.housekeeping, rt.reconciler.check_review_overdue)
+        await loop.run_in_executor(None, rt.sweeper.housekeeping, lambda req, _now: _reconcile_if_not_marked(rt, req))
         await asyncio.sleep(interval)
+
+
+def _reconcile_if_not_marked(rt: Runtime, req: dict) -> None:
+    """An overdue review not yet marked on the request: its reconcile sets the condition."""
+    conds = (req.get("status") or {}).get("conditions") or []
+    if not any(c.get("type") == api.COND_REVIEW_OVERDUE and c.get("status") == "True" for c in conds):
+        rt.enqueue(req["metadata"]["namespace"], req["metadata"]["name"])
 
 
 async def stop(rt: Runtime) -> None:
@@ -263,4 +332,5 @@ async def stop(rt: Runtime) -> None:
     rt.queue.stop()
     rt.drill_queue.stop()
     rt.expiry.stop()
+    rt.ledger.stop()
     await rt.endpoints.stop()

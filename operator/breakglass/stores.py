@@ -6,15 +6,18 @@ import datetime as dt
 import json
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 from kubernetes.client.rest import ApiException
 
-from . import api
+import logging
+
+from . import api, metrics
 from .domain.durations import to_rfc3339, utcnow
 from .k8s.client import Kube
 from .tokens.keys import Keyring
 
+log = logging.getLogger(__name__)
 KEYRING_KEY = "keyring.json"
 JWKS_KEY = "jwks.json"
 REVOCATIONS_KEY = "revocations.json"
@@ -23,8 +26,11 @@ REVOCATIONS_KEY = "revocations.json"
 class KeyStore:
     """Loads the keyring from its Secret (create-if-absent), caches it briefly, publishes the JWKS."""
 
-    def __init__(self, kube: Kube, namespace: str, alg: str, cache_seconds: float = 2.0):
+    def __init__(self, kube: Kube, namespace: str, alg: str, cache_seconds: float = 2.0,
+                 kids_in_use: "Callable[[], set[str]] | None" = None):
         self.kube, self.namespace, self.alg = kube, namespace, alg
+        # Retired keys stay published while a live ledger entry was signed by them (never a tenant object).
+        self._kids_in_use = kids_in_use or (lambda: set())
         self.cache_seconds = cache_seconds
         self._lock = threading.Lock()
         self._cached: tuple[float, Keyring] | None = None
@@ -91,8 +97,7 @@ class KeyStore:
         raise RuntimeError("key rotation kept conflicting; try again")
 
     def kids_in_use(self) -> set[str]:
-        return {(s["metadata"].get("annotations") or {}).get(api.KEY_ID_ANNOTATION)
-                for s in self.kube.list_managed_secrets() if s.get("type") == api.TOKEN_SECRET_TYPE}
+        return set(self._kids_in_use())
 
     def prune(self, now: dt.datetime | None = None) -> Keyring:
         """Remove retired public keys from the JWKS once no live token Secret uses them."""
@@ -118,8 +123,16 @@ class KeyStore:
         return pruned
 
 
+MAX_PUBLISHED_BYTES = 512 * 1024
+
+
 class RevocationStore:
-    """ConfigMap `breakglass-revocations`: revoked jtis until their exp; read-modify-write with retries."""
+    """ConfigMap `breakglass-revocations`: a *published view* of revoked jtis until their exp.
+
+    Correctness never depends on it (TokenReview authenticates only live ledger entries); it is for
+    token consumers that verify offline. It is bounded: past MAX_PUBLISHED_BYTES the entries that
+    expire soonest are left out (metric `breakglass_revocations_unpublished_total`).
+    """
 
     def __init__(self, kube: Kube, namespace: str, cache_seconds: float = 0.5):
         self.kube, self.namespace, self.cache_seconds = kube, namespace, cache_seconds
@@ -140,11 +153,27 @@ class RevocationStore:
             entries = [e for e in self._entries(data) if e.get("exp", 0) > now.timestamp() and e["jti"] != jti]
             entries.append({"jti": jti, "exp": exp, "request": request, "reason": reason,
                             "revokedAt": to_rfc3339(now)})
-            return {**data, REVOCATIONS_KEY: json.dumps(entries, sort_keys=True)}
+            entries.sort(key=lambda e: -e.get("exp", 0))
+            text = json.dumps(entries, sort_keys=True)
+            while len(text) > MAX_PUBLISHED_BYTES and entries:
+                entries.pop()  # the one expiring soonest
+                metrics.revocations_unpublished_total.inc()
+                text = json.dumps(entries, sort_keys=True)
+            return {**data, REVOCATIONS_KEY: text}
 
         self.kube.update_configmap(self.namespace, api.REVOCATIONS_CONFIGMAP, mutate)
         with self._lock:
             self._cached = None
+
+    def publish(self, **entry: Any) -> bool:
+        """Best effort: a failure is visible (metric, log) but never blocks a revocation."""
+        try:
+            self.add(**entry)
+            return True
+        except Exception as exc:  # noqa: BLE001
+            metrics.errors_total.labels("revocation-view").inc()
+            log.warning("revocation view not updated for jti %s: %s", entry.get("jti"), type(exc).__name__)
+            return False
 
     def prune(self, now: dt.datetime | None = None) -> None:
         now = now or utcnow()

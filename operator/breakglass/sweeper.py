@@ -1,8 +1,12 @@
-"""Start-up catch-up and periodic housekeeping.
+"""Housekeeping driven by the grant ledger, never by labels in tenant namespaces.
 
-Anything managed and past its `breakglass.dev/expires-at` is deleted, even when its request is
-gone (the operator may have been down at the expiry moment). Gauges are rebuilt from the
-cluster, never from memory, so they are right after a restart.
+* A ledger entry whose request is gone (by uid: deleted, or deleted and re-created under the same
+  name), however it went, is revoked: out of the allow-list, its objects deleted, audit `revoked`
+  with reason `RequestDeleted`.
+* An ended entry whose objects are not all deleted yet is cleaned up; once past its exp (plus a
+  retention) and settled in its request's status, it is removed, so the ledger stays bounded by
+  the grants that are live or recently ended.
+* Gauges are rebuilt from the cluster, never from memory, so they are right after a restart.
 """
 from __future__ import annotations
 
@@ -11,50 +15,69 @@ import logging
 from typing import Callable
 
 from . import api, metrics
-from .domain.durations import parse_rfc3339
+from .audit import AuditLog
+from .domain.durations import parse_rfc3339, to_rfc3339
+from .grants import REVOKED, Grants
 from .k8s.client import Kube, error_text
+from .ledger import LIVE_STATES, Ledger
 from .stores import KeyStore, RevocationStore
 
 log = logging.getLogger(__name__)
+RETENTION = dt.timedelta(minutes=10)
 
 
-def expired_objects(items, now: dt.datetime):
-    """Pure filter: objects whose expires-at annotation is in the past."""
-    for item in items:
-        ann = ((item.get("metadata") if isinstance(item, dict) else None) or {}).get("annotations") or {}
-        stamp = ann.get(api.EXPIRES_AT_ANNOTATION)
-        if stamp and parse_rfc3339(stamp) <= now:
-            yield item
+def request_keys(requests: list[dict]) -> dict[str, dict]:
+    return {r["metadata"]["uid"]: r for r in requests}
 
 
 class Sweeper:
-    def __init__(self, kube: Kube, keys: KeyStore, revocations: RevocationStore,
-                 enqueue: Callable[[str, str], None], clock: Callable[[], dt.datetime],
+    def __init__(self, kube: Kube, ledger: Ledger, grants: Grants, keys: KeyStore, revocations: RevocationStore,
+                 audit: AuditLog, enqueue: Callable[[str, str], None], clock: Callable[[], dt.datetime],
                  rotation_interval: dt.timedelta | None = None):
-        self.kube, self.keys, self.revocations = kube, keys, revocations
-        self.enqueue, self.clock, self.rotation_interval = enqueue, clock, rotation_interval
+        self.kube, self.ledger, self.grants, self.keys, self.revocations = kube, ledger, grants, keys, revocations
+        self.audit, self.enqueue, self.clock, self.rotation_interval = audit, enqueue, clock, rotation_interval
 
-    def sweep_expired(self) -> int:
+    def sweep_ledger(self, requests: list[dict]) -> int:
+        """Revoke orphans, finish cleanups, drop settled entries. `requests` is a fresh full list."""
+        now, by_uid, acted = self.clock(), request_keys(requests), 0
+        for entry in self.ledger.entries():
+            req = by_uid.get(entry["request"]["uid"])
+            exp = parse_rfc3339(entry["expiresAt"])
+            try:
+                if entry["state"] in LIVE_STATES and req is None:
+                    self._revoke_orphan(entry, now)
+                    acted += 1
+                elif entry["state"] in LIVE_STATES:
+                    if exp <= now:
+                        self.enqueue(req["metadata"]["namespace"], req["metadata"]["name"])
+                elif not entry.get("cleaned"):
+                    self.grants.cleanup(entry)
+                    self.ledger.update(entry, cleaned=True)
+                    acted += 1
+                elif now > exp + RETENTION and (req is None or (req.get("status") or {}).get("phase")
+                                                in api.TERMINAL_PHASES):
+                    self.ledger.delete(entry)
+            except Exception as exc:  # one entry must not stop the others
+                metrics.errors_total.labels("sweep").inc()
+                log.warning("ledger sweep of grant %s failed: %s", entry["request"]["uid"], error_text(exc))
+        return acted
+
+    def _revoke_orphan(self, entry: dict, now: dt.datetime) -> None:
+        req = entry["request"]
+        log.warning("request %s/%s (uid %s) is gone but its grant was live: revoking",
+                    req["namespace"], req["name"], req["uid"])
+        self.grants.end(entry, REVOKED, "RequestDeleted", "the request is gone; its token is revoked")
+        self.audit.record("revoked", time=to_rfc3339(now), request=dict(req), policy=entry.get("policy", ""),
+                          requester=entry.get("requester", ""), jti=entry["jti"], kid=entry["kid"],
+                          expiresAt=entry["expiresAt"], reason="RequestDeleted", outcome="revoked",
+                          drill=bool(entry.get("drill")))
+        metrics.revocations_total.labels("RequestDeleted").inc()
+
+    def kids_in_use(self) -> set[str]:
+        """Keys that signed a grant not yet past its exp stay in the JWKS (ledger entries only)."""
         now = self.clock()
-        deleted = 0
-        for secret in expired_objects(self.kube.list_managed_secrets(), now):
-            meta = secret["metadata"]
-            if secret.get("type") != api.TOKEN_SECRET_TYPE:
-                continue
-            if self.kube.delete_secret(meta["namespace"], meta["name"]):
-                deleted += 1
-                exp = parse_rfc3339(meta["annotations"][api.EXPIRES_AT_ANNOTATION])
-                metrics.expiry_lag.observe(max(0.0, (now - exp).total_seconds()))
-                log.info("swept expired token Secret %s/%s", meta["namespace"], meta["name"])
-            labels = meta.get("labels") or {}
-            if labels.get(api.REQUEST_LABEL):
-                self.enqueue(meta["namespace"], labels[api.REQUEST_LABEL])
-        bindings = [self.kube.api_client.sanitize_for_serialization(rb) for rb in self.kube.list_managed_rolebindings()]
-        for rb in expired_objects(bindings, now):
-            labels = rb["metadata"].get("labels") or {}
-            self.kube.delete_managed_rbac(labels.get(api.REQUEST_NS_LABEL, ""), labels.get(api.REQUEST_LABEL, ""))
-            deleted += 1
-        return deleted
+        return {e["kid"] for e in self.ledger.entries()
+                if e.get("kid") and parse_rfc3339(e["expiresAt"]) > now - dt.timedelta(minutes=1)}
 
     def resync_all(self) -> None:
         """Enqueue every non-terminal request (start-up: catch up on anything missed)."""
@@ -107,8 +130,10 @@ class Sweeper:
         # never arrived; a request is decided from cluster state, so extra reconciles are harmless.
         # Resync and gauges share one list of requests per pass; without it both are skipped
         # (gauges must never drop to zero because a list failed).
-        steps: list[tuple[str, Callable[[], object]]] = [("sweep", self.sweep_expired)]
+        steps: list[tuple[str, Callable[[], object]]] = []
         requests = self._run_step("list", self.kube.list_requests)
+        if requests is not None and self.ledger.synced.is_set():
+            steps += [("sweep", lambda: self.sweep_ledger(requests))]
         if requests is not None:
             steps += [("resync", lambda: self.resync_stale(requests)),
                       ("gauges", lambda: self.refresh_gauges(check_overdue, requests))]

@@ -53,3 +53,20 @@ def condition(obj: dict, type_: str) -> dict | None:
 
 def event_reasons(cluster: Cluster, namespace: str, name: str) -> list[str]:
     return [e["reason"] for e in cluster.events(namespace, name)]
+
+
+TOKEN_NAMESPACE = "breakglass-system"  # the operator's namespace: token Secrets live there by default
+
+
+def token_secret_ref(cluster: Cluster, name: str, namespace: str) -> tuple[str, str]:
+    """Where the request's token Secret is (or was): status.secretRef, else named by the request uid."""
+    obj = cluster.get("breakglassrequest", name, namespace)
+    ref = ((obj or {}).get("status") or {}).get("secretRef")
+    if ref:
+        return ref["namespace"], ref["name"]
+    return TOKEN_NAMESPACE, f"breakglass-token-{obj['metadata']['uid']}"
+
+
+def token_secret(cluster: Cluster, name: str, namespace: str, user: str = "admin") -> dict | None:
+    ns, secret = token_secret_ref(cluster, name, namespace)
+    return cluster.get("secret", secret, ns, user=user)

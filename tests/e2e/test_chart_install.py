@@ -13,7 +13,7 @@ from breakglass import tls
 
 from .harness import (ROOT, Operator, operator_ports, install_crds, secret_token, start_cluster, stop_cluster,
                       wait_for, write_tokenreview_webhook_config)
-from .scenario import approve, policy, request, unique, wait_phase
+from .scenario import token_secret, token_secret_ref, approve, policy, request, unique, wait_phase
 from .tokens_helpers import forbidden, unauthorized, with_token
 
 sys.path.insert(0, str(ROOT / "hack"))
@@ -116,8 +116,9 @@ def test_a_full_lifecycle_works_with_the_operator_as_the_charts_service_account(
     assert rejected.returncode != 0 and "exceeds policy" in rejected.stderr
     approve(cluster, "bob", "incident", ns)
     obj = wait_phase(cluster, "incident", ns, "Active")
-    token = secret_token(cluster.get("secret", "incident-token", ns, user="alice"))
-    assert cluster.kubectl("get", "secret", "incident-token", "-n", ns, user="dave", check=False).returncode != 0
+    token = secret_token(token_secret(cluster, "incident", ns, user="alice"))
+    ref_ns, ref_name = token_secret_ref(cluster, "incident", ns)
+    assert cluster.kubectl("get", "secret", ref_name, "-n", ref_ns, user="dave", check=False).returncode != 0
     wait_for(lambda: with_token(cluster, token, "get", "serviceaccounts", "-n", ns).returncode == 0, 10,
              "the grant to work")
     assert forbidden(with_token(cluster, token, "get", "serviceaccounts", "-n", other))
@@ -125,7 +126,7 @@ def test_a_full_lifecycle_works_with_the_operator_as_the_charts_service_account(
     cluster.kubectl("patch", "bgr", "incident", "-n", ns, "--type=merge", "-p", '{"spec":{"revoked":true}}',
                     user="alice")
     wait_phase(cluster, "incident", ns, "Revoked")
-    assert cluster.get("secret", "incident-token", ns) is None
+    assert token_secret(cluster, "incident", ns) is None
     assert cluster.list("rolebindings", ns, selector="breakglass.dev/request=incident") == []
     wait_for(lambda: unauthorized(with_token(cluster, token, "get", "serviceaccounts", "-n", ns)), 13, "401")
     revs = cluster.get("configmap", "breakglass-revocations", "breakglass-system")["data"]["revocations.json"]
@@ -134,7 +135,7 @@ def test_a_full_lifecycle_works_with_the_operator_as_the_charts_service_account(
     cluster.apply(request("brief", ns, pol, duration="5s", emergency=True), user="dave", verb="create")
     wait_phase(cluster, "brief", ns, "Active")
     wait_phase(cluster, "brief", ns, "Expired", timeout=15)
-    assert cluster.get("secret", "brief-token", ns) is None
+    assert token_secret(cluster, "brief", ns) is None
     # Any RBAC shortfall shows up as a 403/Forbidden in a log line (audit JSON lines hold only hashes).
     denied = [line for line in op.log_path.read_text().splitlines()
               if not line.startswith("{") and re.search(r"Forbidden|\b403\b", line)]

@@ -9,7 +9,7 @@ import urllib.request
 import jwt as pyjwt
 
 from .harness import secret_token, wait_for
-from .scenario import approval, approve, condition, event_reasons, policy, request, unique, wait_phase
+from .scenario import token_secret, token_secret_ref, approval, approve, condition, event_reasons, policy, request, unique, wait_phase
 
 
 def _jwks(operator):
@@ -31,12 +31,13 @@ def test_an_approved_request_gets_a_verifiable_token_secret_only_the_requester_c
     wait_phase(cluster, "outage", ns, "Pending")
     approved_at = time.monotonic()
     approve(cluster, "bob", "outage", ns)
-    secret = wait_for(lambda: cluster.get("secret", "outage-token", ns), 2, "the token Secret within 2 s",
+    secret = wait_for(lambda: token_secret(cluster, "outage", ns), 2, "the token Secret within 2 s",
                       interval=0.05)
     assert time.monotonic() - approved_at < 2.5
     obj = wait_phase(cluster, "outage", ns, "Active")
     st = obj["status"]
-    assert st["secretRef"] == {"namespace": ns, "name": "outage-token"}
+    assert st["secretRef"] == {"namespace": "breakglass-system", "name": f"breakglass-token-{obj['metadata']['uid']}"}
+    assert st["username"] == f"breakglass:{ns}:outage:{obj['metadata']['uid']}"
     assert st["tokenId"] and st["expiresAt"] and st["keyId"]
     assert condition(obj, "Issued")["status"] == "True" and condition(obj, "Approved")["status"] == "True"
     assert [a["approver"] for a in st["approvals"]] == ["bob"]
@@ -44,7 +45,7 @@ def test_an_approved_request_gets_a_verifiable_token_secret_only_the_requester_c
     assert secret["type"] == "breakglass.dev/token"
     assert secret["metadata"]["labels"]["breakglass.dev/request"] == "outage"
     assert secret["metadata"]["annotations"]["breakglass.dev/expires-at"] == st["expiresAt"]
-    assert secret["metadata"]["ownerReferences"][0]["uid"] == obj["metadata"]["uid"]
+    assert secret["metadata"]["annotations"]["breakglass.dev/request-uid"] == obj["metadata"]["uid"]
 
     token = secret_token(secret)
     header = pyjwt.get_unverified_header(token)
@@ -64,8 +65,9 @@ def test_an_approved_request_gets_a_verifiable_token_secret_only_the_requester_c
     assert token not in running_operator.log_path.read_text()
     assert token not in running_operator.audit_log.read_text()
 
-    assert cluster.get("secret", "outage-token", ns, user="alice") is not None
-    denied = cluster.kubectl("get", "secret", "outage-token", "-n", ns, user="dave", check=False)
+    assert token_secret(cluster, "outage", ns, user="alice") is not None
+    denied = cluster.kubectl("get", "secret", st["secretRef"]["name"], "-n", "breakglass-system", user="dave",
+                             check=False)
     assert denied.returncode != 0 and "forbidden" in denied.stderr
 
 
@@ -87,7 +89,7 @@ def test_self_approval_and_forged_approvers_are_rejected_and_outsiders_ignored(c
     ignored = [e for e in cluster.events(ns, "mine") if e["reason"] == "ApprovalIgnored"][0]
     assert "mallory is not an approver" in ignored["message"]
     assert cluster.get("breakglassrequest", "mine", ns)["status"]["phase"] == "Pending"
-    assert cluster.get("secret", "mine-token", ns) is None
+    assert token_secret(cluster, "mine", ns) is None
 
 
 def test_two_required_approvals_need_two_people_and_a_deny_wins(cluster, running_operator):
@@ -109,7 +111,7 @@ def test_two_required_approvals_need_two_people_and_a_deny_wins(cluster, running
     approve(cluster, "bob", "denied", ns, decision="Deny")
     obj = wait_phase(cluster, "denied", ns, "Denied")
     assert condition(obj, "Approved")["reason"] == "DeniedByApprover"
-    assert cluster.get("secret", "denied-token", ns) is None
+    assert token_secret(cluster, "denied", ns) is None
     wait_for(lambda: "Denied" in event_reasons(cluster, ns, "denied"), 5, "a Denied event")
 
 
@@ -119,9 +121,9 @@ def test_a_short_grant_expires_on_time_and_its_secret_is_deleted(cluster, runnin
     cluster.apply(policy(pol, requiredApprovals=0))
     cluster.apply(request("brief", ns, pol, duration="10s"), user="alice", verb="create")
     obj = wait_phase(cluster, "brief", ns, "Active")
-    exp = pyjwt.decode(secret_token(cluster.get("secret", "brief-token", ns)),
+    exp = pyjwt.decode(secret_token(token_secret(cluster, "brief", ns)),
                        options={"verify_signature": False})["exp"]
-    wait_for(lambda: cluster.get("secret", "brief-token", ns) is None, 15, "the Secret to be deleted", interval=0.05)
+    wait_for(lambda: token_secret(cluster, "brief", ns) is None, 15, "the Secret to be deleted", interval=0.05)
     lag = time.time() - exp
     assert lag < 1.0, f"Secret deleted {lag:.2f}s after exp"
     obj = wait_phase(cluster, "brief", ns, "Expired", timeout=5)
@@ -137,13 +139,13 @@ def test_a_grant_that_expires_while_the_operator_is_down_is_cleaned_up_at_start(
     cluster.apply(request("missed", ns, pol, duration="5s"), user="alice", verb="create")
     wait_phase(cluster, "missed", ns, "Active")
     running_operator.stop()
-    exp = pyjwt.decode(secret_token(cluster.get("secret", "missed-token", ns)),
+    exp = pyjwt.decode(secret_token(token_secret(cluster, "missed", ns)),
                        options={"verify_signature": False})["exp"]
     wait_for(lambda: time.time() > exp + 1, 15, "the expiry moment to pass")
-    assert cluster.get("secret", "missed-token", ns) is not None  # nobody cleaned up while down
+    assert token_secret(cluster, "missed", ns) is not None  # nobody cleaned up while down
     started = time.monotonic()
     running_operator.start(wait=False)
-    wait_for(lambda: cluster.get("secret", "missed-token", ns) is None, 5, "the start-up sweep", interval=0.05)
+    wait_for(lambda: token_secret(cluster, "missed", ns) is None, 5, "the start-up sweep", interval=0.05)
     assert time.monotonic() - started < 5
     wait_phase(cluster, "missed", ns, "Expired")
     running_operator.wait_ready()
@@ -159,7 +161,7 @@ def test_revoking_deletes_the_secret_at_once_and_lists_the_jti(cluster, running_
     started = time.monotonic()
     cluster.kubectl("patch", "breakglassrequest", "oops", "-n", ns, "--type=merge", "-p", '{"spec":{"revoked":true}}',
                     user="alice")
-    wait_for(lambda: cluster.get("secret", "oops-token", ns) is None, 1.5, "the Secret to go", interval=0.05)
+    wait_for(lambda: token_secret(cluster, "oops", ns) is None, 1.5, "the Secret to go", interval=0.05)
     assert time.monotonic() - started < 1.5
     obj = wait_phase(cluster, "oops", ns, "Revoked")
     assert condition(obj, "Revoked")["status"] == "True"
@@ -175,9 +177,10 @@ def test_deleting_an_active_request_revokes_its_token(cluster, running_operator)
     cluster.apply(policy(pol, requiredApprovals=0))
     cluster.apply(request("gone", ns, pol), user="alice", verb="create")
     jti = wait_phase(cluster, "gone", ns, "Active")["status"]["tokenId"]
+    ref_ns, ref_name = token_secret_ref(cluster, "gone", ns)
     cluster.kubectl("delete", "breakglassrequest", "gone", "-n", ns, "--wait=false")
     wait_for(lambda: cluster.get("breakglassrequest", "gone", ns) is None, 10, "the request to be deleted")
-    assert cluster.get("secret", "gone-token", ns) is None
+    assert cluster.get("secret", ref_name, ref_ns) is None
     assert jti in {e["jti"] for e in _revocations(cluster)}
 
 

@@ -15,7 +15,7 @@ import pytest
 from breakglass.tokens.keys import SigningKey
 
 from .harness import ROOT, secret_token, wait_for
-from .scenario import policy, request, unique, wait_phase
+from .scenario import token_secret, token_secret_ref, policy, request, unique, wait_phase
 from .tokens_helpers import forbidden, secret_kubeconfig, unauthorized, with_kubeconfig, with_token
 
 
@@ -28,7 +28,7 @@ def plugin(cluster, *args, user="admin"):
 def issue(cluster, ns, pol, name, **spec):
     cluster.apply(request(name, ns, pol, **spec), user="alice", verb="create")
     obj = wait_phase(cluster, name, ns, "Active")
-    return obj, cluster.get("secret", f"{name}-token", ns)
+    return obj, token_secret(cluster, name, ns)
 
 
 @pytest.fixture
@@ -130,7 +130,7 @@ def test_forged_tampered_foreign_and_unsigned_tokens_get_401_and_verify_names_wh
         assert unauthorized(with_token(cluster, token, "get", "serviceaccounts", "-n", ns)), reason
         out = plugin(cluster, "verify", token)
         assert out.returncode == 1 and reason in out.stdout, (reason, out.stdout, out.stderr)
-    ok = plugin(cluster, "verify", "--secret", f"{ns}/genuine-token")
+    ok = plugin(cluster, "verify", "--secret", "/".join(token_secret_ref(cluster, "genuine", ns)))
     assert ok.returncode == 0 and "VALID" in ok.stdout and "remaining" in ok.stdout
     via_url = plugin(cluster, "verify", good, "--jwks", f"{running_operator.issuer}/openid/v1/jwks",
                      "--ca-file", running_operator.tls_ca)

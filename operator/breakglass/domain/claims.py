@@ -32,8 +32,10 @@ def build_claims(*, request: RequestView, policy: Policy, request_uid: str, issu
         "exp": iat + int(duration.total_seconds()),
         "jti": jti,
         "scope": " ".join(list(request.scopes) + kubernetes_scopes(request)),
-        "k8s_user": api.grant_username(request.namespace, request.name),
-        "k8s_groups": api.grant_groups(policy.name),
+        # Unprefixed: kube-apiserver's --oidc-username-prefix / --oidc-groups-prefix and the
+        # TokenReview answer both put "breakglass:" in front, so no claim can name a system: identity.
+        "k8s_user": api.grant_user_claim(request.namespace, request.name, request_uid),
+        "k8s_groups": api.grant_group_claims(policy.name),
         "breakglass": {
             "request": f"{request.namespace}/{request.name}",
             "uid": request_uid,

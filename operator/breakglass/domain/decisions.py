@@ -11,6 +11,17 @@ from .policy import (Policy, RequestView, effective_duration, evaluate_request, 
                      validate_policy)
 
 WAIT, ISSUE, DENY, FAIL, EXPIRE, REVOKE, NOTHING = "wait", "issue", "deny", "fail", "expire", "revoke", "nothing"
+ACTIVE, SETTLE = "active", "settle"  # grant live: keep it; grant ended in the ledger: bring status in line
+# Ledger states (ledger.py writes them; decisions only read them).
+G_ISSUING, G_ACTIVE, G_FAILED, G_REVOKED, G_EXPIRED = "Issuing", "Active", "Failed", "Revoked", "Expired"
+
+
+@dataclass(frozen=True)
+class Grant:
+    """What the ledger says about this request uid's token."""
+    state: str
+    expires_at: dt.datetime
+    reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -44,18 +55,31 @@ def exceeds_ceiling(request: RequestView, policy: Policy, ceiling: dt.timedelta 
     return None
 
 
+def decide_grant(grant: Grant, *, revoked: bool, secret_present: bool, now: dt.datetime) -> Decision:
+    """A ledger entry exists for this request uid: only completion, expiry or revocation remain."""
+    if grant.state in (G_REVOKED, G_EXPIRED, G_FAILED):
+        return Decision(SETTLE, grant.reason or grant.state, f"the grant is {grant.state} in the ledger")
+    if now >= grant.expires_at:
+        return Decision(EXPIRE, "DurationElapsed", "the granted duration has elapsed")
+    if revoked:
+        return Decision(REVOKE, "Revoked", "spec.revoked is true")
+    if grant.state == G_ISSUING:
+        return Decision(ISSUE, "Resume", "completing the issue recorded in the ledger")
+    if not secret_present:
+        return Decision(REVOKE, "SecretDeleted", "the token Secret was deleted before expiry; the token is revoked")
+    return Decision(ACTIVE, "Active", "token is valid", requeue_at=grant.expires_at)
+
+
 def decide(*, request: RequestView, phase: str | None, policy: Policy | None, tally: Tally | None,
-           created: dt.datetime, expires_at: dt.datetime | None, now: dt.datetime,
+           created: dt.datetime, grant: Grant | None, now: dt.datetime, secret_present: bool = True,
            ceiling: dt.timedelta | None = None) -> Decision:
-    """Decide the next step. `expires_at` is set once a token exists (from its Secret)."""
+    """Decide the next step from the request, its policy, its approvals and the ledger's grant."""
+    if grant is not None:
+        return decide_grant(grant, revoked=request.revoked, secret_present=secret_present, now=now)
     if phase in api.TERMINAL_PHASES:
         return Decision(NOTHING, "Terminal", f"request is {phase}")
     if request.revoked:
-        return Decision(REVOKE, "RevokedBySpec", "spec.revoked is true")
-    if expires_at is not None:  # a token exists: only expiry or revocation remain
-        if now >= expires_at:
-            return Decision(EXPIRE, "DurationElapsed", "the granted duration has elapsed")
-        return Decision(WAIT, "Active", "token is valid", requeue_at=expires_at)
+        return Decision(REVOKE, "Revoked", "spec.revoked is true")
     # No token yet: approval phase. Re-check everything: the policy may have changed.
     if policy is None:
         return Decision(FAIL, "PolicyNotFound", f"BreakGlassPolicy {request.policy!r} does not exist")

@@ -13,8 +13,16 @@ from .. import api
 log = logging.getLogger(__name__)
 
 
-class NotFound(Exception):
-    pass
+class Conflict(Exception):
+    """A write lost a race (resourceVersion or uid precondition, or the name is taken)."""
+
+
+class PermanentError(Exception):
+    """The API server refused a write for a reason a retry cannot fix (404 namespace, 403, 422)."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
 
 
 def load_config(kubeconfig: str | None = None, pool_size: int = 32) -> kubernetes.client.ApiClient:
@@ -74,9 +82,16 @@ class Kube:
         return self.custom.patch_namespaced_custom_object(
             api.GROUP, api.VERSION, namespace, api.REQUEST_PLURAL, name, patch)
 
-    def patch_request_status(self, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
-        return self.custom.patch_namespaced_custom_object_status(
-            api.GROUP, api.VERSION, namespace, api.REQUEST_PLURAL, name, {"status": status})
+    def patch_request_status(self, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Merge-patch the status subresource; `body` = {"status": ..., "metadata": {"resourceVersion": ...}}
+        (with a resourceVersion the write fails with Conflict if the request changed meanwhile)."""
+        try:
+            return self.custom.patch_namespaced_custom_object_status(
+                api.GROUP, api.VERSION, namespace, api.REQUEST_PLURAL, name, body)
+        except ApiException as exc:
+            if exc.status == 409:
+                raise Conflict(f"request {namespace}/{name} changed meanwhile") from None
+            raise
 
     def list_approvals(self, namespace: str, request_name: str) -> list[dict[str, Any]]:
         items = self.custom.list_namespaced_custom_object(
@@ -147,30 +162,73 @@ class Kube:
                 return False
             raise
 
-    def list_managed_secrets(self) -> list[dict[str, Any]]:
-        items = self.core.list_secret_for_all_namespaces(
-            label_selector=f"{api.MANAGED_BY_LABEL}={api.MANAGED_BY}").items
-        return [self.api_client.sanitize_for_serialization(s) for s in items]
+    # --- objects the operator creates for a grant (create-if-absent, uid-guarded delete) --------
+    def create_if_absent(self, kind: str, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        """Create `kind` (Secret, Role, RoleBinding, ConfigMap); on 409 return the existing object
+        so the caller can decide whether it is really its own. (object, created?)"""
+        ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
+        create, read = self._verbs(kind)[:2]
+        try:
+            return self.api_client.sanitize_for_serialization(create(ns, body)), True
+        except ApiException as exc:
+            if exc.status != 409:
+                raise _classify(exc, f"create {kind} {ns}/{name}") from None
+        existing = _none_on_404(lambda: self.api_client.sanitize_for_serialization(read(name, ns)))
+        if existing is None:
+            raise Conflict(f"{kind} {ns}/{name} conflicted on create but is gone")
+        return existing, False
 
-    # --- rbac -------------------------------------------------------------
-    def apply_role(self, body: dict[str, Any]) -> None:
-        _ignore_409(lambda: self.rbac.create_namespaced_role(body["metadata"]["namespace"], body))
+    def read(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        read = self._verbs(kind)[1]
+        return _none_on_404(lambda: self.api_client.sanitize_for_serialization(read(name, namespace)))
 
-    def apply_rolebinding(self, body: dict[str, Any]) -> None:
-        _ignore_409(lambda: self.rbac.create_namespaced_role_binding(body["metadata"]["namespace"], body))
+    def delete_exact(self, kind: str, namespace: str, name: str, uid: str) -> bool:
+        """Delete only if the object is still the one with `uid` (the one we created). False if it is
+        gone or is another object now (then it is not ours to delete)."""
+        delete = self._verbs(kind)[2]
+        try:
+            delete(name, namespace, body={"preconditions": {"uid": uid}})
+            return True
+        except ApiException as exc:
+            if exc.status in (404, 409):
+                return False
+            raise
 
-    def delete_managed_rbac(self, request_namespace: str, request_name: str) -> int:
-        selector = api.managed_selector(request_namespace, request_name)
-        n = 0
-        for rb in self.rbac.list_role_binding_for_all_namespaces(label_selector=selector).items:
-            n += _false_on_404(lambda: self.rbac.delete_namespaced_role_binding(rb.metadata.name, rb.metadata.namespace))
-        for role in self.rbac.list_role_for_all_namespaces(label_selector=selector).items:
-            n += _false_on_404(lambda: self.rbac.delete_namespaced_role(role.metadata.name, role.metadata.namespace))
-        return n
+    def replace_configmap(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Replace guarded by metadata.resourceVersion; Conflict when someone wrote in between."""
+        meta = body["metadata"]
+        try:
+            return self.api_client.sanitize_for_serialization(
+                self.core.replace_namespaced_config_map(meta["name"], meta["namespace"], body))
+        except ApiException as exc:
+            if exc.status == 409:
+                raise Conflict(f"configmap {meta['namespace']}/{meta['name']} changed meanwhile") from None
+            raise
 
-    def list_managed_rolebindings(self) -> list[Any]:
-        return self.rbac.list_role_binding_for_all_namespaces(
-            label_selector=f"{api.MANAGED_BY_LABEL}={api.MANAGED_BY}").items
+    def list_configmaps(self, namespace: str, selector: str) -> tuple[list[dict[str, Any]], str]:
+        out = self.core.list_namespaced_config_map(namespace, label_selector=selector)
+        return ([self.api_client.sanitize_for_serialization(i) for i in out.items],
+                out.metadata.resource_version)
+
+    def watch_configmaps(self, namespace: str, selector: str, resource_version: str, timeout: int = 300):
+        """Yields (type, object) from a watch; raises ApiException 410 when the version is too old."""
+        import kubernetes.watch
+        w = kubernetes.watch.Watch()
+        for ev in w.stream(self.core.list_namespaced_config_map, namespace, label_selector=selector,
+                           resource_version=resource_version, timeout_seconds=timeout,
+                           allow_watch_bookmarks=False):
+            yield ev["type"], self.api_client.sanitize_for_serialization(ev["object"])
+
+    def _verbs(self, kind: str):
+        c, r = self.core, self.rbac
+        return {
+            "Secret": (c.create_namespaced_secret, c.read_namespaced_secret, c.delete_namespaced_secret),
+            "ConfigMap": (c.create_namespaced_config_map, c.read_namespaced_config_map,
+                          c.delete_namespaced_config_map),
+            "Role": (r.create_namespaced_role, r.read_namespaced_role, r.delete_namespaced_role),
+            "RoleBinding": (r.create_namespaced_role_binding, r.read_namespaced_role_binding,
+                            r.delete_namespaced_role_binding),
+        }[kind]
 
     # --- configmaps (optimistic concurrency) ------------------------------
     def get_configmap(self, namespace: str, name: str) -> dict[str, Any] | None:
@@ -249,6 +307,13 @@ def _ignore_409(fn) -> None:
     except ApiException as exc:
         if exc.status != 409:
             raise
+
+
+def _classify(exc: ApiException, what: str) -> Exception:
+    """Permanent refusals become PermanentError (the issue is rolled back); the rest is retried."""
+    if exc.status in (400, 403, 404, 422):
+        return PermanentError(exc.status, f"{what}: {error_text(exc)}")
+    return exc
 
 
 def error_text(exc: Exception) -> str:

@@ -62,6 +62,9 @@ def verify(token: str, *, jwks: dict[str, Any], issuer: str | None, audience: st
         return _fail("MissingClaim", str(exc), kid=kid)
     except jwt.PyJWTError as exc:
         return _fail("Malformed", f"token rejected: {exc}", kid=kid)
+    bad = claim_shape_problem(claims)
+    if bad:
+        return _fail("MalformedClaims", bad, None, kid)
     if issuer is not None and claims.get("iss") != issuer:
         return _fail("WrongIssuer", f"iss {claims.get('iss')!r} is not {issuer!r}", claims, kid)
     if audience is not None:
@@ -78,6 +81,23 @@ def verify(token: str, *, jwks: dict[str, Any], issuer: str | None, audience: st
     if claims["jti"] in set(revoked_jtis):
         return _fail("Revoked", f"token {claims['jti']} has been revoked", claims, kid)
     return VerifyResult(True, "Valid", f"valid for {int(claims['exp'] - now_ts)}s more", claims, kid)
+
+
+def claim_shape_problem(claims: Any) -> str | None:
+    """Signed claims of the wrong type are malformed, never an exception further down."""
+    if not isinstance(claims, dict):
+        return "claims are not an object"
+    for name in ("exp", "nbf", "iat"):
+        if not isinstance(claims.get(name), (int, float)) or isinstance(claims.get(name), bool):
+            return f"claim {name} is not a number"
+    if not isinstance(claims.get("jti"), str) or not claims["jti"]:
+        return "claim jti is not a string"
+    aud = claims.get("aud")
+    if not (isinstance(aud, str) or (isinstance(aud, list) and all(isinstance(a, str) for a in aud))):
+        return "claim aud is not a string or list of strings"
+    if "breakglass" in claims and not isinstance(claims["breakglass"], dict):
+        return "claim breakglass is not an object"
+    return None
 
 
 def unverified_claims(token: str) -> dict[str, Any]:
