@@ -47,9 +47,12 @@ def test_approvals_after_the_timeout_do_not_count():
     assert t.approved_by == [] and "after the approval timeout" in t.ignored[0][2]
 
 
-def decide(request=REQ, phase="Pending", policy=POLICY, t=None, expires_at=None, now=NOW):
+def decide(request=REQ, phase="Pending", policy=POLICY, t=None, grant=None, secret_present=True, now=NOW):
     return D.decide(request=request, phase=phase, policy=policy, tally=t or tally(), created=CREATED,
-                    expires_at=expires_at, now=now)
+                    grant=grant, secret_present=secret_present, now=now)
+
+
+LIVE = D.Grant(D.G_ACTIVE, NOW + dt.timedelta(minutes=5))
 
 
 @pytest.mark.parametrize("kwargs,action,reason", [
@@ -63,15 +66,33 @@ def decide(request=REQ, phase="Pending", policy=POLICY, t=None, expires_at=None,
     ({"request": RequestView(**{**REQ.__dict__, "requester_groups": ("sre", "oncall")})}, D.ISSUE, "AutoApproved"),
     ({"request": RequestView(**{**REQ.__dict__, "emergency": True})}, D.ISSUE, "EmergencyAccess"),
     ({"request": RequestView(**{**REQ.__dict__, "duration": "2h"})}, D.DENY, "DurationExceedsMax"),
-    ({"request": RequestView(**{**REQ.__dict__, "revoked": True})}, D.REVOKE, "RevokedBySpec"),
-    ({"expires_at": NOW + dt.timedelta(minutes=5)}, D.WAIT, "Active"),
-    ({"expires_at": NOW}, D.EXPIRE, "DurationElapsed"),
+    ({"request": RequestView(**{**REQ.__dict__, "revoked": True})}, D.REVOKE, "Revoked"),
+    ({"grant": LIVE, "phase": "Active"}, D.ACTIVE, "Active"),
+    ({"grant": D.Grant(D.G_ACTIVE, NOW), "phase": "Active"}, D.EXPIRE, "DurationElapsed"),
     ({"phase": "Expired"}, D.NOTHING, "Terminal"),
+    ({"grant": D.Grant(D.G_ISSUING, NOW + dt.timedelta(minutes=5))}, D.ISSUE, "Resume"),
+    ({"grant": LIVE, "phase": "Active", "request": RequestView(**{**REQ.__dict__, "revoked": True})},
+     D.REVOKE, "Revoked"),
+    ({"grant": D.Grant(D.G_ACTIVE, NOW), "request": RequestView(**{**REQ.__dict__, "revoked": True})},
+     D.EXPIRE, "DurationElapsed"),
+    ({"grant": LIVE, "phase": "Active", "secret_present": False}, D.REVOKE, "SecretDeleted"),
+    ({"grant": D.Grant(D.G_REVOKED, NOW + dt.timedelta(minutes=5), "RequestDeleted"), "phase": "Active"},
+     D.SETTLE, "RequestDeleted"),
+    ({"grant": D.Grant(D.G_FAILED, NOW + dt.timedelta(minutes=5))}, D.SETTLE, "Failed"),
+    ({"grant": LIVE, "phase": "Active", "policy": None}, D.ACTIVE, "Active"),
+    ({"grant": LIVE, "t": tally(appr("dave", "Deny"))}, D.ACTIVE, "Active"),
 ], ids=["nothing approved yet waits", "one of two approvals still waits", "two approvals issue",
         "any deny wins", "pending past the timeout is denied", "a missing policy fails",
         "an invalid policy fails", "an auto-approve group issues at once", "emergency issues at once",
         "the policy is re-checked at reconcile time", "revoked spec revokes", "an active grant waits for expiry",
-        "expiry at exp", "terminal requests are left alone"])
+        "expiry at exp", "terminal requests are left alone",
+        "an issue recorded in the ledger but not finished is resumed, never re-planned",
+        "revoking a live grant revokes it", "expiry wins over a revocation at exp",
+        "a deleted token Secret revokes the grant",
+        "a grant the ledger ended is settled with the ledger's reason, whatever the phase says",
+        "a failed grant is settled, never issued again",
+        "once issued the grant no longer depends on the policy",
+        "a deny after the issue does not end a live grant"])
 def test_the_decision_follows_the_rules(kwargs, action, reason):
     decision = decide(**kwargs)
     assert (decision.action, decision.reason) == (action, reason)
@@ -81,9 +102,13 @@ def test_waiting_requeues_at_the_approval_deadline():
     assert decide().requeue_at == CREATED + dt.timedelta(minutes=30)
 
 
+def test_a_live_grant_requeues_at_its_expiry():
+    assert decide(grant=LIVE, phase="Active").requeue_at == LIVE.expires_at
+
+
 def test_the_operator_ceiling_bounds_every_grant_whatever_the_policy_says():
     long_policy = Policy(**{**POLICY.__dict__, "max_duration": "48h"})
     request = RequestView(**{**REQ.__dict__, "duration": "30h", "emergency": True})
     decision = D.decide(request=request, phase="Pending", policy=long_policy, tally=tally(), created=CREATED,
-                        expires_at=None, now=NOW, ceiling=dt.timedelta(hours=24))
+                        grant=None, now=NOW, ceiling=dt.timedelta(hours=24))
     assert (decision.action, decision.reason) == (D.DENY, "ExceedsOperatorCeiling")

@@ -41,8 +41,9 @@ def test_claims_carry_identity_scope_and_grant_details():
     c = claims()
     assert c["sub"] == "alice" and c["aud"] == "breakglass" and c["exp"] - c["iat"] == 600
     assert c["scope"] == "db:read k8s:team-a:view k8s:team-b:view"
-    assert c["k8s_user"] == "breakglass:team-a:r1"
-    assert c["k8s_groups"] == ["breakglass", "breakglass:policy:prod-db"]
+    # Unprefixed: kube-apiserver's --oidc-*-prefix (and the webhook) add "breakglass:" in front.
+    assert c["k8s_user"] == "team-a:r1:uid-1"
+    assert c["k8s_groups"] == ["grant", "policy:prod-db"]
     assert c["breakglass"]["request"] == "team-a/r1" and c["breakglass"]["approvers"] == ["bob"]
 
 
@@ -113,3 +114,13 @@ def test_keyring_round_trips_through_json():
     ring = Keyring.new("EdDSA", NOW).rotated("ES256", NOW)
     again = Keyring.from_json(ring.to_json())
     assert again.active_kid == ring.active_kid and again.jwks() == ring.jwks()
+
+
+@pytest.mark.parametrize("change", [
+    {"exp": "tomorrow"}, {"nbf": True}, {"jti": ""}, {"aud": {"x": 1}}, {"breakglass": "admin"},
+], ids=["a string exp", "a boolean nbf", "an empty jti", "an object audience", "a string breakglass claim"])
+def test_signed_claims_of_the_wrong_shape_are_malformed_never_an_exception(change):
+    token = pyjwt.encode({**claims(), **change}, RING.active.private_key(), algorithm="ES256",
+                         headers={"kid": RING.active_kid})
+    result = verify(token, jwks=RING.jwks(), issuer="https://issuer", audience="breakglass", now=NOW)
+    assert (result.ok, result.reason, result.claims) == (False, "MalformedClaims", None)
