@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from . import api
-from .domain.approvals import REVIEW
+from .domain.approvals import APPROVE, DENY, REVIEW
 from .domain.decisions import exceeds_ceiling
 from .domain.policy import Policy, RequestView, Verdict, evaluate_request, first_failure, validate_policy
 
@@ -66,6 +66,9 @@ def stamp_approval_request(body: dict[str, Any], get_request: Callable[[str, str
     taken from the client; a client-given different uid is refused.
     """
     meta, spec = body.get("metadata") or {}, body.get("spec") or {}
+    if spec.get("decision") not in (APPROVE, DENY, REVIEW):
+        return Verdict(False, "UnknownDecision", f"spec.decision {spec.get('decision')!r} must be one of "
+                       f"{APPROVE}, {DENY}, {REVIEW}", "decision"), {}, []
     namespace, request_name = meta.get("namespace") or "", spec.get("request") or ""
     req = get_request(namespace, request_name) if request_name else None
     if req is None:

@@ -85,8 +85,8 @@ class Grants:
         for ref in objects:
             if ref.get("uid"):
                 continue
-            wanted = self._manifest(ref, entry, with_token=True)
             try:
+                wanted = self._manifest(ref, entry, with_token=True)
                 found, created = self.kube.create_if_absent(ref["kind"], wanted)
             except PermanentError as exc:
                 self._rollback(entry, objects, "IssueFailed", f"could not create {ref['kind']} "
@@ -136,13 +136,13 @@ class Grants:
                                            endedAt=to_rfc3339(now))
             except Exception as exc:  # noqa: BLE001 — re-raised after the cleanup below
                 failure = exc
-        self.cleanup(ended)
-        if failure is not None:
-            raise failure
-        if state == REVOKED and parse_rfc3339(entry["expiresAt"]) > now:
+        if state == REVOKED and failure is None and parse_rfc3339(entry["expiresAt"]) > now:
             self.revocations.publish(jti=entry["jti"], exp=int(parse_rfc3339(entry["expiresAt"]).timestamp()),
                                      request=f"{entry['request']['namespace']}/{entry['request']['name']}",
                                      reason=reason, now=now)
+        self.cleanup(ended)
+        if failure is not None:
+            raise failure
         return self.ledger.update(ended, cleaned=True)
 
     def cleanup(self, entry: dict[str, Any]) -> int:

@@ -123,7 +123,8 @@ class Reconciler:
         """Approvals matter before an issue and for an open emergency review; otherwise no LIST."""
         review = old.get("review") or {}
         open_review = review.get("required") and not review.get("reviewedAt")
-        if policy is None or not ((entry is None and old.get("phase") not in api.TERMINAL_PHASES) or open_review
+        issuing = entry is None or entry["state"] == "Issuing"  # an interrupted issue still records its approvals
+        if policy is None or not ((issuing and old.get("phase") not in api.TERMINAL_PHASES) or open_review
                                   or (entry and entry["state"] == ACTIVE and (entry.get("approval") or {}).get("emergency"))):
             return None
         approvals = [ApprovalView.from_resource(a)
@@ -174,9 +175,10 @@ class Reconciler:
     def _on_delete(self, req, view, entry, old) -> None:
         """Deleting a request revokes it; only the operator removes the finalizer (admission)."""
         if entry and entry["state"] in (ACTIVE, "Issuing"):
-            entry = self.grants.end(entry, REVOKED, "RequestDeleted", "the request was deleted; its token is revoked")
+            # Record first: if the cleanup below fails, the retry only cleans up.
             self._audit("revoked", req, view, jti=entry["jti"], reason="RequestDeleted", outcome="revoked")
             metrics.revocations_total.labels("RequestDeleted").inc()
+            entry = self.grants.end(entry, REVOKED, "RequestDeleted", "the request was deleted; its token is revoked")
         elif entry and not entry.get("cleaned"):
             self.grants.cleanup(entry)
             self.ledger.update(entry, cleaned=True)

@@ -66,18 +66,20 @@ class Sweeper:
         req = entry["request"]
         log.warning("request %s/%s (uid %s) is gone but its grant was live: revoking",
                     req["namespace"], req["name"], req["uid"])
-        self.grants.end(entry, REVOKED, "RequestDeleted", "the request is gone; its token is revoked")
         self.audit.record("revoked", time=to_rfc3339(now), request=dict(req), policy=entry.get("policy", ""),
                           requester=entry.get("requester", ""), jti=entry["jti"], kid=entry["kid"],
                           expiresAt=entry["expiresAt"], reason="RequestDeleted", outcome="revoked",
                           drill=bool(entry.get("drill")))
         metrics.revocations_total.labels("RequestDeleted").inc()
+        # Recorded first: if the cleanup fails, the next sweep only cleans up.
+        self.grants.end(entry, REVOKED, "RequestDeleted", "the request is gone; its token is revoked")
 
     def kids_in_use(self) -> set[str]:
-        """Keys that signed a grant not yet past its exp stay in the JWKS (ledger entries only)."""
+        """Keys that signed a live grant not yet past its exp stay in the JWKS (ledger entries only)."""
         now = self.clock()
         return {e["kid"] for e in self.ledger.entries()
-                if e.get("kid") and parse_rfc3339(e["expiresAt"]) > now - dt.timedelta(minutes=1)}
+                if e.get("kid") and e.get("state") in LIVE_STATES
+                and parse_rfc3339(e["expiresAt"]) > now - dt.timedelta(minutes=1)}
 
     def resync_all(self) -> None:
         """Enqueue every non-terminal request (start-up: catch up on anything missed)."""

@@ -64,8 +64,12 @@ def test_sigkill_in_a_loop_during_approvals_leaves_exactly_one_secret_and_jti_pe
         return all((r.get("status") or {}).get("phase") == "Active" for r in reqs) and reqs
     reqs = wait_for(settled, 60, "all 20 requests Active after the kills")
 
-    secrets = cluster.list("secrets", ns, selector="app.kubernetes.io/managed-by=breakglass-operator")
-    assert sorted(s["metadata"]["name"] for s in secrets) == sorted(f"{n}-token" for n in names)
+    secrets = cluster.list("secrets", "breakglass-system", selector=f"breakglass.dev/request-namespace={ns}")
+    assert sorted(s["metadata"]["name"] for s in secrets) == sorted(
+        f"breakglass-token-{r['metadata']['uid']}" for r in reqs)
+    ledger = [c for c in cluster.list("configmaps", "breakglass-system", selector="breakglass.dev/ledger=grant")
+              if json.loads(c["data"]["grant.json"])["request"]["namespace"] == ns]
+    assert len(ledger) == 20 and {json.loads(c["data"]["grant.json"])["state"] for c in ledger} == {"Active"}
     by_name = {s["metadata"]["name"]: s for s in secrets}
     jtis = set()
     for r in reqs:

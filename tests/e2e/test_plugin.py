@@ -81,7 +81,8 @@ def test_request_wait_prints_the_secret_name_once_issued(cluster, running_operat
     out = kb(cluster, "alice", "-n", ns, "request", "--policy", pol, "--reason", "auto-approved investigation",
              "--namespace-access", ns, "--role", "view", "--name", "quick", "--wait", "--timeout", "30")
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "quick-token"
+    uid = cluster.get("breakglassrequest", "quick", ns)["metadata"]["uid"]
+    assert out.stdout.strip() == f"breakglass-system/breakglass-token-{uid}"
 
 
 @pytest.mark.parametrize("args,user,code,message", [

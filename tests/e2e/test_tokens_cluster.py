@@ -41,7 +41,7 @@ def grant_policy(cluster):
 def test_the_grant_can_do_what_its_role_allows_in_its_namespace_and_nothing_else(cluster, running_operator,
                                                                                    grant_policy):
     ns, other = cluster.new_namespace("grant"), cluster.new_namespace("other")
-    _, secret = issue(cluster, ns, grant_policy, "works", clusterRoles=["view"])
+    obj, secret = issue(cluster, ns, grant_policy, "works", clusterRoles=["view"])
     kc = secret_kubeconfig(cluster, secret)
     assert with_kubeconfig(cluster, kc, "get", "serviceaccounts", "-n", ns).returncode == 0
     whoami = with_kubeconfig(cluster, kc, "auth", "can-i", "list", "pods", "-n", ns)
@@ -52,7 +52,7 @@ def test_the_grant_can_do_what_its_role_allows_in_its_namespace_and_nothing_else
     bindings = cluster.list("rolebindings", ns, selector="breakglass.dev/request=works")
     grant_binding = [b for b in bindings if b["roleRef"]["kind"] == "ClusterRole"][0]
     assert grant_binding["subjects"] == [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User",
-                                          "name": f"breakglass:{ns}:works"}]
+                                          "name": f"breakglass:{ns}:works:{obj['metadata']['uid']}"}]
 
 
 def test_two_grants_of_one_person_never_share_permissions(cluster, running_operator, grant_policy):

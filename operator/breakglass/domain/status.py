@@ -64,7 +64,8 @@ def next_status(old: dict[str, Any], *, generation: int | None, outcome: Outcome
             cond(api.COND_ISSUED, False, "TokenExpired", "token Secret and RoleBindings deleted at expiry")
         cond(api.COND_EXPIRED, True, "DurationElapsed", message)
     elif settled and phase == api.REVOKED:
-        if grant is not None and grant.get("activatedAt"):
+        was_issued = (get_condition(old.get("conditions"), api.COND_ISSUED) or {}).get("status") == "True"
+        if (grant is not None and grant.get("activatedAt")) or was_issued:
             cond(api.COND_ISSUED, False, "TokenRevoked", "token Secret and RoleBindings deleted on revocation")
         cond(api.COND_REVOKED, True, reason, message)
 

@@ -176,7 +176,7 @@ def _wait_issued(args, client, name):
                   file=sys.stderr)
             last = phase
         if phase == api.ACTIVE and status.get("secretRef"):
-            print(status["secretRef"]["name"])
+            print(f"{status['secretRef']['namespace']}/{status['secretRef']['name']}")
             return OK
         if phase in api.TERMINAL_PHASES:
             print(f"request {name} ended {phase}: {status.get('message', '')}", file=sys.stderr)
