@@ -1,12 +1,15 @@
 #!/usr/bin/env python3
 """Performance figures against the local control plane (not a test; numbers go to the README).
 
-  request->Secret latency p50/p99 and grants/s for a burst of N auto-approved requests,
+  request->Secret latency p50/p99 and grants/s for a burst of N auto-approved requests (token Secrets
+  are watched in the token namespace, breakglass-system, and mapped back to their requests by the
+  breakglass.dev/request-uid annotation, else the breakglass.dev/request label),
   the raw ceiling (N Secrets created directly with the same concurrency),
   expiry lag (exp -> Secret deleted) for N grants expiring together,
   operator memory (RSS) idle and with N active grants.
 
-Usage: .venv/bin/python bench/bench.py [--grants 500] [--concurrency 8]
+Usage: .venv/bin/python bench/bench.py [--grants 500] [--concurrency 8] [--duration 90s]
+  (defaults also from $BENCH_GRANTS, $BENCH_CONCURRENCY, $BENCH_DURATION, e.g. `BENCH_GRANTS=20 make bench`)
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ import argparse
 import concurrent.futures as cf
 import datetime as dt
 import json
+import os
 import pathlib
 import sys
 import tempfile
@@ -61,16 +65,32 @@ def children_rss_mb(pid):
     return total
 
 
-class SecretWatch:
-    """Record when each Secret in a namespace is ADDED / DELETED (server events, client clock)."""
+TOKEN_NAMESPACE = "breakglass-system"  # the operator's namespace: token Secrets live there by default
+REQUEST_LABEL = "breakglass.dev/request"
+REQUEST_NS_LABEL = "breakglass.dev/request-namespace"
+REQUEST_UID_ANNOTATION = "breakglass.dev/request-uid"
+EXPIRES_AT_ANNOTATION = "breakglass.dev/expires-at"
 
-    def __init__(self, api_client, namespace):
+
+class SecretWatch:
+    """Record when each token Secret of the requests in `request_namespace` is ADDED / DELETED (server
+    events, client clock), keyed by request name. The Secrets live in `token_namespace`, named by
+    request uid; each one is mapped back to its request through the request-uid annotation (via
+    `uid_to_name`, filled as requests are created) or, failing that, the request label."""
+
+    def __init__(self, api_client, token_namespace, request_namespace):
         self.added, self.deleted, self.exp = {}, {}, {}
+        self.uid_to_name: dict[str, str] = {}
         self._stop = False
         self.core = kubernetes.client.CoreV1Api(api_client)
-        self.ns = namespace
+        self.ns = token_namespace
+        self.selector = f"{REQUEST_NS_LABEL}={request_namespace}"
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
+
+    def _request_of(self, meta):
+        uid = (meta.annotations or {}).get(REQUEST_UID_ANNOTATION)
+        return self.uid_to_name.get(uid) or (meta.labels or {}).get(REQUEST_LABEL)
 
     def _run(self):
         rv = None  # resume where the last stream ended so no DELETED event is lost between streams
@@ -78,14 +98,18 @@ class SecretWatch:
             w = kubernetes.watch.Watch()
             try:
                 kwargs = {"resource_version": rv} if rv else {}
-                for ev in w.stream(self.core.list_namespaced_secret, self.ns, timeout_seconds=30, **kwargs):
+                for ev in w.stream(self.core.list_namespaced_secret, self.ns, label_selector=self.selector,
+                                   timeout_seconds=30, **kwargs):
                     now = time.time()
-                    rv = ev["object"].metadata.resource_version
-                    name = ev["object"].metadata.name
-                    ann = ev["object"].metadata.annotations or {}
-                    if "breakglass.dev/expires-at" in ann:
+                    meta = ev["object"].metadata
+                    rv = meta.resource_version
+                    name = self._request_of(meta)
+                    if not name:
+                        continue
+                    ann = meta.annotations or {}
+                    if EXPIRES_AT_ANNOTATION in ann:
                         self.exp[name] = dt.datetime.fromisoformat(
-                            ann["breakglass.dev/expires-at"].replace("Z", "+00:00")).timestamp()
+                            ann[EXPIRES_AT_ANNOTATION].replace("Z", "+00:00")).timestamp()
                     if ev["type"] == "ADDED":
                         self.added.setdefault(name, now)
                     elif ev["type"] == "DELETED":
@@ -106,9 +130,10 @@ def burst(fn, items, concurrency):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--grants", type=int, default=500)
-    ap.add_argument("--concurrency", type=int, default=8)
-    ap.add_argument("--duration", default="90s", help="grant duration for the expiry phase")
+    env = os.environ.get
+    ap.add_argument("--grants", type=int, default=int(env("BENCH_GRANTS", "500")))
+    ap.add_argument("--concurrency", type=int, default=int(env("BENCH_CONCURRENCY", "8")))
+    ap.add_argument("--duration", default=env("BENCH_DURATION", "90s"), help="grant duration for the expiry phase")
     args = ap.parse_args()
     n, conc = args.grants, args.concurrency
     work = pathlib.Path(tempfile.mkdtemp(prefix="breakglass-bench-"))
@@ -142,10 +167,11 @@ def main():
         raw = time.monotonic() - t0
         results["raw_secrets_per_s"] = round(n / raw, 1)
 
-        # Burst of auto-approved requests: time from create call to the token Secret's ADDED event.
+        # Burst of auto-approved requests: time from create call to the token Secret's ADDED event
+        # (in the token namespace, mapped back to the request).
         ns = "bench-grants"
         cluster.kubectl("create", "namespace", ns)
-        watch = SecretWatch(admin, ns)
+        watch = SecretWatch(admin, TOKEN_NAMESPACE, ns)
         time.sleep(1)
         custom = kubernetes.client.CustomObjectsApi(alice)
         started = {}
@@ -156,8 +182,10 @@ def main():
                     "metadata": {"name": name, "namespace": ns},
                     "spec": {"policy": "bench", "reason": "benchmark burst of grants", "duration": args.duration,
                              "namespaces": [ns], "clusterRoles": ["view"]}}
-            started[f"{name}-token"] = time.time()
-            custom.create_namespaced_custom_object("breakglass.dev", "v1alpha1", ns, "breakglassrequests", body)
+            started[name] = time.time()
+            created = custom.create_namespaced_custom_object("breakglass.dev", "v1alpha1", ns,
+                                                             "breakglassrequests", body)
+            watch.uid_to_name[created["metadata"]["uid"]] = name
 
         t0 = time.time()
         burst(file, range(n), conc)

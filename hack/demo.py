@@ -3,9 +3,13 @@
 
 Starts etcd + kube-apiserver (with the operator as its TokenReview webhook) + kube-controller-manager,
 applies the CRDs and an example policy, runs the operator, and walks through: alice requests,
-bob approves, the token Secret appears (claims shown, never the token), the grant works in its
-namespace and nowhere else, revocation bites, and a short grant expires. Everything is stopped at
-the end (DEMO_KEEP=1 keeps it running and prints how to reach it).
+bob approves, the token Secret appears in the operator namespace (breakglass-system, named by the
+request uid, found through status.secretRef; claims shown, never the token) where only alice can read
+it (dave is refused), the grant works in its namespace and nowhere else, revocation deletes the Secret
+and bites, a deleted and re-filed request of the same name gets nothing until a new approval (under a
+new identity; the old token stays dead), and a short grant expires. Everything is stopped at the end
+(DEMO_KEEP=1 keeps it running and prints how to reach it). The demo uses the TokenReview webhook
+path only (no OIDC flags).
 """
 from __future__ import annotations
 
@@ -81,25 +85,38 @@ def main() -> int:
         step(5, "bob (sre-leads) approves")
         t0 = time.monotonic()
         kb(cluster, "bob", "-n", "team-db", "approve", "db-outage", "--comment", "go, page me when done")
-        wait_for(lambda: cluster.get("secret", "db-outage-token", "team-db"), 10, "the token Secret", interval=0.05)
-        print(f"token Secret appeared {time.monotonic() - t0:.2f}s after the approval command")
+        ref = wait_for(lambda: _secret_ref(cluster, "db-outage"), 10, "status.secretRef", interval=0.05)
+        wait_for(lambda: cluster.get("secret", ref[1], ref[0]), 10, "the token Secret", interval=0.05)
+        print(f"token Secret {ref[0]}/{ref[1]} appeared {time.monotonic() - t0:.2f}s after the approval command")
         wait_for(lambda: _phase(cluster, "db-outage") == "Active", 10, "Active")
         kb(cluster, "alice", "-n", "team-db", "status", "db-outage")
+        first = cluster.get("bgr", "db-outage", "team-db")
+        first_uid, first_user = first["metadata"]["uid"], first["status"]["username"]
+        print(f"grant identity (never reused: it carries the request uid): {first_user}")
+        show_ledger(cluster, first_uid)
 
-        step(6, "The token Secret (read by alice; only she may): claims shown, the token itself never printed")
-        secret = cluster.get("secret", "db-outage-token", "team-db", user="alice")
+        step(6, "The token Secret lives in the operator namespace, found through status.secretRef; "
+                "claims shown, the token itself never printed")
+        show("kubectl get bgr db-outage -n team-db -o jsonpath={.status.secretRef}   # as alice",
+             cluster.kubectl("get", "bgr", "db-outage", "-n", "team-db", "-o", "jsonpath={.status.secretRef}",
+                             user="alice").stdout)
+        secret = cluster.get("secret", ref[1], ref[0], user="alice")  # her per-request reader Role allows this
         token = base64.b64decode(secret["data"]["token"]).decode()
         claims = json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "=="))
         print(json.dumps(claims, indent=2))
-        kb(cluster, "alice", "verify", "--secret", "team-db/db-outage-token")
-        dave = cluster.kubectl("get", "secret", "db-outage-token", "-n", "team-db", user="dave", check=False)
-        show("kubectl get secret db-outage-token -n team-db   # as dave", dave.stderr)
+        print(f"k8s_user/k8s_groups are prefixed 'breakglass:' by the apiserver: {first_user}")
+        kb(cluster, "alice", "verify", "--secret", f"{ref[0]}/{ref[1]}")
+        dave = cluster.kubectl("get", "secret", ref[1], "-n", ref[0], user="dave", check=False)
+        show(f"kubectl get secret {ref[1]} -n {ref[0]}   # as dave (sre, not the requester)", dave.stderr)
+        dave_list = cluster.kubectl("get", "secrets", "-n", ref[0], user="dave", check=False)
+        show(f"kubectl get secrets -n {ref[0]}   # as dave", dave_list.stderr or dave_list.stdout)
+        assert dave.returncode != 0 and "forbidden" in dave.stderr.lower(), "dave must not read alice's token"
+        assert dave_list.returncode != 0, "dave must not list the token namespace"
 
         step(7, "The grant works against the cluster: allowed in team-db, forbidden elsewhere")
         kc = work / "grant.kubeconfig"
         kb(cluster, "alice", "-n", "team-db", "token", "db-outage", "--kubeconfig-out", str(kc))
-        grant = lambda *a: subprocess.run([cluster.kubectl_bin, "--kubeconfig", str(kc), *a],  # noqa: E731
-                                          capture_output=True, text=True)
+        grant = _grant_client(cluster, kc)
         r = grant("auth", "can-i", "list", "pods", "-n", "team-db")
         show("kubectl --kubeconfig <grant> auth can-i list pods -n team-db", r.stdout or r.stderr)
         r = grant("get", "pods", "-n", "team-db")
@@ -109,34 +126,74 @@ def main() -> int:
         r = grant("delete", "serviceaccount", "default", "-n", "team-db")
         show("kubectl --kubeconfig <grant> delete sa default -n team-db", r.stderr)
 
-        step(8, "Incident over: alice revokes. The Secret goes at once and the token stops working")
+        step(8, "Incident over: alice revokes. The Secret in breakglass-system goes at once and the token stops working")
         t0 = time.monotonic()
         kb(cluster, "alice", "-n", "team-db", "revoke", "db-outage")
-        wait_for(lambda: cluster.get("secret", "db-outage-token", "team-db") is None, 10, "Secret deleted",
-                 interval=0.05)
-        print(f"Secret deleted {time.monotonic() - t0:.2f}s after the revoke command")
+        wait_for(lambda: cluster.get("secret", ref[1], ref[0]) is None, 10, "Secret deleted", interval=0.05)
+        print(f"Secret {ref[0]}/{ref[1]} deleted {time.monotonic() - t0:.2f}s after the revoke command")
         r = grant("get", "pods", "-n", "team-db")
         show("kubectl --kubeconfig <grant> get pods -n team-db   # at once: its RoleBinding is gone", r.stderr)
         wait_for(lambda: "Unauthorized" in grant("get", "pods", "-n", "team-db").stderr, 15,
                  "the token to be refused (401)")
         r = grant("get", "pods", "-n", "team-db")
-        show("kubectl --kubeconfig <grant> get pods -n team-db   # once kube-apiserver's 10 s auth cache lapses",
+        show("kubectl --kubeconfig <grant> get pods -n team-db   # once kube-apiserver's auth cache lapses",
              r.stderr)
         kb(cluster, "alice", "verify", "-", stdin=token)  # token on stdin: never on a command line
-        revs = cluster.get("configmap", "breakglass-revocations", "breakglass-system")["data"]["revocations.json"]
-        print(f"revocation list: {revs}")
+        wait_for(lambda: _ledger_state(cluster, first_uid) == "Revoked", 10, "ledger entry Revoked")
+        show_ledger(cluster, first_uid)
         show("kubectl get bgr -n team-db", cluster.kubectl("get", "bgr", "-n", "team-db").stdout)
 
-        step(9, "A 10-second grant expires on its own")
-        kb(cluster, "alice", "-n", "team-db", "request", "--policy", "prod-db", "--name", "quick-look",
-           "--reason", "One more look at the replica lag", "--ticket", "INC-4242", "--duration", "10s",
-           "--namespace-access", "team-db", "--role", "view")
+        step(9, "Same name, new request: alice deletes db-outage and files it again asking for more. "
+                "bob's old approval does not carry over")
+        show("kubectl delete bgr db-outage -n team-db   # as alice",
+             cluster.kubectl("delete", "bgr", "db-outage", "-n", "team-db", user="alice").stdout)
+        wait_for(lambda: cluster.get("bgr", "db-outage", "team-db") is None, 20, "db-outage deleted")
+        kb(cluster, "alice", "-n", "team-db", "request", "--policy", "prod-db", "--name", "db-outage",
+           "--reason", "Primary database is down again, need to restart it", "--ticket", "INC-4242",
+           "--duration", "30m", "--namespace-access", "team-db", "--role", "edit")
+        wait_for(lambda: _phase(cluster, "db-outage") == "Pending", 10, "Pending")
+        time.sleep(3)  # give the operator every chance to (wrongly) issue on the old approval
+        second = cluster.get("bgr", "db-outage", "team-db")
+        second_uid = second["metadata"]["uid"]
+        st = second.get("status") or {}
+        print(f"new uid {second_uid} (was {first_uid}); after 3 s: phase {st.get('phase')}, "
+              f"secretRef {st.get('secretRef')}, ledger entry {_ledger_state(cluster, second_uid)}")
+        assert st.get("phase") == "Pending" and not st.get("secretRef"), "issued without a new approval"
+        assert cluster.get("configmap", f"breakglass-grant-{second_uid}", "breakglass-system") is None
+        show("kubectl get bga -n team-db",
+             cluster.kubectl("get", "bga", "-n", "team-db", "-o", "custom-columns=NAME:.metadata.name,"
+                             "APPROVER:.spec.approver,DECISION:.spec.decision,REQUEST-UID:.spec.requestUID").stdout)
+        kb(cluster, "alice", "-n", "team-db", "status", "db-outage")
+        kb(cluster, "bob", "-n", "team-db", "approve", "db-outage", "--comment", "ok, edit this time")
+        ref2 = wait_for(lambda: _secret_ref(cluster, "db-outage"), 10, "status.secretRef", interval=0.05)
+        second_user = cluster.get("bgr", "db-outage", "team-db")["status"]["username"]
+        print(f"issued only now, on bob's new approval: Secret {ref2[0]}/{ref2[1]}, identity {second_user}")
+        assert ref2 != ref and second_user != first_user
+        wait_for(lambda: "Unauthorized" in grant("get", "pods", "-n", "team-db").stderr, 15, "old token refused")
+        r = grant("get", "pods", "-n", "team-db")
+        show("kubectl --kubeconfig <old grant> get pods -n team-db   # the revoked token does not come back", r.stderr)
+        kb(cluster, "alice", "-n", "team-db", "revoke", "db-outage")
+        wait_for(lambda: cluster.get("secret", ref2[1], ref2[0]) is None, 10, "Secret deleted", interval=0.05)
+
+        step(10, "A 10-second grant expires on its own (`request --wait` prints where its token is)")
+        waiter = kb_start(cluster, "alice", "-n", "team-db", "request", "--policy", "prod-db", "--name",
+                          "quick-look", "--reason", "One more look at the replica lag", "--ticket", "INC-4242",
+                          "--duration", "10s", "--namespace-access", "team-db", "--role", "view", "--wait",
+                          "--timeout", "60")
+        print(f"{DIM}$ kubectl breakglass -n team-db request ... --name quick-look --duration 10s --wait &"
+              f"   # as alice, in the background{RESET}")
+        wait_for(lambda: _phase(cluster, "quick-look") == "Pending", 20, "Pending")
         kb(cluster, "carol", "-n", "team-db", "approve", "quick-look")
+        out, err = waiter.communicate(timeout=60)
+        show("# the background request --wait returns (progress on stderr, then the Secret on stdout)", err + out)
+        ref3 = tuple(out.strip().splitlines()[-1].split("/", 1))
+        assert ref3 == _secret_ref(cluster, "quick-look"), f"--wait printed {out!r}"
         wait_for(lambda: _phase(cluster, "quick-look") == "Active", 10, "Active")
         exp = cluster.get("bgr", "quick-look", "team-db")["status"]["expiresAt"]
         print(f"quick-look is Active until {exp}; waiting...")
         wait_for(lambda: _phase(cluster, "quick-look") == "Expired", 30, "Expired", interval=0.2)
-        print(f"Secret present after expiry: {cluster.get('secret', 'quick-look-token', 'team-db') is not None}")
+        wait_for(lambda: cluster.get("secret", ref3[1], ref3[0]) is None, 10, "Secret deleted at expiry")
+        print(f"Secret {ref3[0]}/{ref3[1]} present after expiry: {cluster.get('secret', ref3[1], ref3[0]) is not None}")
         kb(cluster, "alice", "-n", "team-db", "list")
         events = cluster.kubectl("get", "events", "-n", "team-db", "--sort-by=.lastTimestamp",
                                  "-o", "custom-columns=REASON:.reason,OBJECT:.involvedObject.name,MESSAGE:.message")
@@ -167,6 +224,39 @@ def kb(cluster, user, *args, stdin=None):
                           capture_output=True, text=True, env=env, timeout=120, input=stdin)
     show(f"kubectl breakglass {' '.join(args)}   # as {user}", (proc.stdout + proc.stderr))
     return proc
+
+
+def kb_start(cluster, user, *args):
+    """Like kb(), but running in the background (for `request --wait`)."""
+    env = dict(os.environ, PATH=f"{ROOT / '.venv' / 'bin'}:{os.environ.get('PATH', '')}")
+    return subprocess.Popen([cluster.kubectl_bin, "breakglass", "--kubeconfig", cluster.kubeconfig(user), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def _grant_client(cluster, kubeconfig):
+    return lambda *a: subprocess.run([cluster.kubectl_bin, "--kubeconfig", str(kubeconfig), *a],
+                                     capture_output=True, text=True)
+
+
+def _secret_ref(cluster, name):
+    """(namespace, name) of the request's token Secret, from status.secretRef (set while Active)."""
+    ref = ((cluster.get("bgr", name, "team-db") or {}).get("status") or {}).get("secretRef")
+    return (ref["namespace"], ref["name"]) if ref else None
+
+
+def _ledger(cluster, uid):
+    cm = cluster.get("configmap", f"breakglass-grant-{uid}", "breakglass-system")
+    return json.loads(cm["data"]["grant.json"]) if cm else None
+
+
+def _ledger_state(cluster, uid):
+    return (_ledger(cluster, uid) or {}).get("state")
+
+
+def show_ledger(cluster, uid):
+    entry = _ledger(cluster, uid) or {}
+    print(f"{DIM}$ kubectl get configmap breakglass-grant-{uid} -n breakglass-system   # the grant ledger{RESET}")
+    print(json.dumps({k: entry.get(k) for k in ("state", "username", "jti", "expiresAt", "secret")}, indent=2))
 
 
 def _phase(cluster, name):
