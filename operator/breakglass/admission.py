@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 from . import api
 from .domain.approvals import APPROVE, DENY, REVIEW
-from .domain.decisions import exceeds_ceiling
+from .domain.decisions import exceeds_ceiling, touches_protected
 from .domain.policy import Policy, RequestView, Verdict, evaluate_request, first_failure, validate_policy
 
 IMMUTABLE_REQUEST_FIELDS = ("policy", "reason", "ticket", "duration", "namespaces", "clusterRoles", "scopes",
@@ -100,6 +100,7 @@ class RequestRules:
     admin_groups: tuple[str, ...] = ("system:masters",)
     operator_username: str | None = None  # None (not resolved): nobody is the operator, fail closed
     ceiling: dt.timedelta | None = None
+    protected_namespaces: tuple[str, ...] = ()
 
 
 def validate_request(operation: str, body: dict[str, Any], old: dict[str, Any] | None,
@@ -114,7 +115,8 @@ def validate_request(operation: str, body: dict[str, Any], old: dict[str, Any] |
         verdict = operator_only_metadata(None, body, is_operator)
         if verdict.ok:
             verdict = validate_request_create(body, userinfo, rules.get_policy, rules.ceiling,
-                                              namespace_exists=rules.namespace_exists)
+                                              namespace_exists=rules.namespace_exists,
+                                              protected=rules.protected_namespaces)
         return verdict
     stored = old or body
     policy_name = (stored.get("spec") or {}).get("policy") or ""
@@ -132,7 +134,8 @@ def validate_request(operation: str, body: dict[str, Any], old: dict[str, Any] |
 
 def validate_request_create(body: dict[str, Any], userinfo: dict[str, Any] | None,
                             get_policy: Callable[[str], dict[str, Any] | None],
-                            ceiling=None, *, namespace_exists: Callable[[str], bool]) -> Verdict:
+                            ceiling=None, *, namespace_exists: Callable[[str], bool],
+                            protected: tuple[str, ...] = ()) -> Verdict:
     user, groups = _identity(userinfo)
     spec = body.get("spec") or {}
     # Validation runs after mutation, so requester must now equal the caller.
@@ -162,6 +165,9 @@ def validate_request_create(body: dict[str, Any], userinfo: dict[str, Any] | Non
     too_long = exceeds_ceiling(view, policy, ceiling)
     if too_long:
         return Verdict(False, "ExceedsOperatorCeiling", too_long, "duration")
+    forbidden = touches_protected(view, protected)
+    if forbidden:
+        return Verdict(False, "ProtectedNamespace", forbidden, "namespaces")
     # Only after the policy allowed them: no existence oracle for namespaces outside the policy.
     return check_namespaces_exist(view.namespaces, namespace_exists)
 
@@ -291,6 +297,9 @@ def validate_approval_create(body: dict[str, Any], userinfo: dict[str, Any] | No
             return Verdict(False, "RequestNotPending",
                            f"spec.request {request_name!r} is {phase}: approvals are only accepted while Pending",
                            "request")
+    if policy_body is not None and not policy.is_approver(user, groups):
+        return Verdict(False, "NotAnApprover", f"spec.approver {user!r} is not an approver of policy "
+                       f"{policy.name!r}", "approver")
     if user == req_spec.get("requester") and not policy.allow_self_approval:
         return Verdict(False, "SelfApproval",
                        f"spec.approver {user!r} is the requester of {request_name!r} and policy "

@@ -57,7 +57,8 @@ def token_review_response(result, entry: dict[str, Any] | None, now,
     return {"apiVersion": api_version, "kind": "TokenReview", "status": {
         "authenticated": True,
         "user": {
-            "username": entry["username"],
+            "username": api.grant_username(entry["request"]["namespace"], entry["request"]["name"],
+                                           entry["request"]["uid"]),
             "uid": entry["request"]["uid"],
             "groups": api.grant_groups(entry["policy"]),
             "extra": {"requester": [entry.get("requester", "")], "jti": [entry["jti"]],
@@ -156,8 +157,12 @@ class Endpoints:
             log.warning("TokenReview failed closed: %s", type(exc).__name__)
             return web.json_response({"apiVersion": api_version, "kind": "TokenReview",
                                       "status": {"authenticated": False, "error": "verifier unavailable"}})
-        result = verify(token, jwks=ring.jwks(), issuer=self.issuer, audience=self.audiences)
-        del token
+        try:
+            result = verify(token, jwks=ring.jwks(), issuer=self.issuer, audience=self.audiences)
+        except Exception:  # noqa: BLE001 — any token we cannot parse is refused, never a 500
+            return malformed()
+        finally:
+            del token
         if result.reason in ("MalformedClaims", "MissingClaim"):  # signed but malformed: 401, never a 500
             return malformed()
         entry = self.ledger.by_jti(result.claims["jti"]) if result.ok else None

@@ -20,7 +20,7 @@ from .domain.decisions import Decision
 from .domain.durations import parse_duration, parse_rfc3339, to_rfc3339
 from .domain.policy import Policy, RequestView, effective_duration
 from .k8s import builders
-from .k8s.client import Kube, PermanentError, error_text
+from .k8s.client import Conflict, Kube, PermanentError, error_text
 from .ledger import ACTIVE, EXPIRED, FAILED, ISSUING, REVOKED, Ledger
 from .settings import Settings
 from .stores import KeyStore, RevocationStore
@@ -97,8 +97,18 @@ class Grants:
                                "the operator; it is left untouched")
             ref["uid"] = found["metadata"]["uid"]
         secret = next(r for r in objects if r["kind"] == "Secret")
-        return self.ledger.update(entry, objects=objects, state=ACTIVE, activatedAt=to_rfc3339(self.clock()),
-                                  secret=dict(entry["secret"], uid=secret["uid"]))
+        try:
+            return self.ledger.update(entry, objects=objects, state=ACTIVE, activatedAt=to_rfc3339(self.clock()),
+                                      secret=dict(entry["secret"], uid=secret["uid"]))
+        except Conflict:
+            # Someone ended the grant while we were creating (a revoke, the sweeper, another replica):
+            # what we created after their cleanup is known only here, so delete it now, by uid.
+            fresh = self.ledger.fetch(entry["request"]["uid"])
+            if fresh is None or fresh["state"] != ISSUING:
+                for ref in objects:
+                    if ref.get("uid"):
+                        self.kube.delete_exact(ref["kind"], ref["namespace"], ref["name"], ref["uid"])
+            raise
 
     def _manifest(self, ref: dict[str, Any], entry: dict[str, Any], with_token: bool = False) -> dict[str, Any]:
         if ref["kind"] != "Secret" or not with_token:

@@ -83,7 +83,8 @@ def validate_request(body, old, operation, userinfo, dryrun, memo: kopf.Memo, **
     if admission.is_identity_probe(dict(body), operation, dryrun):
         return
     rules = admission.RequestRules(memo.rt.policies.get, memo.rt.kube.namespace_exists, memo.rt.settings.admin_groups,
-                                   memo.rt.operator_username, memo.rt.settings.max_token_lifetime)
+                                   memo.rt.operator_username, memo.rt.settings.max_token_lifetime,
+                                   memo.rt.protected_namespaces)
     _reject("BreakGlassRequest", admission.validate_request(operation, dict(body), dict(old) if old else None,
                                                             userinfo, rules))
 

@@ -80,6 +80,11 @@ class Ledger:
         cm = self.kube.read("ConfigMap", self.namespace, api.ledger_name(uid))
         return entry_from_configmap(cm) if cm else None
 
+    def fetch(self, uid: str) -> dict[str, Any] | None:
+        """Straight from the API server (for decisions that must not trust a lagging view)."""
+        cm = self.kube.read("ConfigMap", self.namespace, api.ledger_name(uid))
+        return entry_from_configmap(cm) if cm else None
+
     def by_jti(self, jti: str) -> dict[str, Any] | None:
         with self._lock:
             uid = self._by_jti.get(jti)
@@ -179,6 +184,7 @@ class Ledger:
                 backoff = 0.5
             except Exception as exc:  # 410 Gone, connection loss: list again
                 status = getattr(exc, "status", None)
+                self.synced.clear()  # a stale allow-list must not authenticate: fail closed until relisted
                 if status != 410:
                     metrics.errors_total.labels("ledger-watch").inc()
                     log.warning("ledger watch failed (%s); listing again", error_text(exc))

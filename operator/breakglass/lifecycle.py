@@ -93,7 +93,8 @@ class Reconciler:
         secret_present = self.grants.secret_present(entry) if entry and entry["state"] == ACTIVE else True
         decision = D.decide(request=view, phase=old.get("phase"), policy=policy, tally=tally, created=created,
                             grant=grant, now=now, secret_present=secret_present,
-                            ceiling=self.settings.max_token_lifetime)
+                            ceiling=self.settings.max_token_lifetime,
+                            protected=tuple({self.settings.namespace, self.settings.tokens_namespace}))
         if grant is None and old.get("phase") == api.ACTIVE:
             # Active without a ledger entry: the record of this token is lost. Fail closed: the token
             # is not in the allow-list any more; never issue a second one.
@@ -175,10 +176,13 @@ class Reconciler:
     def _on_delete(self, req, view, entry, old) -> None:
         """Deleting a request revokes it; only the operator removes the finalizer (admission)."""
         if entry and entry["state"] in (ACTIVE, "Issuing"):
-            # Record first: if the cleanup below fails, the retry only cleans up.
-            self._audit("revoked", req, view, jti=entry["jti"], reason="RequestDeleted", outcome="revoked")
-            metrics.revocations_total.labels("RequestDeleted").inc()
-            entry = self.grants.end(entry, REVOKED, "RequestDeleted", "the request was deleted; its token is revoked")
+            # Revoke first (an audit failure must never keep a token alive); audit even if cleanup fails.
+            try:
+                entry = self.grants.end(entry, REVOKED, "RequestDeleted",
+                                        "the request was deleted; its token is revoked")
+            finally:
+                metrics.revocations_total.labels("RequestDeleted").inc()
+                self._audit("revoked", req, view, jti=entry["jti"], reason="RequestDeleted", outcome="revoked")
         elif entry and not entry.get("cleaned"):
             self.grants.cleanup(entry)
             self.ledger.update(entry, cleaned=True)

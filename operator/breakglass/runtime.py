@@ -83,6 +83,10 @@ class Runtime:
             raise
 
     @property
+    def protected_namespaces(self) -> tuple[str, ...]:
+        return tuple(sorted({self.settings.namespace, self.settings.tokens_namespace}))
+
+    @property
     def policies(self):
         return self.reconciler.policies
 

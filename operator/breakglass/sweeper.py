@@ -44,7 +44,7 @@ class Sweeper:
             req = by_uid.get(entry["request"]["uid"])
             exp = parse_rfc3339(entry["expiresAt"])
             try:
-                if entry["state"] in LIVE_STATES and req is None:
+                if entry["state"] in LIVE_STATES and req is None and self._really_gone(entry):
                     self._revoke_orphan(entry, now)
                     acted += 1
                 elif entry["state"] in LIVE_STATES:
@@ -62,17 +62,28 @@ class Sweeper:
                 log.warning("ledger sweep of grant %s failed: %s", entry["request"]["uid"], error_text(exc))
         return acted
 
+    def _really_gone(self, entry: dict) -> bool:
+        """The list may predate the request: ask the API server, by name, and compare uids."""
+        req = entry["request"]
+        live = self.kube.get_request(req["namespace"], req["name"])
+        return live is None or live["metadata"]["uid"] != req["uid"]
+
     def _revoke_orphan(self, entry: dict, now: dt.datetime) -> None:
         req = entry["request"]
         log.warning("request %s/%s (uid %s) is gone but its grant was live: revoking",
                     req["namespace"], req["name"], req["uid"])
+        try:  # revoke first; the audit record is written even if the cleanup fails
+            self.grants.end(entry, REVOKED, "RequestDeleted", "the request is gone; its token is revoked")
+        finally:
+            self._audit_orphan(entry, now)
+
+    def _audit_orphan(self, entry: dict, now: dt.datetime) -> None:
+        req = entry["request"]
         self.audit.record("revoked", time=to_rfc3339(now), request=dict(req), policy=entry.get("policy", ""),
                           requester=entry.get("requester", ""), jti=entry["jti"], kid=entry["kid"],
                           expiresAt=entry["expiresAt"], reason="RequestDeleted", outcome="revoked",
                           drill=bool(entry.get("drill")))
         metrics.revocations_total.labels("RequestDeleted").inc()
-        # Recorded first: if the cleanup fails, the next sweep only cleans up.
-        self.grants.end(entry, REVOKED, "RequestDeleted", "the request is gone; its token is revoked")
 
     def kids_in_use(self) -> set[str]:
         """Keys that signed a live grant not yet past its exp stay in the JWKS (ledger entries only)."""
@@ -139,7 +150,9 @@ class Sweeper:
         if requests is not None:
             steps += [("resync", lambda: self.resync_stale(requests)),
                       ("gauges", lambda: self.refresh_gauges(check_overdue, requests))]
-        steps += [("revocations", self.revocations.prune), ("keys", self._keys)]
+        steps += [("revocations", self.revocations.prune)]
+        if self.ledger.synced.is_set():  # key pruning needs the full ledger view, never an empty one
+            steps += [("keys", self._keys)]
         for step, fn in steps:
             self._run_step(step, fn)
 

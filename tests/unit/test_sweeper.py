@@ -230,3 +230,12 @@ def test_the_resync_picks_up_what_a_missed_watch_event_could_leave_behind():
     seen = []
     Sweeper(None, None, None, None, None, None, lambda ns, n: seen.append(n), lambda: NOW).resync_stale(items)
     assert seen == ["new", "pending", "revoked-unseen", "deleting"]
+
+
+def test_a_grant_issued_after_the_request_list_was_taken_is_not_revoked_as_an_orphan():
+    """The sweep's request list may predate a new request: the uid is checked against the API server."""
+    s = issued()
+    s.world.at(3)
+    assert s.sweeper.sweep_ledger([]) == 0  # a stale, empty list
+    assert s.world.ledger.get(UID)["state"] == "Active"
+    assert "revoked" not in [r["event"] for r in s.world.audit_records()]

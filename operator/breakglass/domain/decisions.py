@@ -41,6 +41,16 @@ def approval_deadline(created: dt.datetime, policy: Policy) -> dt.datetime | Non
         return None
 
 
+def touches_protected(request: RequestView, protected: tuple[str, ...] | frozenset[str]) -> str | None:
+    """The operator's own namespaces (keys, ledger, tokens) are never a grant target, whatever a
+    policy's globs say: a grant there could read every token and forge the ledger."""
+    hit = sorted(set(request.namespaces) & set(protected))
+    if hit:
+        return (f"spec.namespaces {hit}: the operator's own namespace(s) hold signing keys, the grant ledger and "
+                "token Secrets and can never be granted")
+    return None
+
+
 def exceeds_ceiling(request: RequestView, policy: Policy, ceiling: dt.timedelta | None) -> str | None:
     """The operator-wide --max-token-lifetime bounds every grant, whatever a policy says."""
     if ceiling is None:
@@ -72,7 +82,7 @@ def decide_grant(grant: Grant, *, revoked: bool, secret_present: bool, now: dt.d
 
 def decide(*, request: RequestView, phase: str | None, policy: Policy | None, tally: Tally | None,
            created: dt.datetime, grant: Grant | None, now: dt.datetime, secret_present: bool = True,
-           ceiling: dt.timedelta | None = None) -> Decision:
+           ceiling: dt.timedelta | None = None, protected: tuple[str, ...] = ()) -> Decision:
     """Decide the next step from the request, its policy, its approvals and the ledger's grant."""
     if grant is not None:
         return decide_grant(grant, revoked=request.revoked, secret_present=secret_present, now=now)
@@ -92,6 +102,9 @@ def decide(*, request: RequestView, phase: str | None, policy: Policy | None, ta
     too_long = exceeds_ceiling(request, policy, ceiling)
     if too_long:
         return Decision(DENY, "ExceedsOperatorCeiling", too_long)
+    forbidden = touches_protected(request, protected)
+    if forbidden:
+        return Decision(DENY, "ProtectedNamespace", forbidden)
     tally = tally or Tally()
     if tally.denied_by:
         return Decision(DENY, "DeniedByApprover", f"denied by {', '.join(tally.denied_by)}")

@@ -40,6 +40,8 @@ def verify(token: str, *, jwks: dict[str, Any], issuer: str | None, audience: st
     except jwt.PyJWTError as exc:
         return _fail("Malformed", f"not a JWT: {exc}")
     alg, kid = header.get("alg"), header.get("kid")
+    if not isinstance(alg, str) or not isinstance(kid, (str, type(None))):
+        return _fail("Malformed", "header alg/kid are not strings")
     if not alg or alg.lower() == "none":
         return _fail("UnsignedToken", "alg 'none' is never accepted", kid=kid)
     match = next((k for k in jwks.get("keys", []) if k.get("kid") == kid), None)
