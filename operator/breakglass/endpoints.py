@@ -39,9 +39,10 @@ def live_grant_check(result, entry: dict[str, Any] | None, now) -> tuple[bool, s
         return False, "UnknownGrant", f"token {claims['jti']} is not a grant the operator issued"
     if entry.get("state") != "Active" or not is_live(entry, now):
         return False, entry.get("state") or "NotLive", f"token {claims['jti']} grant is {entry.get('state')}"
-    bg = claims.get("breakglass") if isinstance(claims.get("breakglass"), dict) else {}
-    if entry.get("kid") != result.kid or entry["request"]["uid"] != bg.get("uid"):
-        return False, "GrantMismatch", "token does not match its grant's key or request"
+    if entry.get("kid") != result.kid or claims != entry.get("claims"):
+        # Signed by our key but not the token we minted for this jti: refuse it (a stolen key can at
+        # most re-mint the exact grant, never widen it).
+        return False, "GrantMismatch", "token does not match the grant the ledger recorded"
     return True, "Valid", result.message
 
 
@@ -166,6 +167,8 @@ class Endpoints:
         if result.reason in ("MalformedClaims", "MissingClaim"):  # signed but malformed: 401, never a 500
             return malformed()
         entry = self.ledger.by_jti(result.claims["jti"]) if result.ok else None
+        if result.ok and entry is not None and result.claims != entry.get("claims"):
+            return malformed()  # our signature over claims we never minted: malformed, 401
         answer = token_review_response(result, entry, self.clock(), api_version)
         ok = answer["status"]["authenticated"]
         label = "authenticated" if ok else (answer["status"]["error"].split(":")[0].lower())

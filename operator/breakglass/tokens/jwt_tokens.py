@@ -97,8 +97,19 @@ def claim_shape_problem(claims: Any) -> str | None:
     aud = claims.get("aud")
     if not (isinstance(aud, str) or (isinstance(aud, list) and all(isinstance(a, str) for a in aud))):
         return "claim aud is not a string or list of strings"
-    if "breakglass" in claims and not isinstance(claims["breakglass"], dict):
-        return "claim breakglass is not an object"
+    for name in ("sub", "scope", "k8s_user", "iss"):
+        if name in claims and not isinstance(claims[name], str):
+            return f"claim {name} is not a string"
+    groups = claims.get("k8s_groups", [])
+    if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
+        return "claim k8s_groups is not a list of strings"
+    if "breakglass" in claims:
+        bg = claims["breakglass"]
+        if not isinstance(bg, dict):
+            return "claim breakglass is not an object"
+        if not isinstance(bg.get("uid", ""), str) or "/" not in str(bg.get("request", "/")) \
+                or not isinstance(bg.get("request", ""), str):
+            return "claim breakglass.request/uid malformed"
     return None
 
 
