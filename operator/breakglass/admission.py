@@ -297,13 +297,14 @@ def validate_approval_create(body: dict[str, Any], userinfo: dict[str, Any] | No
             return Verdict(False, "RequestNotPending",
                            f"spec.request {request_name!r} is {phase}: approvals are only accepted while Pending",
                            "request")
-    if policy_body is not None and not policy.is_approver(user, groups):
-        return Verdict(False, "NotAnApprover", f"spec.approver {user!r} is not an approver of policy "
-                       f"{policy.name!r}", "approver")
     if user == req_spec.get("requester") and not policy.allow_self_approval:
         return Verdict(False, "SelfApproval",
                        f"spec.approver {user!r} is the requester of {request_name!r} and policy "
                        f"{policy.name!r} forbids self-approval", "self-approval")
+    if policy_body is not None and not policy.is_approver(user, groups):
+        # Refused here rather than ignored later: nobody can flood a request with approvals.
+        return Verdict(False, "NotAnApprover", f"spec.approver {user!r} is not an approver of policy "
+                       f"{policy.name!r}", "approver")
     return OK
 
 

@@ -62,8 +62,10 @@ def verify(token: str, *, jwks: dict[str, Any], issuer: str | None, audience: st
         return _fail("BadSignature", "signature does not verify against the JWKS key", kid=kid)
     except jwt.MissingRequiredClaimError as exc:
         return _fail("MissingClaim", str(exc), kid=kid)
-    except jwt.PyJWTError as exc:
+    except jwt.DecodeError as exc:
         return _fail("Malformed", f"token rejected: {exc}", kid=kid)
+    except jwt.PyJWTError as exc:  # signed, but a claim has the wrong type (e.g. a numeric jti)
+        return _fail("MalformedClaims", f"token rejected: {exc}", kid=kid)
     bad = claim_shape_problem(claims)
     if bad:
         return _fail("MalformedClaims", bad, None, kid)
