@@ -118,6 +118,9 @@ class Endpoints:
         return web.json_response(entries, headers={"Cache-Control": "no-store"})
 
     async def healthz(self, _request: web.Request) -> web.Response:
+        """Ready only with a synced ledger view (TokenReview answers from it)."""
+        if not self.ledger.synced.is_set():
+            return web.Response(text="ledger not synced", status=503)
         return web.Response(text="ok")
 
     async def authenticate(self, request: web.Request) -> web.Response:

@@ -29,6 +29,9 @@ signing_key_age = Gauge("breakglass_signing_key_age_seconds", "Age of the active
 drill_runs_total = Counter("breakglass_drill_runs_total", "Drill runs", ["drill", "result"], registry=REGISTRY)
 drill_last_success = Gauge("breakglass_drill_last_success_timestamp_seconds", "Last successful drill run",
                            ["drill"], registry=REGISTRY)
+leader = Gauge("breakglass_leader", "1 while this replica holds the leader lease", registry=REGISTRY)
+leader_changes_total = Counter("breakglass_leader_changes_total", "Times this replica became leader",
+                               registry=REGISTRY)
 ledger_entries = Gauge("breakglass_ledger_entries", "Grant ledger entries (live and recently ended)",
                        registry=REGISTRY)
 issue_rollbacks_total = Counter("breakglass_issue_rollbacks_total", "Issues rolled back (request Failed)",

@@ -18,6 +18,7 @@ from .endpoints import Endpoints
 from .expiry import ExpiryTimer
 from .grants import Grants
 from .k8s.client import Kube, error_text, load_config
+from .leader import LeaderElector
 from .ledger import Ledger
 from .lifecycle import Reconciler
 from .policies import reconcile_policy
@@ -51,7 +52,27 @@ class Runtime:
     ledger: Ledger
     grants: Grants
     operator_username: str
+    elector: LeaderElector | None = None
     tasks: list[asyncio.Task] = field(default_factory=list)
+
+    @property
+    def leading(self) -> bool:
+        return self.elector is not None and self.elector.leading.is_set()
+
+    def on_started_leading(self) -> None:
+        """Only the leader reconciles, expires, sweeps and drills; it first catches up on everything."""
+        self.queue.start()
+        self.drill_queue.start()
+        self.expiry.start()
+        try:
+            self.sweeper.resync_all()
+        except Exception as exc:  # the housekeeping resync catches up later
+            log.warning("catch-up resync failed: %s", error_text(exc))
+
+    def on_lost_leading(self) -> None:
+        """A leader that could not renew must stop writing at once: exit (the pod restarts as follower)."""
+        import signal
+        os.kill(os.getpid(), signal.SIGTERM)
 
     def enqueue(self, namespace: str, name: str) -> None:
         self.queue.add((namespace, name))
@@ -91,6 +112,9 @@ class Runtime:
         return self.reconciler.policies
 
     def on_policy(self, body: dict[str, Any], deleted: bool = False) -> None:
+        if not self.leading:  # the cache is refreshed on every replica by the TTL; writes are the leader's
+            self.policies.forget(body["metadata"]["name"])
+            return
         if deleted:
             self.policies.forget(body["metadata"]["name"])
             self.enqueue_pending_for_policy(body["metadata"]["name"])
@@ -235,6 +259,15 @@ def build(settings: Settings) -> Runtime:
                  reconciler=reconciler, queue=queue, sweeper=sweeper, endpoints=endpoints,
                  tls=tls_files(settings, kube), drills=drills, drill_queue=drill_queue, expiry=expiry,
                  ledger=ledger, grants=grants, operator_username=whoami(settings, kube))
+    import socket
+    rt.elector = LeaderElector(
+        kube, namespace=settings.namespace, name=settings.lease_name,
+        # Pod name + pid: a container restarted in the same pod (pid 1 again) takes its lease back at once.
+        identity=f"{socket.gethostname()}-{os.getpid()}",
+        lease_seconds=settings.lease_duration.total_seconds(),
+        renew_deadline=settings.lease_renew_deadline.total_seconds(),
+        retry_period=settings.lease_retry_period.total_seconds(),
+        on_started=rt.on_started_leading, on_lost=rt.on_lost_leading)
     holder["rt"] = rt
     log.info("operator identity %s; token namespace %s", rt.operator_username, settings.tokens_namespace)
     return rt
@@ -292,8 +325,6 @@ async def start(rt: Runtime, kopf_settings: kopf.OperatorSettings) -> None:
     if s.metrics_port:
         from prometheus_client import start_http_server
         start_http_server(s.metrics_port, addr=s.bind_address, registry=metrics.REGISTRY)
-    loop = asyncio.get_running_loop()
-    await loop.run_in_executor(None, rt.sweeper.resync_all)
     rt.tasks.append(asyncio.create_task(_housekeeping(rt)))
 
 
@@ -309,16 +340,17 @@ async def _start_queues_when_serving(rt: Runtime, timeout: float = 30.0) -> None
             await asyncio.sleep(0.05)
     else:
         log.warning("webhook server not reachable after %.0fs; reconciling anyway", timeout)
-    # Decisions read the ledger view: never act on an unsynced one.
+    # Decisions read the ledger view: never act on an unsynced one. Then compete for the lease.
     await asyncio.get_running_loop().run_in_executor(None, rt.ledger.wait_synced, 60.0)
-    rt.queue.start()
-    rt.drill_queue.start()
-    rt.expiry.start()
+    rt.elector.start()
 
 
 async def _housekeeping(rt: Runtime, interval: float = 5.0) -> None:
     loop = asyncio.get_running_loop()
     while True:
+        if not rt.leading:
+            await asyncio.sleep(interval)
+            continue
         await loop.run_in_executor(None, rt.sweeper.housekeeping, lambda req, _now: _reconcile_if_not_marked(rt, req))
         await asyncio.sleep(interval)
 
@@ -331,6 +363,8 @@ def _reconcile_if_not_marked(rt: Runtime, req: dict) -> None:
 
 
 async def stop(rt: Runtime) -> None:
+    if rt.elector is not None:  # hand the lease over first: a successor leads within one retry period
+        await asyncio.get_running_loop().run_in_executor(None, rt.elector.stop)
     for t in rt.tasks:
         t.cancel()
     rt.queue.stop()

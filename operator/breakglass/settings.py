@@ -43,6 +43,11 @@ class Settings:
     admin_groups: tuple[str, ...] = ("system:masters",)
     # The operator's own Kubernetes username; found at start when not given (see runtime.whoami).
     operator_username: str | None = None
+    # Leader election (coordination.k8s.io/v1 Lease in --namespace): one replica reconciles.
+    lease_name: str = "breakglass-operator-leader"
+    lease_duration: dt.timedelta = dt.timedelta(seconds=10)
+    lease_renew_deadline: dt.timedelta = dt.timedelta(seconds=7)
+    lease_retry_period: dt.timedelta = dt.timedelta(seconds=1)
 
     @property
     def tokens_namespace(self) -> str:
@@ -81,6 +86,11 @@ _OPTIONS = [
      "namespace for token Secrets and their per-request reader Roles (default: --namespace)", str),
     ("--admin-groups", "ADMIN_GROUPS",
      "comma-separated groups whose members may revoke, change or delete anyone's request", str),
+    ("--lease-name", "LEASE_NAME", "name of the leader-election Lease in --namespace", str),
+    ("--lease-duration", "LEASE_DURATION", "how long a leader's lease lasts without renewal (e.g. 10s)", str),
+    ("--lease-renew-deadline", "LEASE_RENEW_DEADLINE",
+     "a leader that could not renew for this long stops (must be shorter than --lease-duration)", str),
+    ("--lease-retry-period", "LEASE_RETRY_PERIOD", "how often replicas try to acquire or renew the lease", str),
     ("--operator-username", "OPERATOR_USERNAME",
      "the operator's own Kubernetes username (default: found at start from its credentials)", str),
 ]
@@ -116,7 +126,8 @@ def from_args(ns: argparse.Namespace) -> Settings:
             if not 0 <= raw <= 65535 and key.endswith("port"):
                 raise SettingsError(f"{flag} must be a port number, got {raw}")
         values[key] = raw
-    for key in ("key_rotation_interval", "max_token_lifetime"):
+    for key in ("key_rotation_interval", "max_token_lifetime", "lease_duration", "lease_renew_deadline",
+                "lease_retry_period"):
         if key in values:
             try:
                 values[key] = parse_duration(values[key])
@@ -129,6 +140,11 @@ def from_args(ns: argparse.Namespace) -> Settings:
     for key in ("tls_cert_file", "tls_private_key_file", "cluster_ca_file", "tls_ca_file", "client_ca_file"):
         if values.get(key) and not os.path.isfile(values[key]):
             raise SettingsError(f"--{key.replace('_', '-')} {values[key]!r} does not exist")
+    lease = values.get("lease_duration", defaults.lease_duration)
+    renew = values.get("lease_renew_deadline", defaults.lease_renew_deadline)
+    retry = values.get("lease_retry_period", defaults.lease_retry_period)
+    if not retry < renew < lease:
+        raise SettingsError("--lease-retry-period < --lease-renew-deadline < --lease-duration must hold")
     if "admin_groups" in values:
         values["admin_groups"] = tuple(g.strip() for g in values["admin_groups"].split(",") if g.strip())
     issuer = values.get("issuer", defaults.issuer)

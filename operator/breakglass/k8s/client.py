@@ -230,6 +230,34 @@ class Kube:
                             r.delete_namespaced_role_binding),
         }[kind]
 
+    # --- leases (leader election) ------------------------------------------
+    def get_lease(self, namespace: str, name: str) -> dict[str, Any] | None:
+        coord = kubernetes.client.CoordinationV1Api(self.api_client)
+        return _none_on_404(lambda: self.api_client.sanitize_for_serialization(
+            coord.read_namespaced_lease(name, namespace)))
+
+    def create_lease(self, body: dict[str, Any]) -> dict[str, Any]:
+        coord = kubernetes.client.CoordinationV1Api(self.api_client)
+        try:
+            return self.api_client.sanitize_for_serialization(
+                coord.create_namespaced_lease(body["metadata"]["namespace"], body))
+        except ApiException as exc:
+            if exc.status == 409:
+                raise Conflict("lease exists") from None
+            raise
+
+    def replace_lease(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Guarded by metadata.resourceVersion: of two replicas writing at once, one gets Conflict."""
+        coord = kubernetes.client.CoordinationV1Api(self.api_client)
+        meta = body["metadata"]
+        try:
+            return self.api_client.sanitize_for_serialization(
+                coord.replace_namespaced_lease(meta["name"], meta["namespace"], body))
+        except ApiException as exc:
+            if exc.status == 409:
+                raise Conflict("lease changed meanwhile") from None
+            raise
+
     # --- configmaps (optimistic concurrency) ------------------------------
     def get_configmap(self, namespace: str, name: str) -> dict[str, Any] | None:
         return _none_on_404(lambda: self.api_client.sanitize_for_serialization(
