@@ -166,6 +166,12 @@ class DrillRunner:
             raise StepFailed("", f"token does not verify against the published JWKS: {result.reason}: {result.message}")
         if not (result.claims.get("breakglass") or {}).get("drill"):
             raise StepFailed("", "token is not marked as a drill")
+        published = {k.get("kid") for k in jwks.get("keys", [])}
+        lost = [e for e in (self.ledger.entries() if self.ledger else []) if e.get("state") == "Active"
+                and e.get("kid") not in published]
+        if lost:  # a deleted or replaced keyring: live grants can no longer authenticate
+            raise StepFailed("", f"{len(lost)} live grant(s) were signed by keys no longer in the published JWKS "
+                                 f"(e.g. kid {lost[0]['kid']}): the signing keyring was deleted or replaced")
         return result.claims
 
     def _token_review(self, token, req):

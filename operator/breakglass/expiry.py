@@ -7,6 +7,7 @@ Timing is the shared `WorkQueue`'s delayed add; this module only remembers what 
 """
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import threading
 import time
@@ -43,13 +44,15 @@ class ExpiryTimer:
         with self._lock:
             self._entries.pop(key, None)
 
-    def _fire(self, key: Hashable) -> None:
+    def _fire(self, key: Hashable) -> dt.datetime | None:
         with self._lock:
             entry = self._entries.get(key)
             if entry is None:
                 return None  # cancelled, or already fired for a duplicate schedule
             if entry[0] > self.clock():
-                return None  # an earlier firing for a since-moved exp; the later add_at fires it
+                # exp moved later since this firing was scheduled; the queue keeps only the earliest
+                # due time per key, so ask it to run this key again at the new exp.
+                return dt.datetime.fromtimestamp(entry[0], dt.timezone.utc)
             del self._entries[key]
         exp, namespace, secret, uid = entry
         try:

@@ -95,6 +95,9 @@ class Reconciler:
                             grant=grant, now=now, secret_present=secret_present,
                             ceiling=self.settings.max_token_lifetime,
                             protected=tuple({self.settings.namespace, self.settings.tokens_namespace}))
+        if decision.action == D.ACTIVE and not self.grants.keys.has_kid(entry["kid"]):
+            decision = D.Decision(D.REVOKE, "SigningKeyLost", f"signing key {entry['kid']} of this grant is no longer "
+                                  "in the keyring (deleted or replaced): the token cannot authenticate; request again")
         if grant is None and old.get("phase") == api.ACTIVE:
             # Active without a ledger entry: the record of this token is lost. Fail closed: the token
             # is not in the allow-list any more; never issue a second one.

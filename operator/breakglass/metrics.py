@@ -32,6 +32,11 @@ drill_last_success = Gauge("breakglass_drill_last_success_timestamp_seconds", "L
 leader = Gauge("breakglass_leader", "1 while this replica holds the leader lease", registry=REGISTRY)
 leader_changes_total = Counter("breakglass_leader_changes_total", "Times this replica became leader",
                                registry=REGISTRY)
+signing_keyring_recreated_total = Counter("breakglass_signing_keyring_recreated_total",
+                                          "Times the signing keyring Secret was found missing and recreated",
+                                          registry=REGISTRY)
+grants_key_lost = Gauge("breakglass_grants_signing_key_lost", "Live grants whose signing key is gone",
+                        registry=REGISTRY)
 ledger_entries = Gauge("breakglass_ledger_entries", "Grant ledger entries (live and recently ended)",
                        registry=REGISTRY)
 issue_rollbacks_total = Counter("breakglass_issue_rollbacks_total", "Issues rolled back (request Failed)",

@@ -64,10 +64,20 @@ class KeyStore:
             if self._cached and time.monotonic() - self._cached[0] < self.cache_seconds:
                 return self._cached[1]
         found = self._read()
+        if found is None:
+            # The keyring vanished while running: a new one lets new grants work, but every token signed
+            # by the old keys is dead. Loud: metric, error log; grants signed by lost keys are revoked
+            # (reason SigningKeyLost) by their reconcile, with an Event each.
+            metrics.signing_keyring_recreated_total.inc()
+            log.error("signing keyring Secret %s/%s is missing: creating a new one; tokens signed by the "
+                      "old keys no longer verify", self.namespace, api.SIGNING_KEYS_SECRET)
         ring = found[0] if found else self.ensure()
         with self._lock:
             self._cached = (time.monotonic(), ring)
         return ring
+
+    def has_kid(self, kid: str) -> bool:
+        return any(k.kid == kid for k in self.current().keys)
 
     def publish_jwks(self, ring: Keyring) -> None:
         text = json.dumps(ring.jwks(), sort_keys=True)
@@ -174,6 +184,31 @@ class RevocationStore:
             metrics.errors_total.labels("revocation-view").inc()
             log.warning("revocation view not updated for jti %s: %s", entry.get("jti"), type(exc).__name__)
             return False
+
+    def sync(self, revoked: list[dict[str, Any]], now: dt.datetime | None = None) -> bool:
+        """Make the published view hold every revoked, unexpired ledger grant (`revoked`: ledger
+        entries). A deleted or edited view is rebuilt from the ledger; returns True if it was written."""
+        now = now or utcnow()
+        want = {e["jti"]: e for e in revoked if e.get("jti")}
+        cm = self.kube.get_configmap(self.namespace, api.REVOCATIONS_CONFIGMAP)
+        have = {e.get("jti") for e in self._entries((cm or {}).get("data") or {}) if e.get("exp", 0) > now.timestamp()}
+        missing = [e for jti, e in want.items() if jti not in have]
+        if cm is not None and not missing:
+            self.prune(now)
+            return False
+        if cm is None:
+            metrics.errors_total.labels("revocation-view-missing").inc()
+            log.warning("ConfigMap %s was missing: rebuilding it from the ledger", api.REVOCATIONS_CONFIGMAP)
+        from .domain.durations import parse_rfc3339
+        for e in missing or [None]:
+            if e is None:  # nothing revoked: still recreate the (empty) view
+                self.kube.update_configmap(self.namespace, api.REVOCATIONS_CONFIGMAP,
+                                           lambda data: {**data, REVOCATIONS_KEY: data.get(REVOCATIONS_KEY, "[]")})
+                continue
+            self.add(jti=e["jti"], exp=int(parse_rfc3339(e["expiresAt"]).timestamp()),
+                     request=f"{e['request']['namespace']}/{e['request']['name']}", reason=e.get("reason", ""),
+                     now=now)
+        return True
 
     def prune(self, now: dt.datetime | None = None) -> None:
         now = now or utcnow()

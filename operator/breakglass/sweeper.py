@@ -85,6 +85,14 @@ class Sweeper:
                           drill=bool(entry.get("drill")))
         metrics.revocations_total.labels("RequestDeleted").inc()
 
+    def lost_keys(self) -> list[dict]:
+        """Live grants whose signing key is no longer in the keyring (keyring deleted or replaced)."""
+        lost = [e for e in self.ledger.entries() if e.get("state") in LIVE_STATES and not self.keys.has_kid(e["kid"])]
+        metrics.grants_key_lost.set(len(lost))
+        for e in lost:
+            self.enqueue(e["request"]["namespace"], e["request"]["name"])  # its reconcile revokes it
+        return lost
+
     def kids_in_use(self) -> set[str]:
         """Keys that signed a live grant not yet past its exp stay in the JWKS (ledger entries only)."""
         now = self.clock()
@@ -150,9 +158,12 @@ class Sweeper:
         if requests is not None:
             steps += [("resync", lambda: self.resync_stale(requests)),
                       ("gauges", lambda: self.refresh_gauges(check_overdue, requests))]
-        steps += [("revocations", self.revocations.prune)]
+        if self.ledger.synced.is_set():  # the published view follows the ledger (rebuilt if deleted)
+            steps += [("revocations", lambda: self.revocations.sync(
+                [e for e in self.ledger.entries() if e.get("state") == REVOKED
+                 and parse_rfc3339(e["expiresAt"]) > self.clock()], self.clock()))]
         if self.ledger.synced.is_set():  # key pruning needs the full ledger view, never an empty one
-            steps += [("keys", self._keys)]
+            steps += [("keys", self._keys), ("lost-keys", self.lost_keys)]
         for step, fn in steps:
             self._run_step(step, fn)
 

@@ -321,6 +321,9 @@ class FakeKeys:
     def current(self) -> Keyring:
         return self.ring
 
+    def has_kid(self, kid: str) -> bool:
+        return any(k.kid == kid for k in self.ring.keys)
+
 
 class FakeRevocations:
     """RevocationStore stand-in: remembers what was published."""

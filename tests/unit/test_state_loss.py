@@ -1,0 +1,55 @@
+"""State loss is detected, never silently trusted: a lost signing key revokes the grant it signed
+(status never keeps saying Active), and the published revocation view is rebuilt from the ledger."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+from breakglass.stores import REVOCATIONS_KEY, RevocationStore
+from breakglass.tokens.keys import Keyring
+
+from fake_kube import CREATED, World
+
+
+def test_a_grant_whose_signing_key_vanished_is_revoked_with_signing_key_lost():
+    world = World()
+    world.policy(requiredApprovals=0)
+    world.request()
+    world.at(1).reconcile()
+    assert world.status()["phase"] == "Active"
+    world.keys.ring = Keyring.new("ES256", CREATED)  # the keyring Secret was deleted and recreated
+    world.at(2).reconcile()
+    status = world.status()
+    assert status["phase"] == "Revoked"
+    revoked = next(c for c in status["conditions"] if c["type"] == "Revoked")
+    assert revoked["reason"] == "SigningKeyLost"
+    assert world.ledger.get(world.kube.of_kind("BreakGlassRequest")[0]["metadata"]["uid"])["state"] == "Revoked"
+
+
+class _CMKube:
+    """Just the ConfigMap calls RevocationStore makes."""
+
+    def __init__(self):
+        self.cm = None
+
+    def get_configmap(self, namespace, name):
+        return self.cm
+
+    def update_configmap(self, namespace, name, mutate):
+        data = mutate(dict((self.cm or {}).get("data") or {}))
+        self.cm = {"metadata": {"name": name, "namespace": namespace}, "data": data}
+        return data
+
+
+def test_a_deleted_revocation_view_is_rebuilt_from_the_ledgers_revoked_grants():
+    now = dt.datetime(2026, 11, 29, 12, tzinfo=dt.timezone.utc)
+    kube = _CMKube()
+    store = RevocationStore(kube, "breakglass-system")
+    revoked = [{"jti": "j1", "expiresAt": "2026-11-29T13:00:00Z", "reason": "Revoked",
+                "request": {"namespace": "team-a", "name": "r1", "uid": "u1"}}]
+    assert store.sync(revoked, now) is True
+    assert [e["jti"] for e in json.loads(kube.cm["data"][REVOCATIONS_KEY])] == ["j1"]
+    assert store.sync(revoked, now) is False  # in line: nothing written
+    kube.cm = None  # deleted by someone
+    assert store.sync(revoked, now) is True
+    assert [e["jti"] for e in json.loads(kube.cm["data"][REVOCATIONS_KEY])] == ["j1"]
