@@ -22,11 +22,15 @@ import render_chart  # noqa: E402
 MONITORING_KINDS = {"ServiceMonitor", "PrometheusRule"}  # their CRDs come from prometheus-operator
 
 
-@pytest.mark.parametrize("values", [{}, {"replicas": 2}, {"issuer": "https://bg.example.com"},
+# The local control plane is Kubernetes 1.20: PodDisruptionBudget is policy/v1beta1 there.
+OLD_PDB = {"podDisruptionBudget": {"apiVersion": "policy/v1beta1"}}
+
+
+@pytest.mark.parametrize("values", [OLD_PDB, {"replicas": 2, **OLD_PDB}, {"issuer": "https://bg.example.com", **OLD_PDB},
                                     {"metrics": {"serviceMonitor": {"enabled": True},
                                                  "prometheusRule": {"enabled": True},
                                                  "dashboard": {"enabled": True}},
-                                     "networkPolicy": {"enabled": True}}],
+                                     "networkPolicy": {"enabled": True}, **OLD_PDB}],
                          ids=["defaults", "two replicas", "custom issuer", "monitoring on"])
 def test_the_rendered_chart_passes_server_side_dry_run(cluster, values):
     release = unique("dry")
@@ -71,7 +75,7 @@ def chart_env(e2e_dir):
     op = None
     try:
         install_crds(cluster, ROOT / "charts" / "breakglass-operator" / "crds")
-        values = {"webhook": {"url": f"https://127.0.0.1:{ports['webhook']}"},
+        values = {"webhook": {"url": f"https://127.0.0.1:{ports['webhook']}"}, **OLD_PDB,
                   "issuer": f"https://127.0.0.1:{ports['https']}", "clusterServer": cluster.server,
                   "rbac": {"requesterGroups": ["sre", "contractors"], "approverGroups": ["sre-leads"]}}
         cluster.kubectl("create", "namespace", "breakglass-system")

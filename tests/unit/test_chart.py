@@ -45,7 +45,7 @@ def test_the_chart_renders_for_each_values_set(values):
     docs = render_chart.manifests(values)
     assert by_kind(docs, "Deployment") and by_kind(docs, "ValidatingWebhookConfiguration")
     deploy = by_kind(docs, "Deployment")[0]
-    assert deploy["spec"]["replicas"] == values.get("replicas", 1)
+    assert deploy["spec"]["replicas"] == values.get("replicas", 2)
     for doc in docs:
         assert doc["metadata"]["labels"]["app.kubernetes.io/name"] == "breakglass-operator"
         assert "helm.sh/chart" in doc["metadata"]["labels"]
