@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import collections
 import hashlib
 import hmac as hmac_mod
 import json
@@ -322,8 +323,13 @@ class AuditLog:
         self._lock = threading.Lock()
         self._prev, self._seq = GENESIS, 0
         self.discrepancy: str | None = None
+        # Transition keys already recorded (request uid + transition): a retried or resumed pass
+        # after a crash never writes a second record for the same transition. Seeded from the file.
+        self._seen: collections.OrderedDict[str, None] = collections.OrderedDict()
         file_last = None
         if path and os.path.exists(path):
+            for key in _recent_keys(path):
+                self._remember(key)
             last = _last_line(path)
             if last:
                 rec = json.loads(last)
@@ -354,8 +360,18 @@ class AuditLog:
         # (the next head would vouch for it). Linking to the head leaves the break visible in the file.
         self._prev, self._seq = hhash, hseq + 1
 
-    def record(self, event: str, **fields: Any) -> dict[str, Any]:
+    def _remember(self, key: str) -> None:
+        self._seen[key] = None
+        while len(self._seen) > SEEN_KEYS:
+            self._seen.popitem(last=False)
+
+    def record(self, event: str, key: str | None = None, **fields: Any) -> dict[str, Any] | None:
+        """Append one record; with `key`, at most once per key (None when it was already recorded)."""
         with self._lock:
+            if key is not None:
+                if key in self._seen:
+                    return None
+                fields["key"] = key
             rec = seal({"kind": "breakglass.audit", "event": event, **fields}, self._prev, self._seq, self.hmac_key)
             line = json.dumps(rec, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
             if self.path:
@@ -370,10 +386,34 @@ class AuditLog:
             except Exception:
                 pass
             self._prev, self._seq = rec["hash"], self._seq + 1
+            if key is not None:
+                self._remember(key)
         if self.on_append is not None:
             # Outside the lock: a slow API call does not serialize every append; AuditHead groups them.
             self.on_append(rec["seq"], rec["hash"])
         return rec
+
+
+SEEN_KEYS = 200_000
+_TAIL_BYTES = 32 * 1024 * 1024
+
+
+def _recent_keys(path: str) -> list[str]:
+    """Transition keys of the file's last records (its tail, bounded)."""
+    keys = []
+    with open(path, "rb") as fh:
+        fh.seek(0, os.SEEK_END)
+        fh.seek(max(0, fh.tell() - _TAIL_BYTES))
+        for raw in fh:
+            if b'"key":' not in raw:
+                continue
+            try:
+                key = json.loads(raw).get("key")
+            except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+                continue
+            if isinstance(key, str):
+                keys.append(key)
+    return keys
 
 
 def _last_line(path: str) -> str | None:

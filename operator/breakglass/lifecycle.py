@@ -206,20 +206,22 @@ class Reconciler:
                             f"policy {view.policy!r} for {view.duration or 'the default duration'}: {view.reason}")
             elif kind == "approval":
                 approver, _, decision = rest.rpartition(":")
-                self._audit("approval", req, view, approver=approver, decision=decision, counted=True)
+                self._audit("approval", req, view, key=f"approval:{approver}:{decision}", approver=approver,
+                            decision=decision, counted=True)
                 metrics.approvals_total.labels(decision).inc()
             elif kind == "ignored":
                 who, why = ignored.get(rest, ("?", "not counted"))
-                self._audit("approval", req, view, approval=rest, approver=who, counted=False, why=why)
+                self._audit("approval", req, view, key=f"ignored:{rest}", approval=rest, approver=who, counted=False,
+                            why=why)
                 self._event(req, "Warning", "ApprovalIgnored", f"approval {rest} by {who or '?'} ignored: {why}")
             elif kind == "phase":
                 self._publish_phase(req, view, new, entry, drill, outcome.reason, now)
             elif kind == "reviewed":
                 reviewer = new["review"]["reviewer"]
-                self._audit("review", req, view, reviewer=reviewer, outcome="reviewed")
+                self._audit("review", req, view, key="reviewed", reviewer=reviewer, outcome="reviewed")
                 self._event(req, "Normal", "Reviewed", f"emergency access reviewed by {reviewer}")
             elif kind == "overdue":
-                self._audit("review", req, view, outcome="overdue")
+                self._audit("review", req, view, key="overdue", outcome="overdue")
                 self._event(req, "Warning", "ReviewOverdue", f"emergency access review was due at "
                             f"{new['review']['dueAt']} and has not been filed")
 
@@ -301,10 +303,11 @@ class Reconciler:
                                     type_=type_, reason=reason, message=message, now=self.clock())
         self._events.submit(self.kube.create_event, body)
 
-    def _audit(self, event: str, req, view: RequestView, **fields) -> None:
+    def _audit(self, event: str, req, view: RequestView, key: str | None = None, **fields) -> None:
+        """One record per (request uid, transition): `key` defaults to the event for phase-like events."""
         meta = req["metadata"]
         from .domain.durations import to_rfc3339
-        self.audit.record(event, time=to_rfc3339(self.clock()),
+        self.audit.record(event, key=f"{meta['uid']}:{key or event}", time=to_rfc3339(self.clock()),
                           request={"namespace": meta["namespace"], "name": meta["name"], "uid": meta["uid"]},
                           policy=view.policy, requester=view.requester, namespaces=list(view.namespaces),
                           clusterRoles=list(view.cluster_roles), scopes=list(view.scopes),

@@ -79,7 +79,7 @@ class Sweeper:
 
     def _audit_orphan(self, entry: dict, now: dt.datetime) -> None:
         req = entry["request"]
-        self.audit.record("revoked", time=to_rfc3339(now), request=dict(req), policy=entry.get("policy", ""),
+        self.audit.record("revoked", key=f"{req['uid']}:revoked", time=to_rfc3339(now), request=dict(req), policy=entry.get("policy", ""),
                           requester=entry.get("requester", ""), jti=entry["jti"], kid=entry["kid"],
                           expiresAt=entry["expiresAt"], reason="RequestDeleted", outcome="revoked",
                           drill=bool(entry.get("drill")))

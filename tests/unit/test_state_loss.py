@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
 
 from breakglass.stores import REVOCATIONS_KEY, RevocationStore
@@ -53,3 +54,17 @@ def test_a_deleted_revocation_view_is_rebuilt_from_the_ledgers_revoked_grants():
     kube.cm = None  # deleted by someone
     assert store.sync(revoked, now) is True
     assert [e["jti"] for e in json.loads(kube.cm["data"][REVOCATIONS_KEY])] == ["j1"]
+
+
+def test_a_transition_is_audited_once_even_across_a_restart_that_repeats_it(tmp_path):
+    from breakglass.audit import AuditLog, verify_lines
+    path = tmp_path / "audit.log"
+    first = AuditLog(str(path), b"k" * 32, stream=io.StringIO())
+    assert first.record("issued", key="uid-1:issued", jti="j1") is not None
+    assert first.record("issued", key="uid-1:issued", jti="j1") is None  # a retried pass
+    again = AuditLog(str(path), b"k" * 32, stream=io.StringIO())  # the restarted operator
+    assert again.record("issued", key="uid-1:issued", jti="j1") is None
+    assert again.record("expired", key="uid-1:expired") is not None
+    lines = path.read_text().splitlines()
+    assert [json.loads(line)["event"] for line in lines] == ["issued", "expired"]
+    assert verify_lines(lines, b"k" * 32)[1] is None
