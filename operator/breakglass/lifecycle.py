@@ -67,6 +67,7 @@ class Reconciler:
         self.kube, self.ledger, self.grants, self.audit = kube, ledger, grants, audit
         self.policies = policies or PolicyCache(kube)
         self.settings, self.clock, self.schedule_expiry = settings, clock, schedule_expiry
+        self.on_orphans: Callable[[str, str], None] | None = None  # set by the runtime (the sweeper)
         # One thread keeps Events in the order they were emitted.
         self._events = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="events")
         self._own_versions: dict[tuple[str, str], list[str]] = {}
@@ -76,8 +77,10 @@ class Reconciler:
     def reconcile(self, namespace: str, name: str) -> dt.datetime | None:
         """Returns when to look again (expiry, approval timeout, review due), or None."""
         req = self.kube.get_request(namespace, name)
-        if req is None:
-            return None  # gone: a ledger entry left behind is revoked by the sweeper (by uid)
+        if req is None:  # gone (its finalizer bypassed): a live grant left behind is revoked now
+            if self.on_orphans is not None:
+                self.on_orphans(namespace, name)
+            return None
         now = self.clock()
         meta, old = req["metadata"], dict(req.get("status") or {})
         view = RequestView.from_resource(req)

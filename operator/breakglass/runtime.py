@@ -268,6 +268,7 @@ def build(settings: Settings) -> Runtime:
         renew_deadline=settings.lease_renew_deadline.total_seconds(),
         retry_period=settings.lease_retry_period.total_seconds(),
         on_started=rt.on_started_leading, on_lost=rt.on_lost_leading)
+    reconciler.on_orphans = sweeper.revoke_orphans_of
     holder["rt"] = rt
     log.info("operator identity %s; token namespace %s", rt.operator_username, settings.tokens_namespace)
     return rt

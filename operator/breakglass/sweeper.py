@@ -24,6 +24,7 @@ from .stores import KeyStore, RevocationStore
 
 log = logging.getLogger(__name__)
 RETENTION = dt.timedelta(minutes=10)
+LIST_EVERY = 6  # housekeeping passes (5 s each) between full request lists: 30 s
 
 
 def request_keys(requests: list[dict]) -> dict[str, dict]:
@@ -36,6 +37,7 @@ class Sweeper:
                  rotation_interval: dt.timedelta | None = None):
         self.kube, self.ledger, self.grants, self.keys, self.revocations = kube, ledger, grants, keys, revocations
         self.audit, self.enqueue, self.clock, self.rotation_interval = audit, enqueue, clock, rotation_interval
+        self._passes = 0
 
     def sweep_ledger(self, requests: list[dict]) -> int:
         """Revoke orphans, finish cleanups, drop settled entries. `requests` is a fresh full list."""
@@ -61,6 +63,17 @@ class Sweeper:
                 metrics.errors_total.labels("sweep").inc()
                 log.warning("ledger sweep of grant %s failed: %s", entry["request"]["uid"], error_text(exc))
         return acted
+
+    def revoke_orphans_of(self, namespace: str, name: str) -> int:
+        """The request `namespace/name` is gone: revoke any live grant recorded for it (by uid check)."""
+        now, n = self.clock(), 0
+        for entry in self.ledger.entries():
+            req = entry["request"]
+            if (req["namespace"], req["name"]) == (namespace, name) and entry["state"] in LIVE_STATES \
+                    and self._really_gone(entry):
+                self._revoke_orphan(entry, now)
+                n += 1
+        return n
 
     def _really_gone(self, entry: dict) -> bool:
         """The list may predate the request: ask the API server, by name, and compare uids."""
@@ -152,7 +165,11 @@ class Sweeper:
         # Resync and gauges share one list of requests per pass; without it both are skipped
         # (gauges must never drop to zero because a list failed).
         steps: list[tuple[str, Callable[[], object]]] = []
-        requests = self._run_step("list", self.kube.list_requests)
+        # The full request list is the slow safety net (every LIST_EVERY passes): watch events drive
+        # reconciles (the work queue no longer loses wake-ups) and a deleted request's grant is revoked
+        # from its DELETED event; ledger-only steps below run every pass.
+        self._passes += 1
+        requests = self._run_step("list", self.kube.list_requests) if self._passes % LIST_EVERY == 1 else None
         if requests is not None and self.ledger.synced.is_set():
             steps += [("sweep", lambda: self.sweep_ledger(requests))]
         if requests is not None:

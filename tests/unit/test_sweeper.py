@@ -239,3 +239,13 @@ def test_a_grant_issued_after_the_request_list_was_taken_is_not_revoked_as_an_or
     assert s.sweeper.sweep_ledger([]) == 0  # a stale, empty list
     assert s.world.ledger.get(UID)["state"] == "Active"
     assert "revoked" not in [r["event"] for r in s.world.audit_records()]
+
+
+def test_a_deleted_requests_live_grant_is_revoked_from_its_delete_event_without_a_full_list():
+    s = issued()
+    gone(s.world)
+    s.world.at(3)
+    assert s.sweeper.revoke_orphans_of("team-a", "r1") == 1
+    assert s.world.ledger.get(UID)["state"] == "Revoked"
+    assert not s.world.grant_objects()
+    assert [(r["event"], r.get("reason")) for r in s.world.audit_records()][-1] == ("revoked", "RequestDeleted")
