@@ -59,23 +59,22 @@ def _rotate(settings) -> int:
 def _run(settings, verbose: bool) -> int:
     import kopf
     from . import handlers  # noqa: F401  (registers the kopf handlers)
-    from . import runtime
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     for noisy in ("kopf.objects", "kopf.activities.probe", "aiohttp.access", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    for name in filter(None, os.environ.get("BREAKGLASS_DEBUG_LOGGERS", "").split(",")):
-        logging.getLogger(name.strip()).setLevel(logging.DEBUG)
+    for name in settings.debug_loggers:
+        logging.getLogger(name).setLevel(logging.DEBUG)
     import faulthandler
     import signal
     # `kill -USR1 <pid>` dumps every thread's stack to stderr: the first tool for a stuck operator.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     if settings.kubeconfig:
         os.environ["KUBECONFIG"] = settings.kubeconfig
-    runtime.SETTINGS = settings
     liveness = f"http://{settings.bind_address}:{settings.health_port}/healthz" if settings.health_port else None
     try:
-        kopf.run(clusterwide=True, standalone=True, liveness_endpoint=liveness)
+        # The settings travel in kopf's memo (handlers read memo.settings), not in a module global.
+        kopf.run(clusterwide=True, standalone=True, liveness_endpoint=liveness, memo=kopf.Memo(settings=settings))
     except KeyboardInterrupt:
         pass
     return 0

@@ -6,7 +6,7 @@ import logging
 
 import kopf
 
-from . import admission, api, metrics, runtime
+from . import admission, api, bootstrap, metrics, runtime, serving
 from .domain.policy import Verdict
 
 log = logging.getLogger(__name__)
@@ -22,21 +22,21 @@ def _reject(kind: str, verdict: Verdict) -> None:
 
 
 @kopf.on.login()
-def login(**_):
+def login(memo: kopf.Memo, **_):
     """kopf uses exactly the credentials our own client uses (--kubeconfig or in-cluster)."""
-    return runtime.connection_info(runtime.SETTINGS)
+    return bootstrap.connection_info(memo.settings)
 
 
 @kopf.on.startup()
 async def start_operator(settings: kopf.OperatorSettings, memo: kopf.Memo, **_):
     """Build the services, configure kopf, start queue, endpoints, metrics and the catch-up sweep."""
-    memo.rt = await asyncio.get_running_loop().run_in_executor(None, runtime.build, runtime.SETTINGS)
-    await runtime.start(memo.rt, settings)
+    memo.rt = await asyncio.get_running_loop().run_in_executor(None, runtime.build, memo.settings)
+    await serving.start(memo.rt, settings)
 
 
 @kopf.on.cleanup()
 async def stop_operator(memo: kopf.Memo, **_):
-    await runtime.stop(memo.rt)
+    await serving.stop(memo.rt)
 
 
 # --- watches: every event becomes "reconcile that request" -------------------------------

@@ -43,6 +43,10 @@ class Settings:
     admin_groups: tuple[str, ...] = ("system:masters",)
     # The operator's own Kubernetes username; found at start when not given (see runtime.whoami).
     operator_username: str | None = None
+    # Audiences the TokenReview webhook accepts.
+    token_audiences: tuple[str, ...] = ("breakglass",)
+    # Loggers switched to DEBUG (troubleshooting a missed event, say).
+    debug_loggers: tuple[str, ...] = ()
     # Leader election (coordination.k8s.io/v1 Lease in --namespace): one replica reconciles.
     lease_name: str = "breakglass-operator-leader"
     lease_duration: dt.timedelta = dt.timedelta(seconds=10)
@@ -91,6 +95,9 @@ _OPTIONS = [
     ("--lease-renew-deadline", "LEASE_RENEW_DEADLINE",
      "a leader that could not renew for this long stops (must be shorter than --lease-duration)", str),
     ("--lease-retry-period", "LEASE_RETRY_PERIOD", "how often replicas try to acquire or renew the lease", str),
+    ("--token-audiences", "TOKEN_AUDIENCES", "comma-separated audiences /authenticate accepts", str),
+    ("--debug-loggers", "DEBUG_LOGGERS",
+     "comma-separated logger names to log at DEBUG (e.g. kopf._cogs.clients.watching)", str),
     ("--operator-username", "OPERATOR_USERNAME",
      "the operator's own Kubernetes username (default: found at start from its credentials)", str),
 ]
@@ -145,8 +152,11 @@ def from_args(ns: argparse.Namespace) -> Settings:
     retry = values.get("lease_retry_period", defaults.lease_retry_period)
     if not retry < renew < lease:
         raise SettingsError("--lease-retry-period < --lease-renew-deadline < --lease-duration must hold")
-    if "admin_groups" in values:
-        values["admin_groups"] = tuple(g.strip() for g in values["admin_groups"].split(",") if g.strip())
+    for key in ("admin_groups", "token_audiences", "debug_loggers"):
+        if key in values:
+            values[key] = tuple(g.strip() for g in values[key].split(",") if g.strip())
+    if not values.get("token_audiences", defaults.token_audiences):
+        raise SettingsError("--token-audiences needs at least one audience")
     issuer = values.get("issuer", defaults.issuer)
     if not issuer.startswith("https://"):
         raise SettingsError(f"--issuer must be an https:// URL, got {issuer!r}")

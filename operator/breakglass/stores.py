@@ -8,13 +8,12 @@ import threading
 import time
 from typing import Any, Callable
 
-from kubernetes.client.rest import ApiException
 
 import logging
 
 from . import api, metrics
 from .domain.durations import to_rfc3339, utcnow
-from .k8s.client import Kube
+from .k8s.client import Conflict, Kube
 from .tokens.keys import Keyring
 
 log = logging.getLogger(__name__)
@@ -96,10 +95,8 @@ class KeyStore:
             secret["data"][KEYRING_KEY] = base64.b64encode(new_ring.to_json().encode()).decode()
             try:
                 self.kube.replace_secret(secret)  # resourceVersion guards concurrent rotations
-            except ApiException as exc:
-                if exc.status == 409:
-                    continue
-                raise
+            except Conflict:
+                continue
             self.publish_jwks(new_ring)
             with self._lock:
                 self._cached = (time.monotonic(), new_ring)
@@ -123,9 +120,7 @@ class KeyStore:
             secret["data"][KEYRING_KEY] = base64.b64encode(pruned.to_json().encode()).decode()
             try:
                 self.kube.replace_secret(secret)
-            except ApiException as exc:
-                if exc.status != 409:
-                    raise
+            except Conflict:
                 return ring
             self.publish_jwks(pruned)
             with self._lock:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .. import api
 from .approvals import Tally
@@ -105,6 +105,20 @@ def decide(*, request: RequestView, phase: str | None, policy: Policy | None, ta
     forbidden = touches_protected(request, protected)
     if forbidden:
         return Decision(DENY, "ProtectedNamespace", forbidden)
+    path = approval_path(request, policy, tally)
+    if path.action != WAIT:
+        return path
+    deadline = approval_deadline(created, policy)
+    if deadline is not None and now >= deadline:
+        return Decision(DENY, "ApprovalTimeout",
+                        f"not approved within policy {policy.name!r} approvalTimeout {policy.approval_timeout}")
+    return replace(path, requeue_at=deadline)
+
+
+def approval_path(request: RequestView, policy: Policy, tally: Tally | None = None) -> Decision:
+    """How a request that passed every rule gets (or does not get) its grant, clock aside: denied by an
+    approver, emergency, no approval needed, auto-approved, approved, or WAIT for approvers. decide()
+    adds the approval timeout to WAIT; `kubectl breakglass explain` asks it with no approvals yet."""
     tally = tally or Tally()
     if tally.denied_by:
         return Decision(DENY, "DeniedByApprover", f"denied by {', '.join(tally.denied_by)}")
@@ -122,11 +136,6 @@ def decide(*, request: RequestView, phase: str | None, policy: Policy | None, ta
                         f"approved by {', '.join(tally.approved_by)} "
                         f"({len(tally.approved_by)}/{policy.required_approvals})",
                         approvers=tuple(tally.approved_by))
-    deadline = approval_deadline(created, policy)
-    if deadline is not None and now >= deadline:
-        return Decision(DENY, "ApprovalTimeout",
-                        f"not approved within policy {policy.name!r} approvalTimeout {policy.approval_timeout}")
     return Decision(WAIT, "AwaitingApproval",
                     f"{len(tally.approved_by)}/{policy.required_approvals} approvals from policy "
-                    f"{policy.name!r} approvers", requeue_at=deadline,
-                    approvers=tuple(tally.approved_by))
+                    f"{policy.name!r} approvers", approvers=tuple(tally.approved_by))

@@ -150,7 +150,13 @@ class Kube:
         return existing, False
 
     def replace_secret(self, body: dict[str, Any]) -> None:
-        self.core.replace_namespaced_secret(body["metadata"]["name"], body["metadata"]["namespace"], body)
+        """Guarded by metadata.resourceVersion: Conflict when someone wrote in between."""
+        try:
+            self.core.replace_namespaced_secret(body["metadata"]["name"], body["metadata"]["namespace"], body)
+        except ApiException as exc:
+            if exc.status == 409:
+                raise Conflict(f"secret {body['metadata']['namespace']}/{body['metadata']['name']} changed") from None
+            raise
 
     def delete_secret(self, namespace: str, name: str, uid: str | None = None) -> bool:
         """Delete; with `uid`, only if it is still that exact object (409 otherwise, reported False)."""
@@ -229,6 +235,34 @@ class Kube:
             "RoleBinding": (r.create_namespaced_role_binding, r.read_namespaced_role_binding,
                             r.delete_namespaced_role_binding),
         }[kind]
+
+    # --- admission webhook configurations (caBundle injection) -------------
+    def get_webhook_configuration(self, kind: str, name: str) -> dict[str, Any] | None:
+        """kind: "validating" or "mutating". None when absent; PermanentError when forbidden."""
+        adm = kubernetes.client.AdmissionregistrationV1Api(self.api_client)
+        read = adm.read_validating_webhook_configuration if kind == "validating" \
+            else adm.read_mutating_webhook_configuration
+        try:
+            return self.api_client.sanitize_for_serialization(read(name))
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise _classify(exc, f"read {kind} webhook configuration {name}") from None
+
+    def patch_webhook_hooks(self, kind: str, name: str, hooks: list[dict[str, Any]]) -> None:
+        adm = kubernetes.client.AdmissionregistrationV1Api(self.api_client)
+        patch = adm.patch_validating_webhook_configuration if kind == "validating" \
+            else adm.patch_mutating_webhook_configuration
+        patch(name, {"webhooks": hooks})
+
+    # --- who we are -----------------------------------------------------------
+    def bearer_token(self) -> str | None:
+        cfg = self.api_client.configuration
+        auth = (cfg.api_key or {}).get("authorization") or (cfg.api_key or {}).get("BearerToken") or ""
+        return (auth.partition(" ")[2] or auth) if auth else None
+
+    def client_cert_file(self) -> str | None:
+        return self.api_client.configuration.cert_file
 
     # --- leases (leader election) ------------------------------------------
     def get_lease(self, namespace: str, name: str) -> dict[str, Any] | None:

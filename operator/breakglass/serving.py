@@ -1,0 +1,97 @@
+"""The operator's life inside kopf: configure kopf, serve, compete for the lease, housekeep, stop.
+
+Every replica serves admission, TokenReview/JWKS and metrics at once; the leader (runtime.py's
+callbacks) starts the queues. Housekeeping runs only on the leader.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import kopf
+
+from . import api, metrics
+from .bootstrap import inject_ca_bundle
+from .runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+async def start(rt: Runtime, kopf_settings: kopf.OperatorSettings) -> None:
+    s = rt.settings
+    kopf_settings.execution.max_workers = 32  # sync handlers incl. admission; never starve webhooks
+    kopf_settings.posting.enabled = False  # our Events are written deliberately, never from logs
+    kopf_settings.peering.standalone = True
+    kopf_settings.persistence.finalizer = "breakglass.dev/kopf"
+    kopf_settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kopf.breakglass.dev")
+    kopf_settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="kopf.breakglass.dev", key="last-handled-configuration")
+    kopf_settings.watching.server_timeout = 300
+    kopf_settings.networking.request_timeout = 60
+    kopf_settings.scanning.disabled = True  # our CRDs are known; no cluster-wide CRD watch needed (RBAC)
+    host = s.webhook_host or (s.bind_address if s.bind_address != "0.0.0.0" else "127.0.0.1")
+    kopf_settings.admission.server = kopf.WebhookServer(
+        addr=s.bind_address, port=s.webhook_port, host=host,
+        certfile=rt.tls.cert_file, pkeyfile=rt.tls.key_file, cafile=rt.tls.ca_file)
+    if s.local:
+        # Development: register our own configurations pointing at 127.0.0.1.
+        kopf_settings.admission.managed = "breakglass.dev"
+    else:
+        # The chart ships the configurations (Service or URL); we only keep their caBundle right.
+        await asyncio.get_running_loop().run_in_executor(
+            None, inject_ca_bundle, rt.kube, s.webhook_config_name, rt.tls.ca_file)
+    # Our own writes to requests (finalizers) pass through our own persistent, fail-closed webhooks:
+    # start reconciling once the webhook server (started by kopf after this handler) accepts connections.
+    rt.ledger.start()
+    rt.tasks.append(asyncio.create_task(_start_queues_when_serving(rt)))
+    await rt.endpoints.start(s.bind_address, s.https_port, rt.tls.cert_file, rt.tls.key_file)
+    if s.metrics_port:
+        from prometheus_client import start_http_server
+        start_http_server(s.metrics_port, addr=s.bind_address, registry=metrics.REGISTRY)
+    rt.tasks.append(asyncio.create_task(_housekeeping(rt)))
+
+
+async def _start_queues_when_serving(rt: Runtime, timeout: float = 30.0) -> None:
+    host = "127.0.0.1" if rt.settings.bind_address in ("0.0.0.0", "") else rt.settings.bind_address
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        try:
+            _, writer = await asyncio.open_connection(host, rt.settings.webhook_port)
+            writer.close()
+            break
+        except OSError:
+            await asyncio.sleep(0.05)
+    else:
+        log.warning("webhook server not reachable after %.0fs; reconciling anyway", timeout)
+    # Decisions read the ledger view: never act on an unsynced one. Then compete for the lease.
+    await asyncio.get_running_loop().run_in_executor(None, rt.ledger.wait_synced, 60.0)
+    rt.elector.start()
+
+
+async def _housekeeping(rt: Runtime, interval: float = 5.0) -> None:
+    loop = asyncio.get_running_loop()
+    while True:
+        if not rt.leading:
+            await asyncio.sleep(interval)
+            continue
+        await loop.run_in_executor(None, rt.sweeper.housekeeping, lambda req, _now: _reconcile_if_not_marked(rt, req))
+        await asyncio.sleep(interval)
+
+
+def _reconcile_if_not_marked(rt: Runtime, req: dict) -> None:
+    """An overdue review not yet marked on the request: its reconcile sets the condition."""
+    conds = (req.get("status") or {}).get("conditions") or []
+    if not any(c.get("type") == api.COND_REVIEW_OVERDUE and c.get("status") == "True" for c in conds):
+        rt.enqueue(req["metadata"]["namespace"], req["metadata"]["name"])
+
+
+async def stop(rt: Runtime) -> None:
+    if rt.elector is not None:  # hand the lease over first: a successor leads within one retry period
+        await asyncio.get_running_loop().run_in_executor(None, rt.elector.stop)
+    for t in rt.tasks:
+        t.cancel()
+    rt.queue.stop()
+    rt.drill_queue.stop()
+    rt.expiry.stop()
+    rt.ledger.stop()
+    await rt.endpoints.stop()
