@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: help demo test unit e2e venv cluster-build cluster-up cluster-down crds deploy bench lint clean
+.PHONY: help demo test unit e2e chaos lint venv cluster-build cluster-up cluster-down crds deploy bench clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'

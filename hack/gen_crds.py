@@ -12,11 +12,15 @@ import sys
 import yaml
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-DURATION = {"type": "string", "pattern": r"^([0-9]+h)?([0-9]+m)?([0-9]+s)?$", "maxLength": 32}
+sys.path.insert(0, str(ROOT / "operator"))
+from breakglass.domain.durations import DURATION_PATTERN  # noqa: E402  (one source for the patterns)
+from breakglass.domain.policy import SCOPE_PATTERN  # noqa: E402
+
+DURATION = {"type": "string", "pattern": DURATION_PATTERN, "maxLength": 32}
 NAME = {"type": "string", "pattern": r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", "maxLength": 253}
 RFC3339 = {"type": "string", "format": "date-time"}
-# Same as breakglass.domain.policy.SCOPE_PATTERN (a unit test keeps them equal): one scope, no whitespace.
-SCOPE = {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9._:/+=@-]{0,127}$", "maxLength": 128}
+# One scope per item, no whitespace (the webhook checks the same pattern).
+SCOPE = {"type": "string", "pattern": SCOPE_PATTERN, "maxLength": 128}
 
 
 def s(desc, **kw):
