@@ -323,6 +323,7 @@ class AuditLog:
         self._lock = threading.Lock()
         self._prev, self._seq = GENESIS, 0
         self.discrepancy: str | None = None
+        self.read_head: Callable[[], dict[str, Any] | None] = lambda: None
         # Transition keys already recorded (request uid + transition): a retried or resumed pass
         # after a crash never writes a second record for the same transition. Seeded from the file.
         self._seen: collections.OrderedDict[str, None] = collections.OrderedDict()
@@ -359,6 +360,16 @@ class AuditLog:
         # Never continue from a file that disagrees with the sealed head: that would launder a rewrite
         # (the next head would vouch for it). Linking to the head leaves the break visible in the file.
         self._prev, self._seq = hhash, hseq + 1
+
+    def follow_head(self, head: dict[str, Any] | None) -> None:
+        """A replica that becomes leader continues the one chain where the previous leader left it
+        (its own file then holds only its own leadership segments; `audit verify --segment`)."""
+        if head is None:
+            return
+        head = parse_head(head)
+        with self._lock:
+            if head["seq"] + 1 > self._seq:
+                self._prev, self._seq = head["hash"], head["seq"] + 1
 
     def _remember(self, key: str) -> None:
         self._seen[key] = None

@@ -123,7 +123,7 @@ def build_audit(settings: Settings, kube: Kube) -> AuditLog:
     hmac_key = given.encode() if given else ensure_hmac_key(settings.namespace, kube.get_secret,
                                                             kube.create_secret_if_absent)
     audit = AuditLog(settings.audit_log, hmac_key, on_append=head.publish, head=head.read())
+    audit.read_head = head.read  # a new leader continues the chain from the published head
     if audit.discrepancy:
-        log.error("audit: %s", audit.discrepancy)
-        audit.record("audit-discrepancy", time=to_rfc3339(utcnow()), problem=audit.discrepancy)
+        log.error("audit: %s", audit.discrepancy)  # recorded in the chain once this replica leads
     return audit

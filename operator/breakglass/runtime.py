@@ -58,6 +58,11 @@ class Runtime:
 
     def on_started_leading(self) -> None:
         """Only the leader reconciles, expires, sweeps and drills; it first catches up on everything."""
+        from .domain.durations import to_rfc3339
+        self.audit.follow_head(self.audit.read_head())  # one chain across leaders
+        if self.audit.discrepancy:
+            self.audit.record("audit-discrepancy", time=to_rfc3339(utcnow()), problem=self.audit.discrepancy)
+            self.audit.discrepancy = None
         self.queue.start()
         self.drill_queue.start()
         self.expiry.start()
