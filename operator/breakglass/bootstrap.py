@@ -11,7 +11,7 @@ import kopf
 
 from . import api
 from .audit import AuditHead, AuditLog, ensure_hmac_key
-from .domain.durations import to_rfc3339, utcnow
+from .domain.durations import utcnow
 from .k8s.client import Kube, PermanentError, load_config
 from .settings import Settings
 from .tls import TLSFiles, generate, write_private

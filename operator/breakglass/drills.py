@@ -70,7 +70,7 @@ class DrillRunner:
             self._step(steps, "file", lambda: self._file(ns, request_name, drill))
             req = self._step(steps, "issue", lambda: self._wait_active(ns, request_name))
             token = self._step(steps, "read-secret", lambda: self._read_token(req))
-            claims = self._step(steps, "verify-jwks", lambda: self._verify_jwks(token))
+            self._step(steps, "verify-jwks", lambda: self._verify_jwks(token))
             if spec.get("verifyWithCluster"):
                 self._step(steps, "token-review", lambda: self._token_review(token, req))
                 self._step(steps, "access-review", lambda: self._access_review(token, spec))

@@ -8,7 +8,6 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-import kopf
 
 from . import api, metrics
 from .audit import AuditLog
