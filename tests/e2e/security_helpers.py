@@ -173,8 +173,11 @@ def _metric_has_policy(operator: Operator, policy_name: str) -> bool:
     return f'breakglass_grants_active{{policy="{policy_name}"}}' in text
 
 
-def housekeeping_passes(cluster: Cluster, operator: Operator, passes: int = 2, timeout: float = 40) -> None:
+def housekeeping_passes(cluster: Cluster, operator: Operator, passes: int = 2, timeout: float = 90) -> None:
     """Return once `passes` full housekeeping passes (sweep first, then gauges) began after this call.
+
+    Full passes (the ones that list every request: sweep, resync, gauges) are the operator's slow
+    safety net, about every 30 s; hence the generous timeout.
 
     A pass lists the policies after it swept, and the active-grants gauge then shows every policy
     (0 when none is active): a policy created now shows up only after a pass that listed it. The

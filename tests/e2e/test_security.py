@@ -522,7 +522,7 @@ def test_no_requester_or_approver_can_set_the_drill_label(cluster, running_opera
     assert "breakglass.dev/drill" not in (cluster.get("breakglassrequest", "real", ns)["metadata"].get("labels") or {})
     # Still counted as a real grant.
     wait_for(lambda: f'breakglass_grants_active{{policy="{pol}"}} 1.0' in (running_operator.metrics_text() or ""),
-             20, "the grant to be counted as active")
+             90, "the grant to be counted as active (gauges follow the full pass, about every 30 s)")
 
 
 # =====================================================================================================
