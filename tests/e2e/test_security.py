@@ -565,6 +565,37 @@ def test_a_grant_with_edit_on_the_request_namespace_cannot_read_another_requeste
     assert shown.returncode == 0 and shown.stdout.strip() == alice_token, shown.stderr
 
 
+def test_no_policy_glob_can_grant_the_operators_own_namespace(cluster, running_operator):
+    """A grant there could read the signing keys and every token and forge the ledger: refused at
+    admission with a message naming spec.namespaces, whatever `allowedNamespaces: ["*"]` says."""
+    ns = cluster.new_namespace("protect")
+    pol = unique("protect")
+    cluster.apply(policy(pol, requiredApprovals=0, allowedNamespaces=["*"]))
+    refused = cluster.try_create(request("keys", ns, pol, namespaces=[OPERATOR_NS], clusterRoles=["view"]),
+                                 user="alice")
+    assert refused.returncode != 0 and "spec.namespaces" in refused.stderr and OPERATOR_NS in refused.stderr
+    assert cluster.get("breakglassrequest", "keys", ns) is None
+
+
+def test_request_namespace_delivery_puts_the_token_next_to_the_workload_readable_only_by_the_requester(
+        cluster, running_operator):
+    """Opt-in delivery (spec.tokenDelivery: RequestNamespace): the Secret and its reader Role live in the
+    request's namespace; dave (no Secret rights there) cannot read it; revocation deletes it."""
+    ns = cluster.new_namespace("deliver")
+    pol = unique("deliver")
+    cluster.apply(policy(pol, requiredApprovals=0, tokenDelivery="RequestNamespace"))
+    req = _issue(cluster, ns, pol, "mounted")
+    uid = req["metadata"]["uid"]
+    assert req["status"]["secretRef"] == {"namespace": ns, "name": f"breakglass-token-{uid}"}
+    assert cluster.get("secret", f"breakglass-token-{uid}", ns, user="alice") is not None
+    denied = cluster.kubectl("get", "secret", f"breakglass-token-{uid}", "-n", ns, user="dave", check=False)
+    assert denied.returncode != 0 and "forbidden" in denied.stderr.lower()
+    cluster.kubectl("patch", "bgr", "mounted", "-n", ns, "--type=merge", "-p", '{"spec":{"revoked":true}}',
+                    user="alice")
+    wait_phase(cluster, "mounted", ns, "Revoked")
+    wait_for(lambda: cluster.get("secret", f"breakglass-token-{uid}", ns) is None, 10, "the delivered Secret to go")
+
+
 # =====================================================================================================
 # 7. Issuing is all or nothing.
 # =====================================================================================================
