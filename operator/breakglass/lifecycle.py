@@ -68,6 +68,7 @@ class Reconciler:
         self.policies = policies or PolicyCache(kube)
         self.settings, self.clock, self.schedule_expiry = settings, clock, schedule_expiry
         self.on_orphans: Callable[[str, str], None] | None = None  # set by the runtime (the sweeper)
+        self.on_review: Callable[[str, bool], None] | None = None  # overdue / reviewed, for the gauge
         # One thread keeps Events in the order they were emitted.
         self._events = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="events")
         self._own_versions: dict[tuple[str, str], list[str]] = {}
@@ -219,7 +220,9 @@ class Reconciler:
                 self._event(req, "Warning", "ApprovalIgnored", f"approval {rest} by {who or '?'} ignored: {why}")
             elif kind == "phase":
                 self._publish_phase(req, view, new, entry, drill, outcome.reason, now)
-            elif kind == "reviewed":
+            elif kind in ("reviewed", "overdue") and self.on_review is not None:
+                self.on_review(req["metadata"]["uid"], kind == "overdue")
+            if kind == "reviewed":
                 reviewer = new["review"]["reviewer"]
                 self._audit("review", req, view, key="reviewed", reviewer=reviewer, outcome="reviewed")
                 self._event(req, "Normal", "Reviewed", f"emergency access reviewed by {reviewer}")

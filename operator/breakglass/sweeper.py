@@ -38,6 +38,7 @@ class Sweeper:
         self.kube, self.ledger, self.grants, self.keys, self.revocations = kube, ledger, grants, keys, revocations
         self.audit, self.enqueue, self.clock, self.rotation_interval = audit, enqueue, clock, rotation_interval
         self._passes = 0
+        self._overdue: dict[str, bool] = {}
 
     def sweep_ledger(self, requests: list[dict]) -> int:
         """Revoke orphans, finish cleanups, drop settled entries. `requests` is a fresh full list."""
@@ -135,27 +136,35 @@ class Sweeper:
                     or status.get("observedGeneration") != meta.get("generation") or meta.get("deletionTimestamp"):
                 self.enqueue(meta["namespace"], meta["name"])
 
+    def note_review(self, uid: str, overdue: bool) -> None:
+        """The reconciler reports a review turning overdue or done: the gauge moves at once."""
+        self._overdue[uid] = overdue
+        metrics.reviews_overdue.set(sum(self._overdue.values()))
+
     def refresh_gauges(self, check_overdue: Callable | None = None, requests: list[dict] | None = None) -> None:
+        """Every pass from the ledger (no LIST of requests); overdue reviews are rebuilt from a full
+        request list when one is given (the 30 s safety net) and moved by the reconciler in between."""
         now = self.clock()
+        if requests is not None:
+            overdue: dict[str, bool] = {}
+            for req in requests:
+                review = (req.get("status") or {}).get("review") or {}
+                if review.get("required") and not review.get("reviewedAt") and review.get("dueAt") \
+                        and parse_rfc3339(review["dueAt"]) <= now:
+                    overdue[req["metadata"]["uid"]] = True
+                    if check_overdue:
+                        check_overdue(req, now)
+            self._overdue = overdue
         active: dict[str, int] = {}
-        overdue = 0
-        for req in self.kube.list_requests() if requests is None else requests:
-            status = req.get("status") or {}
-            policy = (req.get("spec") or {}).get("policy", "")
-            if status.get("phase") == api.ACTIVE and not api.is_drill(req):
-                active[policy] = active.get(policy, 0) + 1
-            review = status.get("review") or {}
-            if review.get("required") and not review.get("reviewedAt") and review.get("dueAt") \
-                    and parse_rfc3339(review["dueAt"]) <= now:
-                overdue += 1
-                if check_overdue:
-                    check_overdue(req, now)
+        for entry in self.ledger.entries():
+            if entry.get("state") == "Active" and not entry.get("drill") and parse_rfc3339(entry["expiresAt"]) > now:
+                active[entry["policy"]] = active.get(entry["policy"], 0) + 1
         for policy_body in self.kube.list_policies():
             active.setdefault(policy_body["metadata"]["name"], 0)
         metrics.grants_active.clear()
         for policy, n in active.items():
             metrics.grants_active.labels(policy).set(n)
-        metrics.reviews_overdue.set(overdue)
+        metrics.reviews_overdue.set(sum(self._overdue.values()))
         ring = self.keys.current()
         metrics.signing_key_age.set((now - parse_rfc3339(ring.active.created)).total_seconds())
 
@@ -173,8 +182,9 @@ class Sweeper:
         if requests is not None and self.ledger.synced.is_set():
             steps += [("sweep", lambda: self.sweep_ledger(requests))]
         if requests is not None:
-            steps += [("resync", lambda: self.resync_stale(requests)),
-                      ("gauges", lambda: self.refresh_gauges(check_overdue, requests))]
+            steps += [("resync", lambda: self.resync_stale(requests))]
+        if self.ledger.synced.is_set():
+            steps += [("gauges", lambda: self.refresh_gauges(check_overdue, requests))]
         if self.ledger.synced.is_set():  # the published view follows the ledger (rebuilt if deleted)
             steps += [("revocations", lambda: self.revocations.sync(
                 [e for e in self.ledger.entries() if e.get("state") == REVOKED
