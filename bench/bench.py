@@ -11,6 +11,7 @@
 Usage: .venv/bin/python bench/bench.py [--grants 500] [--concurrency 8] [--duration 90s]
   (defaults also from $BENCH_GRANTS, $BENCH_CONCURRENCY, $BENCH_DURATION, e.g. `BENCH_GRANTS=20 make bench`)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -98,8 +99,13 @@ class SecretWatch:
             w = kubernetes.watch.Watch()
             try:
                 kwargs = {"resource_version": rv} if rv else {}
-                for ev in w.stream(self.core.list_namespaced_secret, self.ns, label_selector=self.selector,
-                                   timeout_seconds=30, **kwargs):
+                for ev in w.stream(
+                    self.core.list_namespaced_secret,
+                    self.ns,
+                    label_selector=self.selector,
+                    timeout_seconds=30,
+                    **kwargs,
+                ):
                     now = time.time()
                     meta = ev["object"].metadata
                     rv = meta.resource_version
@@ -109,7 +115,8 @@ class SecretWatch:
                     ann = meta.annotations or {}
                     if EXPIRES_AT_ANNOTATION in ann:
                         self.exp[name] = dt.datetime.fromisoformat(
-                            ann[EXPIRES_AT_ANNOTATION].replace("Z", "+00:00")).timestamp()
+                            ann[EXPIRES_AT_ANNOTATION].replace("Z", "+00:00")
+                        ).timestamp()
                     if ev["type"] == "ADDED":
                         self.added.setdefault(name, now)
                     elif ev["type"] == "DELETED":
@@ -151,19 +158,33 @@ def main():
         op.start()
         time.sleep(2)
         results["rss_idle_mb"] = round(rss_mb(op.proc.pid), 1)
-        cluster.apply({"apiVersion": "breakglass.dev/v1alpha1", "kind": "BreakGlassPolicy",
-                       "metadata": {"name": "bench"},
-                       "spec": {"requesters": {"groups": ["sre"]}, "requiredApprovals": 0,
-                                "allowedNamespaces": ["bench-*"], "allowedClusterRoles": ["view"],
-                                "maxDuration": "1h"}})
+        cluster.apply(
+            {
+                "apiVersion": "breakglass.dev/v1alpha1",
+                "kind": "BreakGlassPolicy",
+                "metadata": {"name": "bench"},
+                "spec": {
+                    "requesters": {"groups": ["sre"]},
+                    "requiredApprovals": 0,
+                    "allowedNamespaces": ["bench-*"],
+                    "allowedClusterRoles": ["view"],
+                    "maxDuration": "1h",
+                },
+            }
+        )
         admin, alice = client_for(cluster, "admin"), client_for(cluster, "alice")
 
         # Raw ceiling: N Secrets straight into the apiserver, same concurrency.
         cluster.kubectl("create", "namespace", "bench-raw")
         core = kubernetes.client.CoreV1Api(admin)
         t0 = time.monotonic()
-        burst(lambda i: core.create_namespaced_secret("bench-raw", {"metadata": {"name": f"raw-{i}"},
-                                                                    "stringData": {"x": "y"}}), range(n), conc)
+        burst(
+            lambda i: core.create_namespaced_secret(
+                "bench-raw", {"metadata": {"name": f"raw-{i}"}, "stringData": {"x": "y"}}
+            ),
+            range(n),
+            conc,
+        )
         raw = time.monotonic() - t0
         results["raw_secrets_per_s"] = round(n / raw, 1)
 
@@ -178,13 +199,22 @@ def main():
 
         def file(i):
             name = f"g{i:04d}"
-            body = {"apiVersion": "breakglass.dev/v1alpha1", "kind": "BreakGlassRequest",
-                    "metadata": {"name": name, "namespace": ns},
-                    "spec": {"policy": "bench", "reason": "benchmark burst of grants", "duration": args.duration,
-                             "namespaces": [ns], "clusterRoles": ["view"]}}
+            body = {
+                "apiVersion": "breakglass.dev/v1alpha1",
+                "kind": "BreakGlassRequest",
+                "metadata": {"name": name, "namespace": ns},
+                "spec": {
+                    "policy": "bench",
+                    "reason": "benchmark burst of grants",
+                    "duration": args.duration,
+                    "namespaces": [ns],
+                    "clusterRoles": ["view"],
+                },
+            }
             started[name] = time.time()
-            created = custom.create_namespaced_custom_object("breakglass.dev", "v1alpha1", ns,
-                                                             "breakglassrequests", body)
+            created = custom.create_namespaced_custom_object(
+                "breakglass.dev", "v1alpha1", ns, "breakglassrequests", body
+            )
             watch.uid_to_name[created["metadata"]["uid"]] = name
 
         t0 = time.time()
@@ -196,15 +226,31 @@ def main():
         results["request_to_secret_p99_s"] = round(pct(lat, 99), 3)
         results["grants_per_s"] = round(n / (last - t0), 1)
         results["vs_raw_ceiling"] = round(results["grants_per_s"] / results["raw_secrets_per_s"], 2)
-        wait_for(lambda: sum(1 for r in custom.list_namespaced_custom_object(
-            "breakglass.dev", "v1alpha1", ns, "breakglassrequests")["items"]
-            if (r.get("status") or {}).get("phase") == "Active") >= n, 600, "all Active", interval=0.5)
+        wait_for(
+            lambda: (
+                sum(
+                    1
+                    for r in custom.list_namespaced_custom_object(
+                        "breakglass.dev", "v1alpha1", ns, "breakglassrequests"
+                    )["items"]
+                    if (r.get("status") or {}).get("phase") == "Active"
+                )
+                >= n
+            ),
+            600,
+            "all Active",
+            interval=0.5,
+        )
         results["rss_active_mb"] = round(rss_mb(op.proc.pid), 1)
 
         # Expiry: every grant's Secret deletion vs its own exp.
         last_exp = max(watch.exp[k] for k in started)
-        wait_for(lambda: len([k for k in watch.deleted if k in started]) >= n, last_exp - time.time() + 300,
-                 "all Secrets deleted at expiry", interval=0.5)
+        wait_for(
+            lambda: len([k for k in watch.deleted if k in started]) >= n,
+            last_exp - time.time() + 300,
+            "all Secrets deleted at expiry",
+            interval=0.5,
+        )
         lags = [watch.deleted[k] - watch.exp[k] for k in started]
         results["expiry_lag_p50_s"] = round(pct(lags, 50), 3)
         results["expiry_lag_p99_s"] = round(pct(lags, 99), 3)

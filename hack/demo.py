@@ -11,6 +11,7 @@ new identity; the old token stays dead), and a short grant expires. Everything i
 (DEMO_KEEP=1 keeps it running and prints how to reach it). The demo uses the TokenReview webhook
 path only (no OIDC flags).
 """
+
 from __future__ import annotations
 
 import base64
@@ -28,8 +29,15 @@ sys.path.insert(0, str(ROOT))
 
 
 from breakglass import tls  # noqa: E402
-from tests.e2e.harness import (Operator, operator_ports, install_crds, start_cluster, stop_cluster,  # noqa: E402
-                               wait_for, write_tokenreview_webhook_config)
+from tests.e2e.harness import (  # noqa: E402
+    Operator,
+    install_crds,
+    operator_ports,
+    start_cluster,
+    stop_cluster,
+    wait_for,
+    write_tokenreview_webhook_config,
+)
 
 BOLD, DIM, RESET = ("\033[1m", "\033[2m", "\033[0m") if sys.stdout.isatty() else ("", "", "")
 
@@ -71,15 +79,36 @@ def main() -> int:
 
         step(4, "It's 3 a.m.: alice (group sre) asks for view in team-db for 30m")
         kb(cluster, "alice", "-n", "team-db", "explain", "-f", str(ROOT / "examples/request-alice.yaml"))
-        kb(cluster, "alice", "-n", "team-db", "request", "--policy", "prod-db", "--name", "db-outage",
-           "--reason", "Primary database is down, need to inspect pods and restart the operator",
-           "--ticket", "INC-4242", "--duration", "30m", "--namespace-access", "team-db", "--role", "view",
-           "--scope", "db:read")
+        kb(
+            cluster,
+            "alice",
+            "-n",
+            "team-db",
+            "request",
+            "--policy",
+            "prod-db",
+            "--name",
+            "db-outage",
+            "--reason",
+            "Primary database is down, need to inspect pods and restart the operator",
+            "--ticket",
+            "INC-4242",
+            "--duration",
+            "30m",
+            "--namespace-access",
+            "team-db",
+            "--role",
+            "view",
+            "--scope",
+            "db:read",
+        )
         wait_for(lambda: _phase(cluster, "db-outage") == "Pending", 10, "Pending")
         kb(cluster, "alice", "-n", "team-db", "list")
         req = cluster.get("bgr", "db-outage", "team-db")
-        print(f"requester stamped by admission from the API server's user info: {req['spec']['requester']} "
-              f"{req['spec']['requesterGroups']}")
+        print(
+            f"requester stamped by admission from the API server's user info: {req['spec']['requester']} "
+            f"{req['spec']['requesterGroups']}"
+        )
         kb(cluster, "alice", "-n", "team-db", "approve", "db-outage")
 
         step(5, "bob (sre-leads) approves")
@@ -95,11 +124,17 @@ def main() -> int:
         print(f"grant identity (never reused: it carries the request uid): {first_user}")
         show_ledger(cluster, first_uid)
 
-        step(6, "The token Secret lives in the operator namespace, found through status.secretRef; "
-                "claims shown, the token itself never printed")
-        show("kubectl get bgr db-outage -n team-db -o jsonpath={.status.secretRef}   # as alice",
-             cluster.kubectl("get", "bgr", "db-outage", "-n", "team-db", "-o", "jsonpath={.status.secretRef}",
-                             user="alice").stdout)
+        step(
+            6,
+            "The token Secret lives in the operator namespace, found through status.secretRef; "
+            "claims shown, the token itself never printed",
+        )
+        show(
+            "kubectl get bgr db-outage -n team-db -o jsonpath={.status.secretRef}   # as alice",
+            cluster.kubectl(
+                "get", "bgr", "db-outage", "-n", "team-db", "-o", "jsonpath={.status.secretRef}", user="alice"
+            ).stdout,
+        )
         secret = cluster.get("secret", ref[1], ref[0], user="alice")  # her per-request reader Role allows this
         token = base64.b64decode(secret["data"]["token"]).decode()
         claims = json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "=="))
@@ -126,43 +161,79 @@ def main() -> int:
         r = grant("delete", "serviceaccount", "default", "-n", "team-db")
         show("kubectl --kubeconfig <grant> delete sa default -n team-db", r.stderr)
 
-        step(8, "Incident over: alice revokes. The Secret in breakglass-system goes at once and the token stops working")
+        step(
+            8, "Incident over: alice revokes. The Secret in breakglass-system goes at once and the token stops working"
+        )
         t0 = time.monotonic()
         kb(cluster, "alice", "-n", "team-db", "revoke", "db-outage")
         wait_for(lambda: cluster.get("secret", ref[1], ref[0]) is None, 10, "Secret deleted", interval=0.05)
         print(f"Secret {ref[0]}/{ref[1]} deleted {time.monotonic() - t0:.2f}s after the revoke command")
         r = grant("get", "pods", "-n", "team-db")
         show("kubectl --kubeconfig <grant> get pods -n team-db   # at once: its RoleBinding is gone", r.stderr)
-        wait_for(lambda: "Unauthorized" in grant("get", "pods", "-n", "team-db").stderr, 15,
-                 "the token to be refused (401)")
+        wait_for(
+            lambda: "Unauthorized" in grant("get", "pods", "-n", "team-db").stderr, 15, "the token to be refused (401)"
+        )
         r = grant("get", "pods", "-n", "team-db")
-        show("kubectl --kubeconfig <grant> get pods -n team-db   # once kube-apiserver's auth cache lapses",
-             r.stderr)
+        show("kubectl --kubeconfig <grant> get pods -n team-db   # once kube-apiserver's auth cache lapses", r.stderr)
         kb(cluster, "alice", "verify", "-", stdin=token)  # token on stdin: never on a command line
         wait_for(lambda: _ledger_state(cluster, first_uid) == "Revoked", 10, "ledger entry Revoked")
         show_ledger(cluster, first_uid)
         show("kubectl get bgr -n team-db", cluster.kubectl("get", "bgr", "-n", "team-db").stdout)
 
-        step(9, "Same name, new request: alice deletes db-outage and files it again asking for more. "
-                "bob's old approval does not carry over")
-        show("kubectl delete bgr db-outage -n team-db   # as alice",
-             cluster.kubectl("delete", "bgr", "db-outage", "-n", "team-db", user="alice").stdout)
+        step(
+            9,
+            "Same name, new request: alice deletes db-outage and files it again asking for more. "
+            "bob's old approval does not carry over",
+        )
+        show(
+            "kubectl delete bgr db-outage -n team-db   # as alice",
+            cluster.kubectl("delete", "bgr", "db-outage", "-n", "team-db", user="alice").stdout,
+        )
         wait_for(lambda: cluster.get("bgr", "db-outage", "team-db") is None, 20, "db-outage deleted")
-        kb(cluster, "alice", "-n", "team-db", "request", "--policy", "prod-db", "--name", "db-outage",
-           "--reason", "Primary database is down again, need to restart it", "--ticket", "INC-4242",
-           "--duration", "30m", "--namespace-access", "team-db", "--role", "edit")
+        kb(
+            cluster,
+            "alice",
+            "-n",
+            "team-db",
+            "request",
+            "--policy",
+            "prod-db",
+            "--name",
+            "db-outage",
+            "--reason",
+            "Primary database is down again, need to restart it",
+            "--ticket",
+            "INC-4242",
+            "--duration",
+            "30m",
+            "--namespace-access",
+            "team-db",
+            "--role",
+            "edit",
+        )
         wait_for(lambda: _phase(cluster, "db-outage") == "Pending", 10, "Pending")
         time.sleep(3)  # give the operator every chance to (wrongly) issue on the old approval
         second = cluster.get("bgr", "db-outage", "team-db")
         second_uid = second["metadata"]["uid"]
         st = second.get("status") or {}
-        print(f"new uid {second_uid} (was {first_uid}); after 3 s: phase {st.get('phase')}, "
-              f"secretRef {st.get('secretRef')}, ledger entry {_ledger_state(cluster, second_uid)}")
+        print(
+            f"new uid {second_uid} (was {first_uid}); after 3 s: phase {st.get('phase')}, "
+            f"secretRef {st.get('secretRef')}, ledger entry {_ledger_state(cluster, second_uid)}"
+        )
         assert st.get("phase") == "Pending" and not st.get("secretRef"), "issued without a new approval"
         assert cluster.get("configmap", f"breakglass-grant-{second_uid}", "breakglass-system") is None
-        show("kubectl get bga -n team-db",
-             cluster.kubectl("get", "bga", "-n", "team-db", "-o", "custom-columns=NAME:.metadata.name,"
-                             "APPROVER:.spec.approver,DECISION:.spec.decision,REQUEST-UID:.spec.requestUID").stdout)
+        show(
+            "kubectl get bga -n team-db",
+            cluster.kubectl(
+                "get",
+                "bga",
+                "-n",
+                "team-db",
+                "-o",
+                "custom-columns=NAME:.metadata.name,"
+                "APPROVER:.spec.approver,DECISION:.spec.decision,REQUEST-UID:.spec.requestUID",
+            ).stdout,
+        )
         kb(cluster, "alice", "-n", "team-db", "status", "db-outage")
         kb(cluster, "bob", "-n", "team-db", "approve", "db-outage", "--comment", "ok, edit this time")
         ref2 = wait_for(lambda: _secret_ref(cluster, "db-outage"), 10, "status.secretRef", interval=0.05)
@@ -176,12 +247,34 @@ def main() -> int:
         wait_for(lambda: cluster.get("secret", ref2[1], ref2[0]) is None, 10, "Secret deleted", interval=0.05)
 
         step(10, "A 10-second grant expires on its own (`request --wait` prints where its token is)")
-        waiter = kb_start(cluster, "alice", "-n", "team-db", "request", "--policy", "prod-db", "--name",
-                          "quick-look", "--reason", "One more look at the replica lag", "--ticket", "INC-4242",
-                          "--duration", "10s", "--namespace-access", "team-db", "--role", "view", "--wait",
-                          "--timeout", "60")
-        print(f"{DIM}$ kubectl breakglass -n team-db request ... --name quick-look --duration 10s --wait &"
-              f"   # as alice, in the background{RESET}")
+        waiter = kb_start(
+            cluster,
+            "alice",
+            "-n",
+            "team-db",
+            "request",
+            "--policy",
+            "prod-db",
+            "--name",
+            "quick-look",
+            "--reason",
+            "One more look at the replica lag",
+            "--ticket",
+            "INC-4242",
+            "--duration",
+            "10s",
+            "--namespace-access",
+            "team-db",
+            "--role",
+            "view",
+            "--wait",
+            "--timeout",
+            "60",
+        )
+        print(
+            f"{DIM}$ kubectl breakglass -n team-db request ... --name quick-look --duration 10s --wait &"
+            f"   # as alice, in the background{RESET}"
+        )
         wait_for(lambda: _phase(cluster, "quick-look") == "Pending", 20, "Pending")
         kb(cluster, "carol", "-n", "team-db", "approve", "quick-look")
         out, err = waiter.communicate(timeout=60)
@@ -195,8 +288,15 @@ def main() -> int:
         wait_for(lambda: cluster.get("secret", ref3[1], ref3[0]) is None, 10, "Secret deleted at expiry")
         print(f"Secret {ref3[0]}/{ref3[1]} present after expiry: {cluster.get('secret', ref3[1], ref3[0]) is not None}")
         kb(cluster, "alice", "-n", "team-db", "list")
-        events = cluster.kubectl("get", "events", "-n", "team-db", "--sort-by=.lastTimestamp",
-                                 "-o", "custom-columns=REASON:.reason,OBJECT:.involvedObject.name,MESSAGE:.message")
+        events = cluster.kubectl(
+            "get",
+            "events",
+            "-n",
+            "team-db",
+            "--sort-by=.lastTimestamp",
+            "-o",
+            "custom-columns=REASON:.reason,OBJECT:.involvedObject.name,MESSAGE:.message",
+        )
         show("kubectl get events -n team-db", events.stdout)
         audit_lines = op.audit_log.read_text().splitlines()
         print(f"\naudit log: {len(audit_lines)} hash-chained records")
@@ -214,14 +314,21 @@ def main() -> int:
         stop_cluster(cluster_dir)
         if os.environ.get("DEMO_KEEP") != "1":
             import shutil
+
             shutil.rmtree(work, ignore_errors=True)
 
 
 def kb(cluster, user, *args, stdin=None):
     """`kubectl breakglass ...` exactly as an SRE types it (the plugin is found on PATH)."""
     env = dict(os.environ, PATH=f"{ROOT / '.venv' / 'bin'}:{os.environ.get('PATH', '')}")
-    proc = subprocess.run([cluster.kubectl_bin, "breakglass", "--kubeconfig", cluster.kubeconfig(user), *args],
-                          capture_output=True, text=True, env=env, timeout=120, input=stdin)
+    proc = subprocess.run(
+        [cluster.kubectl_bin, "breakglass", "--kubeconfig", cluster.kubeconfig(user), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        input=stdin,
+    )
     show(f"kubectl breakglass {' '.join(args)}   # as {user}", (proc.stdout + proc.stderr))
     return proc
 
@@ -229,13 +336,19 @@ def kb(cluster, user, *args, stdin=None):
 def kb_start(cluster, user, *args):
     """Like kb(), but running in the background (for `request --wait`)."""
     env = dict(os.environ, PATH=f"{ROOT / '.venv' / 'bin'}:{os.environ.get('PATH', '')}")
-    return subprocess.Popen([cluster.kubectl_bin, "breakglass", "--kubeconfig", cluster.kubeconfig(user), *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    return subprocess.Popen(
+        [cluster.kubectl_bin, "breakglass", "--kubeconfig", cluster.kubeconfig(user), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
 
 
 def _grant_client(cluster, kubeconfig):
-    return lambda *a: subprocess.run([cluster.kubectl_bin, "--kubeconfig", str(kubeconfig), *a],
-                                     capture_output=True, text=True)
+    return lambda *a: subprocess.run(
+        [cluster.kubectl_bin, "--kubeconfig", str(kubeconfig), *a], capture_output=True, text=True
+    )
 
 
 def _secret_ref(cluster, name):
@@ -266,7 +379,9 @@ def _phase(cluster, name):
 
 def _ready(cluster):
     obj = cluster.get("bgp", "prod-db")
-    return any(c["type"] == "Ready" and c["status"] == "True" for c in (obj or {}).get("status", {}).get("conditions", []))
+    return any(
+        c["type"] == "Ready" and c["status"] == "True" for c in (obj or {}).get("status", {}).get("conditions", [])
+    )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """`breakglass-operator` / `python -m breakglass`: run the operator, or manage its keys."""
+
 from __future__ import annotations
 
 import argparse
@@ -9,15 +10,20 @@ import sys
 
 def _parser() -> argparse.ArgumentParser:
     from . import settings as settings_mod
-    parser = argparse.ArgumentParser(prog="breakglass-operator",
-                                     description="Break-glass access for Kubernetes: approved, scoped, audited, expiring.")
+
+    parser = argparse.ArgumentParser(
+        prog="breakglass-operator",
+        description="Break-glass access for Kubernetes: approved, scoped, audited, expiring.",
+    )
     sub = parser.add_subparsers(dest="command")
     run = sub.add_parser("run", help="run the operator (default)")
     settings_mod.add_arguments(run)
     run.add_argument("--verbose", action="store_true", help="debug logging")
     keys = sub.add_parser("keys", help="signing key management")
     keys_sub = keys.add_subparsers(dest="keys_command")
-    rotate = keys_sub.add_parser("rotate", help="make a new key the signer; old public keys stay until their tokens expire")
+    rotate = keys_sub.add_parser(
+        "rotate", help="make a new key the signer; old public keys stay until their tokens expire"
+    )
     settings_mod.add_arguments(rotate)
     sub.add_parser("version", help="print the version")
     return parser
@@ -29,7 +35,9 @@ def main(argv: list[str] | None = None) -> int:
         argv = ["run"] + argv
     parser = _parser()
     args = parser.parse_args(argv)
-    from . import __version__, settings as settings_mod
+    from . import __version__
+    from . import settings as settings_mod
+
     if args.command == "version":
         print(__version__)
         return 0
@@ -48,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
 def _rotate(settings) -> int:
     from .k8s.client import Kube, load_config
     from .stores import KeyStore
+
     kube = Kube(load_config(settings.kubeconfig))
     store = KeyStore(kube, settings.namespace, settings.signing_alg)
     store.ensure()
@@ -58,15 +67,21 @@ def _rotate(settings) -> int:
 
 def _run(settings, verbose: bool) -> int:
     import kopf
+
     from . import handlers  # noqa: F401  (registers the kopf handlers)
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
     for noisy in ("kopf.objects", "kopf.activities.probe", "aiohttp.access", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     for name in settings.debug_loggers:
         logging.getLogger(name).setLevel(logging.DEBUG)
     import faulthandler
     import signal
+
     # `kill -USR1 <pid>` dumps every thread's stack to stderr: the first tool for a stuck operator.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     if settings.kubeconfig:

@@ -34,8 +34,7 @@ JWKS_CONFIGMAP = "breakglass-jwks"
 DEFAULT_OPERATOR_NAMESPACE = "breakglass-system"
 
 # Phases (for humans) and condition types (for machines).
-PENDING, ACTIVE, EXPIRED, REVOKED, DENIED, FAILED = (
-    "Pending", "Active", "Expired", "Revoked", "Denied", "Failed")
+PENDING, ACTIVE, EXPIRED, REVOKED, DENIED, FAILED = ("Pending", "Active", "Expired", "Revoked", "Denied", "Failed")
 TERMINAL_PHASES = frozenset({EXPIRED, REVOKED, DENIED, FAILED})
 COND_APPROVED, COND_ISSUED, COND_EXPIRED, COND_REVOKED = "Approved", "Issued", "Expired", "Revoked"
 COND_READY = "Ready"

@@ -16,11 +16,12 @@ Two things a hash chain alone cannot show, and what closes them (issue 9, invari
   only the operator (and whoever may read Secrets in its namespace) can read; when none is given
   the operator generates one on first start (`ensure_hmac_key`), so HMAC is on by default.
 """
+
 from __future__ import annotations
 
 import base64
-import datetime as dt
 import collections
+import datetime as dt
 import hashlib
 import hmac as hmac_mod
 import json
@@ -28,8 +29,9 @@ import os
 import secrets
 import sys
 import threading
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import IO, Any, Callable, Iterable
+from typing import IO, Any
 
 from . import api
 
@@ -67,19 +69,21 @@ class ChainBreak:
 @dataclass
 class ChainReport:
     """What a walk over a file found: enough for `compare_head` and for a human report."""
+
     count: int
     broken: ChainBreak | None
     first_seq: int | None = None
     last_seq: int | None = None
     last_hash: str | None = None
     last_line: int = 0
-    at_seq: int | None = None         # the seq asked about (the published head's)
-    at_seq_hash: str | None = None    # hash of the record with that seq, if the file has it
+    at_seq: int | None = None  # the seq asked about (the published head's)
+    at_seq_hash: str | None = None  # hash of the record with that seq, if the file has it
     at_seq_line: int | None = None
 
 
-def chain_report(lines: Iterable[str], hmac_key: bytes | None = None, at_seq: int | None = None,
-                 segment: bool = False) -> ChainReport:
+def chain_report(
+    lines: Iterable[str], hmac_key: bytes | None = None, at_seq: int | None = None, segment: bool = False
+) -> ChainReport:
     """Walk the chain from genesis; stop at the first break. Remembers the record with `at_seq`.
 
     `segment`: the file is a piece of a longer chain (a rotated log, one container's stdout after a
@@ -127,8 +131,9 @@ def chain_report(lines: Iterable[str], hmac_key: bytes | None = None, at_seq: in
     return rep
 
 
-def verify_lines(lines: Iterable[str], hmac_key: bytes | None = None,
-                 segment: bool = False) -> tuple[int, ChainBreak | None]:
+def verify_lines(
+    lines: Iterable[str], hmac_key: bytes | None = None, segment: bool = False
+) -> tuple[int, ChainBreak | None]:
     """Return (records verified, first break or None)."""
     rep = chain_report(lines, hmac_key, segment=segment)
     return rep.count, rep.broken
@@ -147,21 +152,28 @@ def compare_head(rep: ChainReport, head: dict[str, Any]) -> ChainBreak | None:
     seq, want = head["seq"], head["hash"]
     if rep.last_seq is None or rep.last_seq < seq:
         have = -1 if rep.last_seq is None else rep.last_seq
-        return ChainBreak(rep.last_line + 1, have + 1,
-                          f"file ends at seq {rep.last_seq if rep.last_seq is not None else '(none)'} but the "
-                          f"cluster's published head is seq {seq}: {seq - have} record(s) missing from the tail "
-                          "(truncated)")
+        return ChainBreak(
+            rep.last_line + 1,
+            have + 1,
+            f"file ends at seq {rep.last_seq if rep.last_seq is not None else '(none)'} but the "
+            f"cluster's published head is seq {seq}: {seq - have} record(s) missing from the tail "
+            "(truncated)",
+        )
     if rep.first_seq is not None and seq < rep.first_seq:
         return None  # a segment that starts after the head: nothing here for the head to vouch for
     if rep.at_seq_hash != want:
-        return ChainBreak(rep.at_seq_line or 0, seq,
-                          f"record seq {seq} has hash {rep.at_seq_hash} but the cluster's published head says "
-                          f"{want} (chain rewritten and re-sealed)")
+        return ChainBreak(
+            rep.at_seq_line or 0,
+            seq,
+            f"record seq {seq} has hash {rep.at_seq_hash} but the cluster's published head says "
+            f"{want} (chain rewritten and re-sealed)",
+        )
     return None
 
 
-def verify_against_head(lines: Iterable[str], head: dict[str, Any] | str, hmac_key: bytes | None = None,
-                        segment: bool = False) -> tuple[int, ChainBreak | None]:
+def verify_against_head(
+    lines: Iterable[str], head: dict[str, Any] | str, hmac_key: bytes | None = None, segment: bool = False
+) -> tuple[int, ChainBreak | None]:
     """`verify_lines`, plus the truncation / re-seal check against a published head (`parse_head`).
 
     Read the head BEFORE the file when the file is live: the operator writes the file before it
@@ -200,15 +212,20 @@ class AuditHead:
     and returns the new one); `get_configmap(namespace, name)` is `Kube.get_configmap` (None if absent).
     """
 
-    def __init__(self, namespace: str, get_configmap: Callable[[str, str], dict[str, Any] | None],
-                 update_configmap: Callable[[str, str, Callable[[dict[str, str]], dict[str, str]]], Any],
-                 clock: Callable[[], dt.datetime] | None = None, name: str = api.AUDIT_HEAD_CONFIGMAP):
+    def __init__(
+        self,
+        namespace: str,
+        get_configmap: Callable[[str, str], dict[str, Any] | None],
+        update_configmap: Callable[[str, str, Callable[[dict[str, str]], dict[str, str]]], Any],
+        clock: Callable[[], dt.datetime] | None = None,
+        name: str = api.AUDIT_HEAD_CONFIGMAP,
+    ):
         self.namespace, self.name = namespace, name
         self._get, self._update = get_configmap, update_configmap
-        self._clock = clock or (lambda: dt.datetime.now(dt.timezone.utc))
+        self._clock = clock or (lambda: dt.datetime.now(dt.UTC))
         self._cond = threading.Condition()
-        self._wanted: tuple[int, str] | None = None   # newest (seq, hash) any caller asked for
-        self._published = -1                          # highest seq known stored
+        self._wanted: tuple[int, str] | None = None  # newest (seq, hash) any caller asked for
+        self._published = -1  # highest seq known stored
         self._busy = False
 
     def read(self) -> dict[str, Any] | None:
@@ -244,7 +261,7 @@ class AuditHead:
             self._cond.notify_all()
 
     def _write(self, seq: int, digest: str) -> None:
-        stamp = self._clock().astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        stamp = self._clock().astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         body = json.dumps({"seq": seq, "hash": digest, "time": stamp}, sort_keys=True, separators=(",", ":"))
 
         def mutate(data: dict[str, str]) -> dict[str, str]:
@@ -260,9 +277,12 @@ class AuditHead:
 
 
 # ---------------------------------------------------------------- the HMAC key
-def ensure_hmac_key(namespace: str, get_secret: Callable[[str, str], dict[str, Any] | None],
-                    create_secret_if_absent: Callable[[dict[str, Any]], tuple[dict[str, Any], bool]],
-                    name: str = api.AUDIT_HMAC_SECRET) -> bytes:
+def ensure_hmac_key(
+    namespace: str,
+    get_secret: Callable[[str, str], dict[str, Any] | None],
+    create_secret_if_absent: Callable[[dict[str, Any]], tuple[dict[str, Any], bool]],
+    name: str = api.AUDIT_HMAC_SECRET,
+) -> bytes:
     """Read the audit HMAC key from Secret `name` (key `hmac`), creating it on first start.
 
     The key is the Secret's decoded `hmac` value, exactly as for a user-provided Secret mounted
@@ -275,10 +295,13 @@ def ensure_hmac_key(namespace: str, get_secret: Callable[[str, str], dict[str, A
     secret = get_secret(namespace, name)
     if secret is None:
         value = secrets.token_urlsafe(32).encode()
-        body = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-                "metadata": {"name": name, "namespace": namespace,
-                             "labels": {api.MANAGED_BY_LABEL: api.MANAGED_BY}},
-                "data": {HMAC_KEY: base64.b64encode(value).decode()}}
+        body = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": "Opaque",
+            "metadata": {"name": name, "namespace": namespace, "labels": {api.MANAGED_BY_LABEL: api.MANAGED_BY}},
+            "data": {HMAC_KEY: base64.b64encode(value).decode()},
+        }
         secret, _created = create_secret_if_absent(body)
     return hmac_key_from_secret(secret, f"{namespace}/{name}")
 
@@ -316,8 +339,14 @@ class AuditLog:
     vouching for a rewritten file.
     """
 
-    def __init__(self, path: str | None = None, hmac_key: bytes | None = None, stream: IO[str] | None = None,
-                 on_append: OnAppend | None = None, head: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        path: str | None = None,
+        hmac_key: bytes | None = None,
+        stream: IO[str] | None = None,
+        on_append: OnAppend | None = None,
+        head: dict[str, Any] | None = None,
+    ):
         self.path, self.hmac_key, self.on_append = path, hmac_key, on_append
         self.stream = stream if stream is not None else sys.stdout
         self._lock = threading.Lock()
@@ -348,15 +377,20 @@ class AuditLog:
             if at == hhash:
                 return  # the file holds the sealed head (and maybe records whose publish failed): go on
             if fseq < hseq:
-                self.discrepancy = (f"audit file {self.path} ends at seq {fseq} but the cluster's head is seq "
-                                    f"{hseq}: the file lost {hseq - fseq} record(s)")
+                self.discrepancy = (
+                    f"audit file {self.path} ends at seq {fseq} but the cluster's head is seq "
+                    f"{hseq}: the file lost {hseq - fseq} record(s)"
+                )
             else:
-                self.discrepancy = (f"audit file {self.path} record seq {hseq} differs from the cluster's head "
-                                    "(file rewritten)")
+                self.discrepancy = (
+                    f"audit file {self.path} record seq {hseq} differs from the cluster's head (file rewritten)"
+                )
             self.discrepancy += f"; continuing the chain from the head at seq {hseq + 1}"
         elif self.path:
-            self.discrepancy = (f"audit file {self.path} has no records but the cluster's head is seq {hseq}; "
-                                f"continuing the chain from the head at seq {hseq + 1}")
+            self.discrepancy = (
+                f"audit file {self.path} has no records but the cluster's head is seq {hseq}; "
+                f"continuing the chain from the head at seq {hseq + 1}"
+            )
         # Never continue from a file that disagrees with the sealed head: that would launder a rewrite
         # (the next head would vouch for it). Linking to the head leaves the break visible in the file.
         self._prev, self._seq = hhash, hseq + 1

@@ -1,5 +1,6 @@
 """What the operator needs before its services exist: API credentials for kopf, its own identity,
 its serving certificate, the webhook configurations' caBundle and the audit log (HMAC key, head)."""
+
 from __future__ import annotations
 
 import base64
@@ -24,9 +25,15 @@ def connection_info(settings: Settings) -> kopf.ConnectionInfo:
     auth = (cfg.api_key or {}).get("authorization") or (cfg.api_key or {}).get("BearerToken") or ""
     scheme, _, token = auth.partition(" ")
     return kopf.ConnectionInfo(
-        server=cfg.host, ca_path=cfg.ssl_ca_cert, insecure=not cfg.verify_ssl,
-        scheme=scheme or None, token=token or None,
-        certificate_path=cfg.cert_file, private_key_path=cfg.key_file, default_namespace=None)
+        server=cfg.host,
+        ca_path=cfg.ssl_ca_cert,
+        insecure=not cfg.verify_ssl,
+        scheme=scheme or None,
+        token=token or None,
+        certificate_path=cfg.cert_file,
+        private_key_path=cfg.key_file,
+        default_namespace=None,
+    )
 
 
 def tls_files(settings: Settings, kube: Kube) -> TLSFiles:
@@ -53,10 +60,19 @@ def shared_tls(kube: Kube, settings: Settings, directory: str, hosts: list[str])
         for key, path in (("ca.crt", files.ca_file), ("tls.crt", files.cert_file), ("tls.key", files.key_file)):
             with open(path, "rb") as fh:
                 data[key] = base64.b64encode(fh.read()).decode()
-        secret, _ = kube.create_secret_if_absent({
-            "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
-            "metadata": {"name": name, "namespace": settings.namespace,
-                         "labels": {api.MANAGED_BY_LABEL: api.MANAGED_BY}}, "data": data})
+        secret, _ = kube.create_secret_if_absent(
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "type": "kubernetes.io/tls",
+                "metadata": {
+                    "name": name,
+                    "namespace": settings.namespace,
+                    "labels": {api.MANAGED_BY_LABEL: api.MANAGED_BY},
+                },
+                "data": data,
+            }
+        )
     os.makedirs(directory, mode=0o700, exist_ok=True)
     paths = {}
     for key in ("ca.crt", "tls.crt", "tls.key"):
@@ -76,8 +92,9 @@ def inject_ca_bundle(kube: Kube, config_name: str, ca_file: str | None) -> None:
         try:
             cfg = kube.get_webhook_configuration(kind, config_name)
         except PermanentError as exc:
-            log.warning("%s webhook configuration %s not readable (%s): admission will fail closed", kind,
-                        config_name, exc)
+            log.warning(
+                "%s webhook configuration %s not readable (%s): admission will fail closed", kind, config_name, exc
+            )
             continue
         if cfg is None:
             log.warning("%s webhook configuration %s missing: admission will fail closed", kind, config_name)
@@ -109,6 +126,7 @@ def whoami(settings: Settings, kube: Kube) -> str:
             return status["user"]["username"]
     if kube.client_cert_file():
         from cryptography import x509
+
         with open(kube.client_cert_file(), "rb") as fh:
             cert = x509.load_pem_x509_certificate(fh.read())
         return cert.subject.get_attributes_for_oid(x509.oid.NameOID.COMMON_NAME)[0].value
@@ -120,8 +138,9 @@ def build_audit(settings: Settings, kube: Kube) -> AuditLog:
     published in the cluster on every append, so a truncated or re-sealed log is detected."""
     head = AuditHead(settings.namespace, kube.get_configmap, kube.update_configmap, clock=utcnow)
     given = settings.audit_hmac_secret  # flag or BREAKGLASS_AUDIT_HMAC_SECRET (the settings table)
-    hmac_key = given.encode() if given else ensure_hmac_key(settings.namespace, kube.get_secret,
-                                                            kube.create_secret_if_absent)
+    hmac_key = (
+        given.encode() if given else ensure_hmac_key(settings.namespace, kube.get_secret, kube.create_secret_if_absent)
+    )
     audit = AuditLog(settings.audit_log, hmac_key, on_append=head.publish, head=head.read())
     audit.read_head = head.read  # a new leader continues the chain from the published head
     if audit.discrepancy:

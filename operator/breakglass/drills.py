@@ -5,6 +5,7 @@ verifies the token against the published JWKS, optionally checks it through a To
 SelfSubjectAccessReview made *with the token*, revokes it, and checks the Secret and RoleBindings
 are gone. Each step's result lands in the drill's status; the first failing step names the cause.
 """
+
 from __future__ import annotations
 
 import base64
@@ -12,7 +13,8 @@ import datetime as dt
 import json
 import logging
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from . import api, metrics
 from .audit import AuditLog
@@ -31,8 +33,17 @@ class StepFailed(Exception):
 
 
 class DrillRunner:
-    def __init__(self, *, kube: Kube, audit: AuditLog, issuer: str, operator_namespace: str,
-                 clock: Callable[[], dt.datetime], ledger=None, step_timeout: float = 30.0):
+    def __init__(
+        self,
+        *,
+        kube: Kube,
+        audit: AuditLog,
+        issuer: str,
+        operator_namespace: str,
+        clock: Callable[[], dt.datetime],
+        ledger=None,
+        step_timeout: float = 30.0,
+    ):
         self.kube, self.audit, self.issuer, self.ledger = kube, audit, issuer, ledger
         self.operator_namespace = operator_namespace
         self.clock, self.step_timeout = clock, step_timeout
@@ -61,8 +72,9 @@ class DrillRunner:
         meta, spec = drill["metadata"], drill.get("spec") or {}
         ns, name = meta["namespace"], meta["name"]
         started_at, t0 = self.clock(), time.monotonic()
-        self._status(drill, {"lastRun": to_rfc3339(started_at), "lastResult": "Running",
-                             "handledRunNow": spec.get("runNow")})
+        self._status(
+            drill, {"lastRun": to_rfc3339(started_at), "lastResult": "Running", "handledRunNow": spec.get("runNow")}
+        )
         steps: list[dict[str, Any]] = []
         request_name = f"drill-{name}-{int(started_at.timestamp())}"[:50]
         failure: StepFailed | None = None
@@ -86,21 +98,38 @@ class DrillRunner:
         elapsed = round(time.monotonic() - t0, 3)
         label = f"{ns}/{name}"
         ok = failure is None
-        patch: dict[str, Any] = {"steps": steps, "durationSeconds": elapsed,
-                                 "lastResult": "Succeeded" if ok else "Failed",
-                                 "failureReason": None if ok else f"step {failure.step} failed: {failure.message}"}
+        patch: dict[str, Any] = {
+            "steps": steps,
+            "durationSeconds": elapsed,
+            "lastResult": "Succeeded" if ok else "Failed",
+            "failureReason": None if ok else f"step {failure.step} failed: {failure.message}",
+        }
         if ok:
             patch["lastSuccess"] = to_rfc3339(self.clock())
             metrics.drill_last_success.labels(label).set(self.clock().timestamp())
         metrics.drill_runs_total.labels(label, "success" if ok else "failure").inc()
         self._status(drill, patch)
-        self.kube.create_event(_event(drill, "Normal" if ok else "Warning", "DrillSucceeded" if ok else "DrillFailed",
-                                      f"drill passed all {len(steps)} steps in {elapsed}s" if ok else
-                                      f"drill failed at step {failure.step}: {failure.message}", self.clock()))
-        self.audit.record("drill", time=to_rfc3339(self.clock()), drill={"namespace": ns, "name": name},
-                          policy=spec.get("policy"), request={"namespace": ns, "name": request_name},
-                          outcome="success" if ok else "failure",
-                          reason=None if ok else f"{failure.step}: {failure.message}", durationSeconds=elapsed)
+        self.kube.create_event(
+            _event(
+                drill,
+                "Normal" if ok else "Warning",
+                "DrillSucceeded" if ok else "DrillFailed",
+                f"drill passed all {len(steps)} steps in {elapsed}s"
+                if ok
+                else f"drill failed at step {failure.step}: {failure.message}",
+                self.clock(),
+            )
+        )
+        self.audit.record(
+            "drill",
+            time=to_rfc3339(self.clock()),
+            drill={"namespace": ns, "name": name},
+            policy=spec.get("policy"),
+            request={"namespace": ns, "name": request_name},
+            outcome="success" if ok else "failure",
+            reason=None if ok else f"{failure.step}: {failure.message}",
+            durationSeconds=elapsed,
+        )
         return ok
 
     # ------------------------------------------------------------------ steps
@@ -120,11 +149,20 @@ class DrillRunner:
 
     def _file(self, ns, request_name, drill):
         spec = drill["spec"]
-        body = {"apiVersion": api.API_VERSION, "kind": api.KIND_REQUEST,
-                "metadata": {"name": request_name, "namespace": ns,
-                             "labels": {api.DRILL_LABEL: "true", "breakglass.dev/drill-name": drill["metadata"]["name"]}},
-                "spec": {"policy": spec["policy"], "reason": f"scheduled break-glass drill {drill['metadata']['name']}",
-                         "duration": spec.get("duration") or "5m"}}
+        body = {
+            "apiVersion": api.API_VERSION,
+            "kind": api.KIND_REQUEST,
+            "metadata": {
+                "name": request_name,
+                "namespace": ns,
+                "labels": {api.DRILL_LABEL: "true", "breakglass.dev/drill-name": drill["metadata"]["name"]},
+            },
+            "spec": {
+                "policy": spec["policy"],
+                "reason": f"scheduled break-glass drill {drill['metadata']['name']}",
+                "duration": spec.get("duration") or "5m",
+            },
+        }
         for key in ("namespaces", "clusterRoles", "scopes"):
             if spec.get(key):
                 body["spec"][key] = spec[key]
@@ -147,6 +185,7 @@ class DrillRunner:
             if phase in api.TERMINAL_PHASES:
                 raise StepFailed("", f"request ended {phase}: {req['status'].get('message')}")
             return req if phase == api.ACTIVE else None
+
         return self._poll("the drill request to be issued", active)
 
     def _read_token(self, req):
@@ -167,11 +206,17 @@ class DrillRunner:
         if not (result.claims.get("breakglass") or {}).get("drill"):
             raise StepFailed("", "token is not marked as a drill")
         published = {k.get("kid") for k in jwks.get("keys", [])}
-        lost = [e for e in (self.ledger.entries() if self.ledger else []) if e.get("state") == "Active"
-                and e.get("kid") not in published]
+        lost = [
+            e
+            for e in (self.ledger.entries() if self.ledger else [])
+            if e.get("state") == "Active" and e.get("kid") not in published
+        ]
         if lost:  # a deleted or replaced keyring: live grants can no longer authenticate
-            raise StepFailed("", f"{len(lost)} live grant(s) were signed by keys no longer in the published JWKS "
-                                 f"(e.g. kid {lost[0]['kid']}): the signing keyring was deleted or replaced")
+            raise StepFailed(
+                "",
+                f"{len(lost)} live grant(s) were signed by keys no longer in the published JWKS "
+                f"(e.g. kid {lost[0]['kid']}): the signing keyring was deleted or replaced",
+            )
         return result.claims
 
     def _token_review(self, token, req):
@@ -191,24 +236,37 @@ class DrillRunner:
                 rule = next((r for r in (role or {}).get("rules") or [] if r.get("resources") and r.get("verbs")), None)
                 if rule is None:
                     raise StepFailed("", f"ClusterRole {role_name} grants nothing checkable")
-                attrs = {"namespace": ns, "verb": rule["verbs"][0], "resource": rule["resources"][0].split("/")[0],
-                         "group": (rule.get("apiGroups") or [""])[0]}
+                attrs = {
+                    "namespace": ns,
+                    "verb": rule["verbs"][0],
+                    "resource": rule["resources"][0].split("/")[0],
+                    "group": (rule.get("apiGroups") or [""])[0],
+                }
                 review = self.kube.access_review_as_token(token, attrs)
                 if not (review.get("status") or {}).get("allowed"):
-                    raise StepFailed("", f"the token may not {attrs['verb']} {attrs['resource']} in {ns} "
-                                         f"(ClusterRole {role_name}): {review.get('status', {}).get('reason', '')}")
+                    raise StepFailed(
+                        "",
+                        f"the token may not {attrs['verb']} {attrs['resource']} in {ns} "
+                        f"(ClusterRole {role_name}): {review.get('status', {}).get('reason', '')}",
+                    )
 
     def _revoke(self, ns, request_name):
         self.kube.patch_request(ns, request_name, {"spec": {"revoked": True}})
 
     def _wait_clean(self, req):
         """Every object the ledger lists for this grant is gone (checked by name and uid)."""
+
         def clean():
             entry = self.ledger.get(req["metadata"]["uid"]) if self.ledger else None
             if entry is None or entry.get("state") in ("Issuing", "Active"):
                 return False
-            return all((self.kube.read(o["kind"], o["namespace"], o["name"]) or {}).get("metadata", {}).get("uid")
-                       != o.get("uid") or not o.get("uid") for o in entry.get("objects") or [])
+            return all(
+                (self.kube.read(o["kind"], o["namespace"], o["name"]) or {}).get("metadata", {}).get("uid")
+                != o.get("uid")
+                or not o.get("uid")
+                for o in entry.get("objects") or []
+            )
+
         self._poll("the Secret and RoleBindings to be deleted", clean, timeout=10)
 
     def _status(self, drill, patch):
@@ -218,5 +276,11 @@ class DrillRunner:
 
 def _event(drill, type_, reason, message, now):
     from .k8s.builders import build_event
-    return build_event(involved={**drill, "kind": "BreakGlassDrill", "apiVersion": api.API_VERSION},
-                       type_=type_, reason=reason, message=message, now=now)
+
+    return build_event(
+        involved={**drill, "kind": "BreakGlassDrill", "apiVersion": api.API_VERSION},
+        type_=type_,
+        reason=reason,
+        message=message,
+        now=now,
+    )

@@ -1,4 +1,5 @@
 """HTTPS endpoints: OIDC discovery, JWKS, revocations and the TokenReview webhook."""
+
 from __future__ import annotations
 
 import asyncio
@@ -46,33 +47,54 @@ def live_grant_check(result, entry: dict[str, Any] | None, now) -> tuple[bool, s
     return True, "Valid", result.message
 
 
-def token_review_response(result, entry: dict[str, Any] | None, now,
-                          api_version: str = "authentication.k8s.io/v1") -> dict[str, Any]:
+def token_review_response(
+    result, entry: dict[str, Any] | None, now, api_version: str = "authentication.k8s.io/v1"
+) -> dict[str, Any]:
     """Build the TokenReview answer (pure). The identity comes from the ledger, not from the token."""
     ok, reason, message = live_grant_check(result, entry, now)
     if not ok:
-        return {"apiVersion": api_version, "kind": "TokenReview",
-                "status": {"authenticated": False, "error": f"{reason}: {message}"}}
+        return {
+            "apiVersion": api_version,
+            "kind": "TokenReview",
+            "status": {"authenticated": False, "error": f"{reason}: {message}"},
+        }
     claims = result.claims
     bg = claims.get("breakglass") if isinstance(claims.get("breakglass"), dict) else {}
-    return {"apiVersion": api_version, "kind": "TokenReview", "status": {
-        "authenticated": True,
-        "user": {
-            "username": api.grant_username(entry["request"]["namespace"], entry["request"]["name"],
-                                           entry["request"]["uid"]),
-            "uid": entry["request"]["uid"],
-            "groups": api.grant_groups(entry["policy"]),
-            "extra": {"requester": [entry.get("requester", "")], "jti": [entry["jti"]],
-                      "ticket": [str(bg.get("ticket", ""))]},
+    return {
+        "apiVersion": api_version,
+        "kind": "TokenReview",
+        "status": {
+            "authenticated": True,
+            "user": {
+                "username": api.grant_username(
+                    entry["request"]["namespace"], entry["request"]["name"], entry["request"]["uid"]
+                ),
+                "uid": entry["request"]["uid"],
+                "groups": api.grant_groups(entry["policy"]),
+                "extra": {
+                    "requester": [entry.get("requester", "")],
+                    "jti": [entry["jti"]],
+                    "ticket": [str(bg.get("ticket", ""))],
+                },
+            },
+            # No `audiences`: kube-apiserver would intersect them with its own api-audiences and
+            # reject; the token's own `aud` was already checked against --token-audiences.
         },
-        # No `audiences`: kube-apiserver would intersect them with its own api-audiences and
-        # reject; the token's own `aud` was already checked against --token-audiences.
-    }}
+    }
 
 
 class Endpoints:
-    def __init__(self, *, keys: KeyStore, revocations: RevocationStore, ledger: Ledger, issuer: str,
-                 audiences: list[str], client_ca_file: str | None = None, clock=utcnow):
+    def __init__(
+        self,
+        *,
+        keys: KeyStore,
+        revocations: RevocationStore,
+        ledger: Ledger,
+        issuer: str,
+        audiences: list[str],
+        client_ca_file: str | None = None,
+        clock=utcnow,
+    ):
         self.keys, self.revocations, self.issuer, self.audiences = keys, revocations, issuer, audiences
         self.ledger, self.clock = ledger, clock
         # With a client CA, /authenticate answers only callers presenting a certificate it signed
@@ -82,13 +104,15 @@ class Endpoints:
 
     def app(self) -> web.Application:
         app = web.Application()
-        app.add_routes([
-            web.get("/.well-known/openid-configuration", self.discovery),
-            web.get("/openid/v1/jwks", self.jwks),
-            web.get("/revocations", self.revoked),
-            web.post("/authenticate", self.authenticate),
-            web.get("/healthz", self.healthz),
-        ])
+        app.add_routes(
+            [
+                web.get("/.well-known/openid-configuration", self.discovery),
+                web.get("/openid/v1/jwks", self.jwks),
+                web.get("/revocations", self.revoked),
+                web.post("/authenticate", self.authenticate),
+                web.get("/healthz", self.healthz),
+            ]
+        )
         return app
 
     async def start(self, host: str, port: int, cert_file: str, key_file: str) -> None:
@@ -128,27 +152,46 @@ class Endpoints:
             peer = request.transport.get_extra_info("peercert") if request.transport else None
             if not peer:
                 metrics.token_reviews_total.labels("unauthenticated_caller").inc()
-                return web.json_response({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
-                                          "status": {"authenticated": False,
-                                                     "error": "client certificate required"}}, status=401)
+                return web.json_response(
+                    {
+                        "apiVersion": "authentication.k8s.io/v1",
+                        "kind": "TokenReview",
+                        "status": {"authenticated": False, "error": "client certificate required"},
+                    },
+                    status=401,
+                )
         try:
             review = json.loads(await request.text())
             token = review["spec"]["token"]
         except Exception:
             metrics.token_reviews_total.labels("malformed").inc()
-            return web.json_response({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
-                                      "status": {"authenticated": False, "error": "malformed TokenReview"}},
-                                     status=400)
+            return web.json_response(
+                {
+                    "apiVersion": "authentication.k8s.io/v1",
+                    "kind": "TokenReview",
+                    "status": {"authenticated": False, "error": "malformed TokenReview"},
+                },
+                status=400,
+            )
 
         def malformed():
             metrics.token_reviews_total.labels("malformed").inc()
-            return web.json_response({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
-                                      "status": {"authenticated": False, "error": "malformed TokenReview"}},
-                                     status=401)
+            return web.json_response(
+                {
+                    "apiVersion": "authentication.k8s.io/v1",
+                    "kind": "TokenReview",
+                    "status": {"authenticated": False, "error": "malformed TokenReview"},
+                },
+                status=401,
+            )
+
         if not isinstance(review, dict) or not isinstance(token, str):
             return malformed()
-        api_version = review.get("apiVersion") if review.get("apiVersion") in (
-            "authentication.k8s.io/v1", "authentication.k8s.io/v1beta1") else "authentication.k8s.io/v1"
+        api_version = (
+            review.get("apiVersion")
+            if review.get("apiVersion") in ("authentication.k8s.io/v1", "authentication.k8s.io/v1beta1")
+            else "authentication.k8s.io/v1"
+        )
         loop = asyncio.get_running_loop()
         try:
             ring = await loop.run_in_executor(None, self.keys.current)
@@ -159,8 +202,13 @@ class Endpoints:
             metrics.token_reviews_total.labels("error").inc()
             metrics.errors_total.labels("tokenreview").inc()
             log.warning("TokenReview failed closed: %s", type(exc).__name__)
-            return web.json_response({"apiVersion": api_version, "kind": "TokenReview",
-                                      "status": {"authenticated": False, "error": "verifier unavailable"}})
+            return web.json_response(
+                {
+                    "apiVersion": api_version,
+                    "kind": "TokenReview",
+                    "status": {"authenticated": False, "error": "verifier unavailable"},
+                }
+            )
         try:
             result = verify(token, jwks=ring.jwks(), issuer=self.issuer, audience=self.audiences)
         except Exception:  # noqa: BLE001 — any token we cannot parse is refused, never a 500

@@ -5,13 +5,14 @@ The Secret is deleted with a uid precondition, so only the exact Secret that car
 removed. A missed firing (crash) is caught by the reconcile's own requeue and the start-up sweep.
 Timing is the shared `WorkQueue`'s delayed add; this module only remembers what to delete.
 """
+
 from __future__ import annotations
 
 import datetime as dt
 import logging
 import threading
 import time
-from typing import Callable, Hashable
+from collections.abc import Callable, Hashable
 
 from . import metrics
 from .workqueue import WorkQueue
@@ -20,8 +21,13 @@ log = logging.getLogger(__name__)
 
 
 class ExpiryTimer:
-    def __init__(self, delete_secret: Callable[[str, str, str], bool], after: Callable[[Hashable], None],
-                 workers: int = 8, clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        delete_secret: Callable[[str, str, str], bool],
+        after: Callable[[Hashable], None],
+        workers: int = 8,
+        clock: Callable[[], float] = time.time,
+    ):
         self.delete_secret, self.after, self.clock = delete_secret, after, clock
         self._lock = threading.Lock()
         self._entries: dict[Hashable, tuple[float, str, str, str]] = {}
@@ -52,7 +58,7 @@ class ExpiryTimer:
             if entry[0] > self.clock():
                 # exp moved later since this firing was scheduled; the queue keeps only the earliest
                 # due time per key, so ask it to run this key again at the new exp.
-                return dt.datetime.fromtimestamp(entry[0], dt.timezone.utc)
+                return dt.datetime.fromtimestamp(entry[0], dt.UTC)
             del self._entries[key]
         exp, namespace, secret, uid = entry
         try:

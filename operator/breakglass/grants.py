@@ -8,11 +8,13 @@
 * `end` (revoke/expire) marks the ledger first (the token leaves the TokenReview allow-list), then
   deletes every object the ledger lists — even when that ledger write failed.
 """
+
 from __future__ import annotations
 
 import datetime as dt
 import secrets
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from . import api, metrics
 from .domain.claims import build_claims, new_token_id
@@ -42,36 +44,66 @@ class IssueFailed(Exception):
 
 
 class Grants:
-    def __init__(self, *, kube: Kube, ledger: Ledger, keys: KeyStore, revocations: RevocationStore,
-                 settings: Settings, clock: Callable[[], dt.datetime], cluster_ca_b64: str | None = None):
+    def __init__(
+        self,
+        *,
+        kube: Kube,
+        ledger: Ledger,
+        keys: KeyStore,
+        revocations: RevocationStore,
+        settings: Settings,
+        clock: Callable[[], dt.datetime],
+        cluster_ca_b64: str | None = None,
+    ):
         self.kube, self.ledger, self.keys, self.revocations = kube, ledger, keys, revocations
         self.settings, self.clock, self.cluster_ca_b64 = settings, clock, cluster_ca_b64
 
     # ------------------------------------------------------------------ plan
-    def plan(self, req: dict[str, Any], view: RequestView, policy: Policy, decision: Decision,
-             now: dt.datetime) -> dict[str, Any]:
+    def plan(
+        self, req: dict[str, Any], view: RequestView, policy: Policy, decision: Decision, now: dt.datetime
+    ) -> dict[str, Any]:
         """The ledger entry for a new grant: everything decided before anything is created."""
         meta = req["metadata"]
         uid, jti = meta["uid"], new_token_id()
-        claims = build_claims(request=view, policy=policy, request_uid=uid, issuer=self.settings.issuer,
-                              approvers=decision.approvers, issued_at=now, duration=effective_duration(view, policy),
-                              jti=jti, emergency=decision.emergency, drill=api.is_drill(req))
-        token_ns = view.namespace if policy.token_delivery == REQUEST_NAMESPACE_DELIVERY \
-            else self.settings.tokens_namespace
-        approval = {"reason": decision.reason, "message": decision.message,
-                    "approvers": list(decision.approvers), "emergency": decision.emergency}
+        claims = build_claims(
+            request=view,
+            policy=policy,
+            request_uid=uid,
+            issuer=self.settings.issuer,
+            approvers=decision.approvers,
+            issued_at=now,
+            duration=effective_duration(view, policy),
+            jti=jti,
+            emergency=decision.emergency,
+            drill=api.is_drill(req),
+        )
+        token_ns = (
+            view.namespace if policy.token_delivery == REQUEST_NAMESPACE_DELIVERY else self.settings.tokens_namespace
+        )
+        approval = {
+            "reason": decision.reason,
+            "message": decision.message,
+            "approvers": list(decision.approvers),
+            "emergency": decision.emergency,
+        }
         if decision.emergency:
             approval["reviewDueAt"] = to_rfc3339(now + parse_duration(policy.emergency_review_within))
         entry = {
             "request": {"namespace": view.namespace, "name": view.name, "uid": uid},
-            "policy": policy.name, "requester": view.requester,
+            "policy": policy.name,
+            "requester": view.requester,
             "username": api.grant_username(view.namespace, view.name, uid),
-            "state": ISSUING, "jti": jti, "kid": self.keys.current().active.kid,
-            "issuedAt": to_rfc3339(dt.datetime.fromtimestamp(claims["iat"], dt.timezone.utc)),
-            "expiresAt": to_rfc3339(dt.datetime.fromtimestamp(claims["exp"], dt.timezone.utc)),
-            "nonce": secrets.token_hex(16), "claims": claims, "clusterRoles": list(view.cluster_roles),
+            "state": ISSUING,
+            "jti": jti,
+            "kid": self.keys.current().active.kid,
+            "issuedAt": to_rfc3339(dt.datetime.fromtimestamp(claims["iat"], dt.UTC)),
+            "expiresAt": to_rfc3339(dt.datetime.fromtimestamp(claims["exp"], dt.UTC)),
+            "nonce": secrets.token_hex(16),
+            "claims": claims,
+            "clusterRoles": list(view.cluster_roles),
             "secret": {"namespace": token_ns, "name": api.token_secret_name(uid), "uid": ""},
-            "approval": approval, "drill": api.is_drill(req),
+            "approval": approval,
+            "drill": api.is_drill(req),
         }
         entry["objects"] = builders.planned_objects(entry, view.namespaces, view.cluster_roles, token_ns)
         return entry
@@ -89,17 +121,30 @@ class Grants:
                 wanted = self._manifest(ref, entry, with_token=True)
                 found, created = self.kube.create_if_absent(ref["kind"], wanted)
             except PermanentError as exc:
-                self._rollback(entry, objects, "IssueFailed", f"could not create {ref['kind']} "
-                               f"{ref['namespace']}/{ref['name']}: {exc}")
+                self._rollback(
+                    entry,
+                    objects,
+                    "IssueFailed",
+                    f"could not create {ref['kind']} {ref['namespace']}/{ref['name']}: {exc}",
+                )
             if not created and not builders.is_ours(found, wanted):
-                self._rollback(entry, objects, "NameTaken",
-                               f"{ref['kind']} {ref['namespace']}/{ref['name']} exists and was not created by "
-                               "the operator; it is left untouched")
+                self._rollback(
+                    entry,
+                    objects,
+                    "NameTaken",
+                    f"{ref['kind']} {ref['namespace']}/{ref['name']} exists and was not created by "
+                    "the operator; it is left untouched",
+                )
             ref["uid"] = found["metadata"]["uid"]
         secret = next(r for r in objects if r["kind"] == "Secret")
         try:
-            return self.ledger.update(entry, objects=objects, state=ACTIVE, activatedAt=to_rfc3339(self.clock()),
-                                      secret=dict(entry["secret"], uid=secret["uid"]))
+            return self.ledger.update(
+                entry,
+                objects=objects,
+                state=ACTIVE,
+                activatedAt=to_rfc3339(self.clock()),
+                secret=dict(entry["secret"], uid=secret["uid"]),
+            )
         except Conflict:
             # Someone ended the grant while we were creating (a revoke, the sweeper, another replica):
             # what we created after their cleanup is known only here, so delete it now, by uid.
@@ -119,8 +164,12 @@ class Grants:
         token = mint(entry["claims"], key)
         kubeconfig = None
         if self.settings.cluster_server:
-            kubeconfig = builders.build_kubeconfig(server=self.settings.cluster_server, ca_data_b64=self.cluster_ca_b64,
-                                                   user=entry["username"], token=token)
+            kubeconfig = builders.build_kubeconfig(
+                server=self.settings.cluster_server,
+                ca_data_b64=self.cluster_ca_b64,
+                user=entry["username"],
+                token=token,
+            )
         body = builders.build_object(ref, entry, token=token, kubeconfig=kubeconfig)
         del token, kubeconfig
         return body
@@ -128,8 +177,9 @@ class Grants:
     def _rollback(self, entry, objects, reason: str, message: str):
         """Never Active: the ledger says Failed first, then what we created goes."""
         metrics.issue_rollbacks_total.labels(reason).inc()
-        failed = self.ledger.update(entry, objects=objects, state=FAILED, reason=reason, message=message,
-                                    endedAt=to_rfc3339(self.clock()))
+        failed = self.ledger.update(
+            entry, objects=objects, state=FAILED, reason=reason, message=message, endedAt=to_rfc3339(self.clock())
+        )
         self.cleanup(failed)
         failed = self.ledger.update(failed, cleaned=True)
         raise IssueFailed(failed, reason, message)
@@ -142,14 +192,17 @@ class Grants:
         ended = entry
         if entry["state"] in (ISSUING, ACTIVE):
             try:
-                ended = self.ledger.update(entry, state=state, reason=reason, message=message,
-                                           endedAt=to_rfc3339(now))
+                ended = self.ledger.update(entry, state=state, reason=reason, message=message, endedAt=to_rfc3339(now))
             except Exception as exc:  # noqa: BLE001 — re-raised after the cleanup below
                 failure = exc
         if state == REVOKED and failure is None and parse_rfc3339(entry["expiresAt"]) > now:
-            self.revocations.publish(jti=entry["jti"], exp=int(parse_rfc3339(entry["expiresAt"]).timestamp()),
-                                     request=f"{entry['request']['namespace']}/{entry['request']['name']}",
-                                     reason=reason, now=now)
+            self.revocations.publish(
+                jti=entry["jti"],
+                exp=int(parse_rfc3339(entry["expiresAt"]).timestamp()),
+                request=f"{entry['request']['namespace']}/{entry['request']['name']}",
+                reason=reason,
+                now=now,
+            )
         self.cleanup(ended)
         if failure is not None:
             raise failure
@@ -166,8 +219,9 @@ class Grants:
                     continue
                 found = self.kube.read(ref["kind"], ref["namespace"], ref["name"])
                 if found and builders.is_ours(found, self._manifest(ref, entry)):
-                    deleted += self.kube.delete_exact(ref["kind"], ref["namespace"], ref["name"],
-                                                      found["metadata"]["uid"])
+                    deleted += self.kube.delete_exact(
+                        ref["kind"], ref["namespace"], ref["name"], found["metadata"]["uid"]
+                    )
             except Exception as exc:  # noqa: BLE001 — reported, and raised once all were tried
                 metrics.errors_total.labels("cleanup").inc()
                 errors.append(f"{ref['kind']} {ref['namespace']}/{ref['name']}: {error_text(exc)}")

@@ -1,4 +1,5 @@
 """kopf decorators only. Each handler delegates to a service in a line or two."""
+
 from __future__ import annotations
 
 import asyncio
@@ -68,8 +69,9 @@ def policy_changed(body, type, memo: kopf.Memo, **_):
 # --- admission: identity is stamped from userinfo, then everything is validated ----------
 # persistent=True: the webhook configurations stay registered while the operator is down, so
 # admission fails closed (failurePolicy Fail) instead of silently admitting unchecked objects.
-@kopf.on.mutate(api.GROUP, api.VERSION, api.REQUEST_PLURAL, id="stamp-requester", operations=["CREATE"],
-                persistent=True)
+@kopf.on.mutate(
+    api.GROUP, api.VERSION, api.REQUEST_PLURAL, id="stamp-requester", operations=["CREATE"], persistent=True
+)
 def stamp_requester(spec, userinfo, patch, **_):
     verdict, fields = admission.stamp_request_identity(dict(spec), userinfo)
     _reject("BreakGlassRequest", verdict)
@@ -77,20 +79,34 @@ def stamp_requester(spec, userinfo, patch, **_):
 
 
 # DELETE is routed here too: kopf then passes the stored object as both `body` and `old` (new is None).
-@kopf.on.validate(api.GROUP, api.VERSION, api.REQUEST_PLURAL, id="validate-request",
-                  operations=["CREATE", "UPDATE", "DELETE"], persistent=True)
+@kopf.on.validate(
+    api.GROUP,
+    api.VERSION,
+    api.REQUEST_PLURAL,
+    id="validate-request",
+    operations=["CREATE", "UPDATE", "DELETE"],
+    persistent=True,
+)
 def validate_request(body, old, operation, userinfo, dryrun, memo: kopf.Memo, **_):
     if admission.is_identity_probe(dict(body), operation, dryrun):
         return
-    rules = admission.RequestRules(memo.rt.policies.get, memo.rt.kube.namespace_exists, memo.rt.settings.admin_groups,
-                                   memo.rt.operator_username, memo.rt.settings.max_token_lifetime,
-                                   memo.rt.protected_namespaces)
-    _reject("BreakGlassRequest", admission.validate_request(operation, dict(body), dict(old) if old else None,
-                                                            userinfo, rules))
+    rules = admission.RequestRules(
+        memo.rt.policies.get,
+        memo.rt.kube.namespace_exists,
+        memo.rt.settings.admin_groups,
+        memo.rt.operator_username,
+        memo.rt.settings.max_token_lifetime,
+        memo.rt.protected_namespaces,
+    )
+    _reject(
+        "BreakGlassRequest",
+        admission.validate_request(operation, dict(body), dict(old) if old else None, userinfo, rules),
+    )
 
 
-@kopf.on.mutate(api.GROUP, api.VERSION, api.APPROVAL_PLURAL, id="stamp-approver", operations=["CREATE"],
-                persistent=True)
+@kopf.on.mutate(
+    api.GROUP, api.VERSION, api.APPROVAL_PLURAL, id="stamp-approver", operations=["CREATE"], persistent=True
+)
 def stamp_approver(body, spec, userinfo, patch, memo: kopf.Memo, **_):
     verdict, fields = admission.stamp_approval_identity(dict(spec), userinfo)
     _reject("BreakGlassApproval", verdict)
@@ -100,12 +116,19 @@ def stamp_approver(body, spec, userinfo, patch, memo: kopf.Memo, **_):
     patch.metadata["ownerReferences"] = owners
 
 
-@kopf.on.validate(api.GROUP, api.VERSION, api.APPROVAL_PLURAL, id="validate-approval", operations=["CREATE", "UPDATE"],
-                  persistent=True)
+@kopf.on.validate(
+    api.GROUP,
+    api.VERSION,
+    api.APPROVAL_PLURAL,
+    id="validate-approval",
+    operations=["CREATE", "UPDATE"],
+    persistent=True,
+)
 def validate_approval(body, old, operation, userinfo, memo: kopf.Memo, **_):
     if operation == "CREATE":
-        verdict = admission.validate_approval_create(dict(body), userinfo, memo.rt.kube.get_request,
-                                                     memo.rt.policies.get)
+        verdict = admission.validate_approval_create(
+            dict(body), userinfo, memo.rt.kube.get_request, memo.rt.policies.get
+        )
     else:
         verdict = admission.validate_approval_update(dict(old or {}), dict(body))
     _reject("BreakGlassApproval", verdict)

@@ -9,13 +9,15 @@ leading (`on_lost` — the runtime exits, so a stale leader never keeps writing)
 The decision whether a lease may be taken is a pure function (`may_acquire`) of the lease body,
 our identity and `now`.
 """
+
 from __future__ import annotations
 
 import datetime as dt
 import logging
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from . import metrics
 from .domain.durations import utcnow
@@ -25,13 +27,13 @@ log = logging.getLogger(__name__)
 
 
 def _micro(moment: dt.datetime) -> str:
-    return moment.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _parse_micro(text: str | None) -> dt.datetime | None:
     if not text:
         return None
-    return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(dt.timezone.utc)
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(dt.UTC)
 
 
 def may_acquire(spec: dict[str, Any], identity: str, now: dt.datetime) -> bool:
@@ -45,10 +47,20 @@ def may_acquire(spec: dict[str, Any], identity: str, now: dt.datetime) -> bool:
 
 
 class LeaderElector:
-    def __init__(self, kube: Kube, *, namespace: str, name: str, identity: str, lease_seconds: float = 15.0,
-                 renew_deadline: float = 10.0, retry_period: float = 2.0,
-                 on_started: Callable[[], None], on_lost: Callable[[], None],
-                 clock: Callable[[], dt.datetime] = utcnow):
+    def __init__(
+        self,
+        kube: Kube,
+        *,
+        namespace: str,
+        name: str,
+        identity: str,
+        lease_seconds: float = 15.0,
+        renew_deadline: float = 10.0,
+        retry_period: float = 2.0,
+        on_started: Callable[[], None],
+        on_lost: Callable[[], None],
+        clock: Callable[[], dt.datetime] = utcnow,
+    ):
         self.kube, self.namespace, self.name, self.identity = kube, namespace, name, identity
         self.lease_seconds, self.renew_deadline, self.retry_period = lease_seconds, renew_deadline, retry_period
         self.on_started, self.on_lost, self.clock = on_started, on_lost, clock
@@ -67,8 +79,15 @@ class LeaderElector:
         self._stop.set()
         if release and self.leading.is_set():
             try:
-                self._write(lambda spec: {**spec, "holderIdentity": None, "leaseDurationSeconds": 1,
-                                          "renewTime": _micro(self.clock())}, only_if_ours=True)
+                self._write(
+                    lambda spec: {
+                        **spec,
+                        "holderIdentity": None,
+                        "leaseDurationSeconds": 1,
+                        "renewTime": _micro(self.clock()),
+                    },
+                    only_if_ours=True,
+                )
                 log.info("released leader lease %s/%s", self.namespace, self.name)
             except Exception as exc:  # noqa: BLE001 — the lease then expires on its own
                 log.warning("could not release the leader lease: %s", error_text(exc))
@@ -104,9 +123,12 @@ class LeaderElector:
         now = self.clock()
         lease = self.kube.get_lease(self.namespace, self.name)
         if lease is None:
-            body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                    "metadata": {"name": self.name, "namespace": self.namespace},
-                    "spec": self._spec({}, now, fresh=True)}
+            body = {
+                "apiVersion": "coordination.k8s.io/v1",
+                "kind": "Lease",
+                "metadata": {"name": self.name, "namespace": self.namespace},
+                "spec": self._spec({}, now, fresh=True),
+            }
             try:
                 self.kube.create_lease(body)
                 return True
@@ -123,8 +145,9 @@ class LeaderElector:
             return False
 
     def _spec(self, spec: dict[str, Any], now: dt.datetime, fresh: bool) -> dict[str, Any]:
-        out = dict(spec, holderIdentity=self.identity, leaseDurationSeconds=int(self.lease_seconds),
-                   renewTime=_micro(now))
+        out = dict(
+            spec, holderIdentity=self.identity, leaseDurationSeconds=int(self.lease_seconds), renewTime=_micro(now)
+        )
         if fresh:
             out["acquireTime"] = _micro(now)
             out["leaseTransitions"] = int(spec.get("leaseTransitions") or 0) + (1 if spec.get("holderIdentity") else 0)

@@ -9,6 +9,7 @@ proof of anything; the operator deletes only objects listed here (by uid, or by 
 A watch keeps an in-memory view (only the fields we need) for the TokenReview allow-list, key
 pinning and the sweeper; the process's own writes update it at once.
 """
+
 from __future__ import annotations
 
 import copy
@@ -16,7 +17,8 @@ import json
 import logging
 import threading
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from . import api, metrics
 from .domain.durations import parse_rfc3339
@@ -40,12 +42,19 @@ def entry_from_configmap(cm: dict[str, Any]) -> dict[str, Any] | None:
 
 def configmap_for(namespace: str, entry: dict[str, Any]) -> dict[str, Any]:
     body = {k: v for k, v in entry.items() if k != "resourceVersion"}
-    meta: dict[str, Any] = {"name": api.ledger_name(entry["request"]["uid"]), "namespace": namespace,
-                            "labels": {api.MANAGED_BY_LABEL: api.MANAGED_BY, api.LEDGER_LABEL: "grant"}}
+    meta: dict[str, Any] = {
+        "name": api.ledger_name(entry["request"]["uid"]),
+        "namespace": namespace,
+        "labels": {api.MANAGED_BY_LABEL: api.MANAGED_BY, api.LEDGER_LABEL: "grant"},
+    }
     if entry.get("resourceVersion"):
         meta["resourceVersion"] = entry["resourceVersion"]
-    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta,
-            "data": {api.LEDGER_KEY: json.dumps(body, sort_keys=True)}}
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": meta,
+        "data": {api.LEDGER_KEY: json.dumps(body, sort_keys=True)},
+    }
 
 
 def is_live(entry: dict[str, Any] | None, now) -> bool:

@@ -5,6 +5,7 @@ names everything created, Events and audit records follow the status diff, and t
 guarded by resourceVersion. A crash or a second replica between any two writes is repaired by the
 next pass; a request uid never gets a second jti.
 """
+
 from __future__ import annotations
 
 import concurrent.futures
@@ -12,7 +13,8 @@ import datetime as dt
 import logging
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from . import api, metrics
 from .audit import AuditLog
@@ -61,9 +63,18 @@ class PolicyCache:
 
 
 class Reconciler:
-    def __init__(self, *, kube: Kube, ledger: Ledger, grants: Grants, audit: AuditLog, settings: Settings,
-                 clock: Callable[[], dt.datetime], policies: PolicyCache | None = None,
-                 schedule_expiry: Callable[..., None] | None = None):
+    def __init__(
+        self,
+        *,
+        kube: Kube,
+        ledger: Ledger,
+        grants: Grants,
+        audit: AuditLog,
+        settings: Settings,
+        clock: Callable[[], dt.datetime],
+        policies: PolicyCache | None = None,
+        schedule_expiry: Callable[..., None] | None = None,
+    ):
         self.kube, self.ledger, self.grants, self.audit = kube, ledger, grants, audit
         self.policies = policies or PolicyCache(kube)
         self.settings, self.clock, self.schedule_expiry = settings, clock, schedule_expiry
@@ -95,22 +106,44 @@ class Reconciler:
         tally = self._tally(req, view, policy, entry, old, created)
         grant = D.Grant(entry["state"], parse_rfc3339(entry["expiresAt"]), entry.get("reason", "")) if entry else None
         secret_present = self.grants.secret_present(entry) if entry and entry["state"] == ACTIVE else True
-        decision = D.decide(request=view, phase=old.get("phase"), policy=policy, tally=tally, created=created,
-                            grant=grant, now=now, secret_present=secret_present,
-                            ceiling=self.settings.max_token_lifetime,
-                            protected=tuple({self.settings.namespace, self.settings.tokens_namespace}))
+        decision = D.decide(
+            request=view,
+            phase=old.get("phase"),
+            policy=policy,
+            tally=tally,
+            created=created,
+            grant=grant,
+            now=now,
+            secret_present=secret_present,
+            ceiling=self.settings.max_token_lifetime,
+            protected=tuple({self.settings.namespace, self.settings.tokens_namespace}),
+        )
         if decision.action == D.ACTIVE and not self.grants.keys.has_kid(entry["kid"]):
-            decision = D.Decision(D.REVOKE, "SigningKeyLost", f"signing key {entry['kid']} of this grant is no longer "
-                                  "in the keyring (deleted or replaced): the token cannot authenticate; request again")
+            decision = D.Decision(
+                D.REVOKE,
+                "SigningKeyLost",
+                f"signing key {entry['kid']} of this grant is no longer "
+                "in the keyring (deleted or replaced): the token cannot authenticate; request again",
+            )
         if grant is None and old.get("phase") == api.ACTIVE:
             # Active without a ledger entry: the record of this token is lost. Fail closed: the token
             # is not in the allow-list any more; never issue a second one.
-            decision = D.Decision(D.REVOKE, "LedgerEntryMissing",
-                                  "the grant ledger has no entry for this request; access is revoked")
+            decision = D.Decision(
+                D.REVOKE, "LedgerEntryMissing", "the grant ledger has no entry for this request; access is revoked"
+            )
         if decision.action in (D.ISSUE, D.WAIT) and api.FINALIZER not in (meta.get("finalizers") or []):
-            self._remember_own_write(self.kube.patch_request(namespace, name, {"metadata": {
-                "finalizers": (meta.get("finalizers") or []) + [api.FINALIZER],
-                "resourceVersion": meta["resourceVersion"]}}))
+            self._remember_own_write(
+                self.kube.patch_request(
+                    namespace,
+                    name,
+                    {
+                        "metadata": {
+                            "finalizers": (meta.get("finalizers") or []) + [api.FINALIZER],
+                            "resourceVersion": meta["resourceVersion"],
+                        }
+                    },
+                )
+            )
             return self.reconcile(namespace, name)  # read again: the finalizer is in place before any grant
         outcome, entry = self._apply(decision, req, view, policy, entry, old, now)
         new = next_status(old, generation=meta.get("generation"), outcome=outcome, grant=entry, tally=tally, now=now)
@@ -120,8 +153,13 @@ class Reconciler:
         if new["phase"] in api.TERMINAL_PHASES and (entry is None or entry.get("cleaned")):
             self._remove_finalizer(req)
         if entry and entry["state"] == ACTIVE and self.schedule_expiry:
-            self.schedule_expiry((namespace, name), entry["secret"]["namespace"], entry["secret"]["name"],
-                                 entry["secret"]["uid"], parse_rfc3339(entry["expiresAt"]).timestamp())
+            self.schedule_expiry(
+                (namespace, name),
+                entry["secret"]["namespace"],
+                entry["secret"]["name"],
+                entry["secret"]["uid"],
+                parse_rfc3339(entry["expiresAt"]).timestamp(),
+            )
         times = [decision.requeue_at, review_due(new)]
         if entry and entry["state"] == ACTIVE:
             times.append(parse_rfc3339(entry["expiresAt"]))
@@ -132,14 +170,21 @@ class Reconciler:
         review = old.get("review") or {}
         open_review = review.get("required") and not review.get("reviewedAt")
         issuing = entry is None or entry["state"] == "Issuing"  # an interrupted issue still records its approvals
-        if policy is None or not ((issuing and old.get("phase") not in api.TERMINAL_PHASES) or open_review
-                                  or (entry and entry["state"] == ACTIVE and (entry.get("approval") or {}).get("emergency"))):
+        if policy is None or not (
+            (issuing and old.get("phase") not in api.TERMINAL_PHASES)
+            or open_review
+            or (entry and entry["state"] == ACTIVE and (entry.get("approval") or {}).get("emergency"))
+        ):
             return None
-        approvals = [ApprovalView.from_resource(a)
-                     for a in self.kube.list_approvals(view.namespace, view.name)]
-        return tally_approvals(approvals, requester=view.requester, policy=policy,
-                               deadline=D.approval_deadline(created, policy),
-                               request_uid=req["metadata"]["uid"], request_created=created)
+        approvals = [ApprovalView.from_resource(a) for a in self.kube.list_approvals(view.namespace, view.name)]
+        return tally_approvals(
+            approvals,
+            requester=view.requester,
+            policy=policy,
+            deadline=D.approval_deadline(created, policy),
+            request_uid=req["metadata"]["uid"],
+            request_created=created,
+        )
 
     # ---------------------------------------------------------------- effects
     def _apply(self, decision: D.Decision, req, view, policy, entry, old, now) -> tuple[Outcome, dict | None]:
@@ -177,16 +222,20 @@ class Reconciler:
     @staticmethod
     def _settled(entry) -> Outcome:
         state = entry["state"]
-        return Outcome(PHASE_OF_STATE.get(state, api.FAILED), entry.get("reason") or state,
-                       entry.get("message") or f"grant {state.lower()}")
+        return Outcome(
+            PHASE_OF_STATE.get(state, api.FAILED),
+            entry.get("reason") or state,
+            entry.get("message") or f"grant {state.lower()}",
+        )
 
     def _on_delete(self, req, view, entry, old) -> None:
         """Deleting a request revokes it; only the operator removes the finalizer (admission)."""
         if entry and entry["state"] in (ACTIVE, "Issuing"):
             # Revoke first (an audit failure must never keep a token alive); audit even if cleanup fails.
             try:
-                entry = self.grants.end(entry, REVOKED, "RequestDeleted",
-                                        "the request was deleted; its token is revoked")
+                entry = self.grants.end(
+                    entry, REVOKED, "RequestDeleted", "the request was deleted; its token is revoked"
+                )
             finally:
                 metrics.revocations_total.labels("RequestDeleted").inc()
                 self._audit("revoked", req, view, jti=entry["jti"], reason="RequestDeleted", outcome="revoked")
@@ -206,17 +255,30 @@ class Reconciler:
             kind, _, rest = change.partition(":")
             if kind == "requested":
                 self._audit("requested", req, view, outcome="pending")
-                self._event(req, "Normal", "Requested", f"{view.requester} requested {_grant_text(view)} under "
-                            f"policy {view.policy!r} for {view.duration or 'the default duration'}: {view.reason}")
+                self._event(
+                    req,
+                    "Normal",
+                    "Requested",
+                    f"{view.requester} requested {_grant_text(view)} under "
+                    f"policy {view.policy!r} for {view.duration or 'the default duration'}: {view.reason}",
+                )
             elif kind == "approval":
                 approver, _, decision = rest.rpartition(":")
-                self._audit("approval", req, view, key=f"approval:{approver}:{decision}", approver=approver,
-                            decision=decision, counted=True)
+                self._audit(
+                    "approval",
+                    req,
+                    view,
+                    key=f"approval:{approver}:{decision}",
+                    approver=approver,
+                    decision=decision,
+                    counted=True,
+                )
                 metrics.approvals_total.labels(decision).inc()
             elif kind == "ignored":
                 who, why = ignored.get(rest, ("?", "not counted"))
-                self._audit("approval", req, view, key=f"ignored:{rest}", approval=rest, approver=who, counted=False,
-                            why=why)
+                self._audit(
+                    "approval", req, view, key=f"ignored:{rest}", approval=rest, approver=who, counted=False, why=why
+                )
                 self._event(req, "Warning", "ApprovalIgnored", f"approval {rest} by {who or '?'} ignored: {why}")
             elif kind == "phase":
                 self._publish_phase(req, view, new, entry, drill, outcome.reason, now)
@@ -228,24 +290,45 @@ class Reconciler:
                 self._event(req, "Normal", "Reviewed", f"emergency access reviewed by {reviewer}")
             elif kind == "overdue":
                 self._audit("review", req, view, key="overdue", outcome="overdue")
-                self._event(req, "Warning", "ReviewOverdue", f"emergency access review was due at "
-                            f"{new['review']['dueAt']} and has not been filed")
+                self._event(
+                    req,
+                    "Warning",
+                    "ReviewOverdue",
+                    f"emergency access review was due at {new['review']['dueAt']} and has not been filed",
+                )
 
     def _publish_phase(self, req, view, new, entry, drill, reason, now) -> None:
         phase, cond_msg = new["phase"], new.get("message", "")
         grant_fields = {"jti": entry["jti"], "kid": entry["kid"], "expiresAt": entry["expiresAt"]} if entry else {}
         if phase == api.ACTIVE:
             approval = entry.get("approval") or {}
-            self._audit("issued", req, view, approvers=approval.get("approvers", []), outcome="issued",
-                        emergency=bool(approval.get("emergency")), **grant_fields)
+            self._audit(
+                "issued",
+                req,
+                view,
+                approvers=approval.get("approvers", []),
+                outcome="issued",
+                emergency=bool(approval.get("emergency")),
+                **grant_fields,
+            )
             if approval.get("reason") in ("Approved", "AutoApproved", "NoApprovalRequired"):
                 self._event(req, "Normal", "Approved", approval.get("message", ""))
-            self._event(req, "Normal", "Issued", f"token Secret {entry['secret']['namespace']}/"
-                        f"{entry['secret']['name']} issued (jti {entry['jti']}, kid {entry['kid']}) for "
-                        f"{_grant_text(view)}; expires {entry['expiresAt']}")
+            self._event(
+                req,
+                "Normal",
+                "Issued",
+                f"token Secret {entry['secret']['namespace']}/"
+                f"{entry['secret']['name']} issued (jti {entry['jti']}, kid {entry['kid']}) for "
+                f"{_grant_text(view)}; expires {entry['expiresAt']}",
+            )
             if approval.get("emergency"):
-                self._event(req, "Warning", "ReviewRequired", f"emergency access issued without approval: an "
-                            f"approver of policy {view.policy!r} must file a Review by {approval.get('reviewDueAt')}")
+                self._event(
+                    req,
+                    "Warning",
+                    "ReviewRequired",
+                    f"emergency access issued without approval: an "
+                    f"approver of policy {view.policy!r} must file a Review by {approval.get('reviewDueAt')}",
+                )
             created = parse_rfc3339(req["metadata"]["creationTimestamp"])
             metrics.time_to_issue.observe(max(0.0, (now - created).total_seconds()))
             if approval.get("reason") == "Approved":
@@ -255,19 +338,31 @@ class Reconciler:
             return
         if phase == api.EXPIRED:
             self._audit("expired", req, view, outcome="expired", **grant_fields)
-            self._event(req, "Normal", "Expired", f"access expired at {entry['expiresAt'] if entry else '?'}; token "
-                        "Secret and RoleBindings deleted")
+            self._event(
+                req,
+                "Normal",
+                "Expired",
+                f"access expired at {entry['expiresAt'] if entry else '?'}; token Secret and RoleBindings deleted",
+            )
             if entry:
                 metrics.expiry_lag.observe(max(0.0, (now - parse_rfc3339(entry["expiresAt"])).total_seconds()))
         elif phase == api.REVOKED:
             self._audit("revoked", req, view, reason=reason, outcome="revoked", **grant_fields)
-            self._event(req, "Normal", "Revoked", cond_msg + (f" (jti {entry['jti']} no longer authenticates)"
-                                                             if entry else ""))
+            self._event(
+                req, "Normal", "Revoked", cond_msg + (f" (jti {entry['jti']} no longer authenticates)" if entry else "")
+            )
             if entry:
                 metrics.revocations_total.labels(reason).inc()
         else:  # Denied / Failed
-            self._audit("denied" if phase == api.DENIED else "failed", req, view, reason=reason, message=cond_msg,
-                        outcome=phase.lower(), **grant_fields)
+            self._audit(
+                "denied" if phase == api.DENIED else "failed",
+                req,
+                view,
+                reason=reason,
+                message=cond_msg,
+                outcome=phase.lower(),
+                **grant_fields,
+            )
             self._event(req, "Warning", "Denied" if phase == api.DENIED else "Failed", f"{phase}: {cond_msg}")
         if not drill:
             metrics.requests_total.labels(view.policy, phase.lower()).inc()
@@ -286,9 +381,16 @@ class Reconciler:
     def _remove_finalizer(self, req) -> None:
         fins = req["metadata"].get("finalizers") or []
         if api.FINALIZER in fins:
-            updated = self.kube.patch_request(req["metadata"]["namespace"], req["metadata"]["name"],
-                                              {"metadata": {"finalizers": [f for f in fins if f != api.FINALIZER],
-                                                            "resourceVersion": req["metadata"]["resourceVersion"]}})
+            updated = self.kube.patch_request(
+                req["metadata"]["namespace"],
+                req["metadata"]["name"],
+                {
+                    "metadata": {
+                        "finalizers": [f for f in fins if f != api.FINALIZER],
+                        "resourceVersion": req["metadata"]["resourceVersion"],
+                    }
+                },
+            )
             self._remember_own_write(updated)
 
     def _remember_own_write(self, obj: dict[str, Any]) -> None:
@@ -305,19 +407,34 @@ class Reconciler:
 
     def _event(self, req, type_, reason, message) -> None:
         """Events are best effort (the audit log is the record): posted off the issue path."""
-        body = builders.build_event(involved={**req, "kind": api.KIND_REQUEST, "apiVersion": api.API_VERSION},
-                                    type_=type_, reason=reason, message=message, now=self.clock())
+        body = builders.build_event(
+            involved={**req, "kind": api.KIND_REQUEST, "apiVersion": api.API_VERSION},
+            type_=type_,
+            reason=reason,
+            message=message,
+            now=self.clock(),
+        )
         self._events.submit(self.kube.create_event, body)
 
     def _audit(self, event: str, req, view: RequestView, key: str | None = None, **fields) -> None:
         """One record per (request uid, transition): `key` defaults to the event for phase-like events."""
         meta = req["metadata"]
         from .domain.durations import to_rfc3339
-        self.audit.record(event, key=f"{meta['uid']}:{key or event}", time=to_rfc3339(self.clock()),
-                          request={"namespace": meta["namespace"], "name": meta["name"], "uid": meta["uid"]},
-                          policy=view.policy, requester=view.requester, namespaces=list(view.namespaces),
-                          clusterRoles=list(view.cluster_roles), scopes=list(view.scopes),
-                          ticket=view.ticket or "", drill=api.is_drill(req), **fields)
+
+        self.audit.record(
+            event,
+            key=f"{meta['uid']}:{key or event}",
+            time=to_rfc3339(self.clock()),
+            request={"namespace": meta["namespace"], "name": meta["name"], "uid": meta["uid"]},
+            policy=view.policy,
+            requester=view.requester,
+            namespaces=list(view.namespaces),
+            clusterRoles=list(view.cluster_roles),
+            scopes=list(view.scopes),
+            ticket=view.ticket or "",
+            drill=api.is_drill(req),
+            **fields,
+        )
 
 
 def _grant_text(view: RequestView) -> str:

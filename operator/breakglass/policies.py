@@ -1,7 +1,9 @@
 """Policy status: Ready says whether a policy is usable, with the first problem as the reason."""
+
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from . import api
 from .domain.conditions import set_condition
@@ -17,13 +19,17 @@ def policy_status(body: dict[str, Any], now) -> dict[str, Any]:
     if problems:
         cond = dict(status=False, reason=problems[0].reason, message="; ".join(p.message for p in problems))
     else:
-        cond = dict(status=True, reason="Valid",
-                    message=f"requesters {list(policy.requester_users) + list(policy.requester_groups)}; "
-                            f"{policy.required_approvals} approval(s) from "
-                            f"{list(policy.approver_users) + list(policy.approver_groups)}; "
-                            f"max {policy.max_duration}")
-    conditions = set_condition(old.get("conditions"), type=api.COND_READY, now=now,
-                               observed_generation=meta.get("generation"), **cond)
+        cond = dict(
+            status=True,
+            reason="Valid",
+            message=f"requesters {list(policy.requester_users) + list(policy.requester_groups)}; "
+            f"{policy.required_approvals} approval(s) from "
+            f"{list(policy.approver_users) + list(policy.approver_groups)}; "
+            f"max {policy.max_duration}",
+        )
+    conditions = set_condition(
+        old.get("conditions"), type=api.COND_READY, now=now, observed_generation=meta.get("generation"), **cond
+    )
     return {"conditions": conditions, "observedGeneration": meta.get("generation")}
 
 

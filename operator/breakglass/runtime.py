@@ -1,4 +1,5 @@
 """Wires the services together once at start-up; handlers reach them through kopf's memo."""
+
 from __future__ import annotations
 
 import asyncio
@@ -8,15 +9,14 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-
 from . import api, metrics
 from .audit import AuditLog
-from .drills import DrillRunner
+from .bootstrap import build_audit, tls_files, whoami
 from .domain.durations import utcnow
+from .drills import DrillRunner
 from .endpoints import Endpoints
 from .expiry import ExpiryTimer
 from .grants import Grants
-from .bootstrap import build_audit, tls_files, whoami
 from .k8s.client import Kube, error_text, load_config
 from .leader import LeaderElector
 from .ledger import Ledger
@@ -29,6 +29,7 @@ from .tls import TLSFiles
 from .workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
+
 
 @dataclass
 class Runtime:
@@ -58,6 +59,7 @@ class Runtime:
     def on_started_leading(self) -> None:
         """Only the leader reconciles, expires, sweeps and drills; it first catches up on everything."""
         from .domain.durations import to_rfc3339
+
         self.audit.follow_head(self.audit.read_head())  # one chain across leaders
         if self.audit.discrepancy:
             self.audit.record("audit-discrepancy", time=to_rfc3339(utcnow()), problem=self.audit.discrepancy)
@@ -73,6 +75,7 @@ class Runtime:
     def on_lost_leading(self) -> None:
         """A leader that could not renew must stop writing at once: exit (the pod restarts as follower)."""
         import signal
+
         os.kill(os.getpid(), signal.SIGTERM)
 
     def enqueue(self, namespace: str, name: str) -> None:
@@ -80,8 +83,10 @@ class Runtime:
 
     def enqueue_pending_for_policy(self, policy: str) -> None:
         for req in self.kube.list_requests():
-            if (req.get("spec") or {}).get("policy") == policy and \
-                    (req.get("status") or {}).get("phase") in (None, api.PENDING):
+            if (req.get("spec") or {}).get("policy") == policy and (req.get("status") or {}).get("phase") in (
+                None,
+                api.PENDING,
+            ):
                 self.enqueue(req["metadata"]["namespace"], req["metadata"]["name"])
 
     def reconcile_key(self, key) -> dt.datetime | None:
@@ -131,46 +136,100 @@ def build(settings: Settings) -> Runtime:
         kube.ensure_namespace(settings.tokens_namespace)
     holder: dict[str, Runtime] = {}
     ledger = Ledger(kube, settings.namespace)
-    keys = KeyStore(kube, settings.namespace, settings.signing_alg,
-                    kids_in_use=lambda: holder["rt"].sweeper.kids_in_use())
+    keys = KeyStore(
+        kube, settings.namespace, settings.signing_alg, kids_in_use=lambda: holder["rt"].sweeper.kids_in_use()
+    )
     keys.ensure()
     revocations = RevocationStore(kube, settings.namespace)
     audit = build_audit(settings, kube)
     cluster_ca_b64 = None
     if settings.cluster_ca_file:
         import base64 as b64
+
         with open(settings.cluster_ca_file, "rb") as fh:
             cluster_ca_b64 = b64.b64encode(fh.read()).decode()
-    grants = Grants(kube=kube, ledger=ledger, keys=keys, revocations=revocations, settings=settings,
-                    clock=utcnow, cluster_ca_b64=cluster_ca_b64)
+    grants = Grants(
+        kube=kube,
+        ledger=ledger,
+        keys=keys,
+        revocations=revocations,
+        settings=settings,
+        clock=utcnow,
+        cluster_ca_b64=cluster_ca_b64,
+    )
     expiry = ExpiryTimer(kube.delete_secret, lambda key: holder["rt"].queue.add(key))
-    reconciler = Reconciler(kube=kube, ledger=ledger, grants=grants, audit=audit, settings=settings,
-                            clock=utcnow, schedule_expiry=expiry.schedule)
+    reconciler = Reconciler(
+        kube=kube,
+        ledger=ledger,
+        grants=grants,
+        audit=audit,
+        settings=settings,
+        clock=utcnow,
+        schedule_expiry=expiry.schedule,
+    )
     queue = WorkQueue(lambda key: holder["rt"].reconcile_key(key), workers=settings.workers)
-    sweeper = Sweeper(kube, ledger, grants, keys, revocations, audit, lambda ns, n: queue.add((ns, n)), utcnow,
-                      settings.key_rotation_interval)
-    endpoints = Endpoints(keys=keys, revocations=revocations, ledger=ledger, issuer=settings.issuer,
-                          audiences=list(settings.token_audiences), client_ca_file=settings.client_ca_file)
-    drills = DrillRunner(kube=kube, audit=audit, issuer=settings.issuer, operator_namespace=settings.namespace,
-                         clock=utcnow, ledger=ledger)
+    sweeper = Sweeper(
+        kube,
+        ledger,
+        grants,
+        keys,
+        revocations,
+        audit,
+        lambda ns, n: queue.add((ns, n)),
+        utcnow,
+        settings.key_rotation_interval,
+    )
+    endpoints = Endpoints(
+        keys=keys,
+        revocations=revocations,
+        ledger=ledger,
+        issuer=settings.issuer,
+        audiences=list(settings.token_audiences),
+        client_ca_file=settings.client_ca_file,
+    )
+    drills = DrillRunner(
+        kube=kube,
+        audit=audit,
+        issuer=settings.issuer,
+        operator_namespace=settings.namespace,
+        clock=utcnow,
+        ledger=ledger,
+    )
     drill_queue = WorkQueue(lambda key: holder["rt"].run_drill_key(key), workers=2, retry_seconds=5.0)
-    rt = Runtime(settings=settings, kube=kube, keys=keys, revocations=revocations, audit=audit,
-                 reconciler=reconciler, queue=queue, sweeper=sweeper, endpoints=endpoints,
-                 tls=tls_files(settings, kube), drills=drills, drill_queue=drill_queue, expiry=expiry,
-                 ledger=ledger, grants=grants, operator_username=whoami(settings, kube))
+    rt = Runtime(
+        settings=settings,
+        kube=kube,
+        keys=keys,
+        revocations=revocations,
+        audit=audit,
+        reconciler=reconciler,
+        queue=queue,
+        sweeper=sweeper,
+        endpoints=endpoints,
+        tls=tls_files(settings, kube),
+        drills=drills,
+        drill_queue=drill_queue,
+        expiry=expiry,
+        ledger=ledger,
+        grants=grants,
+        operator_username=whoami(settings, kube),
+    )
     import socket
+
     rt.elector = LeaderElector(
-        kube, namespace=settings.namespace, name=settings.lease_name,
+        kube,
+        namespace=settings.namespace,
+        name=settings.lease_name,
         # Pod name + pid: a container restarted in the same pod (pid 1 again) takes its lease back at once.
         identity=f"{socket.gethostname()}-{os.getpid()}",
         lease_seconds=settings.lease_duration.total_seconds(),
         renew_deadline=settings.lease_renew_deadline.total_seconds(),
         retry_period=settings.lease_retry_period.total_seconds(),
-        on_started=rt.on_started_leading, on_lost=rt.on_lost_leading)
+        on_started=rt.on_started_leading,
+        on_lost=rt.on_lost_leading,
+    )
     reconciler.on_orphans = sweeper.revoke_orphans_of
     reconciler.on_review = sweeper.note_review
     holder["rt"] = rt
     log.info("operator identity %s; token namespace %s", rt.operator_username, settings.tokens_namespace)
     return rt
-
-

@@ -3,6 +3,7 @@
 Every replica serves admission, TokenReview/JWKS and metrics at once; the leader (runtime.py's
 callbacks) starts the queues. Housekeeping runs only on the leader.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -25,21 +26,28 @@ async def start(rt: Runtime, kopf_settings: kopf.OperatorSettings) -> None:
     kopf_settings.persistence.finalizer = "breakglass.dev/kopf"
     kopf_settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kopf.breakglass.dev")
     kopf_settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix="kopf.breakglass.dev", key="last-handled-configuration")
+        prefix="kopf.breakglass.dev", key="last-handled-configuration"
+    )
     kopf_settings.watching.server_timeout = 300
     kopf_settings.networking.request_timeout = 60
     kopf_settings.scanning.disabled = True  # our CRDs are known; no cluster-wide CRD watch needed (RBAC)
     host = s.webhook_host or (s.bind_address if s.bind_address != "0.0.0.0" else "127.0.0.1")
     kopf_settings.admission.server = kopf.WebhookServer(
-        addr=s.bind_address, port=s.webhook_port, host=host,
-        certfile=rt.tls.cert_file, pkeyfile=rt.tls.key_file, cafile=rt.tls.ca_file)
+        addr=s.bind_address,
+        port=s.webhook_port,
+        host=host,
+        certfile=rt.tls.cert_file,
+        pkeyfile=rt.tls.key_file,
+        cafile=rt.tls.ca_file,
+    )
     if s.local:
         # Development: register our own configurations pointing at 127.0.0.1.
         kopf_settings.admission.managed = "breakglass.dev"
     else:
         # The chart ships the configurations (Service or URL); we only keep their caBundle right.
         await asyncio.get_running_loop().run_in_executor(
-            None, inject_ca_bundle, rt.kube, s.webhook_config_name, rt.tls.ca_file)
+            None, inject_ca_bundle, rt.kube, s.webhook_config_name, rt.tls.ca_file
+        )
     # Our own writes to requests (finalizers) pass through our own persistent, fail-closed webhooks:
     # start reconciling once the webhook server (started by kopf after this handler) accepts connections.
     rt.ledger.start()
@@ -47,6 +55,7 @@ async def start(rt: Runtime, kopf_settings: kopf.OperatorSettings) -> None:
     await rt.endpoints.start(s.bind_address, s.https_port, rt.tls.cert_file, rt.tls.key_file)
     if s.metrics_port:
         from prometheus_client import start_http_server
+
         start_http_server(s.metrics_port, addr=s.bind_address, registry=metrics.REGISTRY)
     rt.tasks.append(asyncio.create_task(_housekeeping(rt)))
 

@@ -1,4 +1,5 @@
 """Operator settings: BREAKGLASS_* environment variables mirrored by CLI flags, validated once."""
+
 from __future__ import annotations
 
 import argparse
@@ -67,49 +68,91 @@ _OPTIONS = [
     ("--https-port", "HTTPS_PORT", "port of the HTTPS endpoints (JWKS, discovery, revocations, TokenReview)", int),
     ("--webhook-port", "WEBHOOK_PORT", "port of the admission webhook server", int),
     ("--webhook-host", "WEBHOOK_HOST", "host name put into the webhook URLs (default: bind address)", str),
-    ("--webhook-config-name", "WEBHOOK_CONFIG_NAME",
-     "name of the chart's Validating/MutatingWebhookConfigurations whose caBundle the operator keeps in sync "
-     "(ignored with --local, which registers its own)", str),
+    (
+        "--webhook-config-name",
+        "WEBHOOK_CONFIG_NAME",
+        "name of the chart's Validating/MutatingWebhookConfigurations whose caBundle the operator keeps in sync "
+        "(ignored with --local, which registers its own)",
+        str,
+    ),
     ("--tls-cert-file", "TLS_CERT_FILE", "serving certificate (PEM); generated with a local CA when absent", str),
     ("--tls-private-key-file", "TLS_PRIVATE_KEY_FILE", "serving private key (PEM)", str),
-    ("--tls-ca-file", "TLS_CA_FILE", "CA bundle of the serving certificate, injected into the webhook configurations", str),
-    ("--client-ca-file", "CLIENT_CA_FILE",
-     "CA whose client certificates may call /authenticate (kube-apiserver's webhook identity)", str),
+    (
+        "--tls-ca-file",
+        "TLS_CA_FILE",
+        "CA bundle of the serving certificate, injected into the webhook configurations",
+        str,
+    ),
+    (
+        "--client-ca-file",
+        "CLIENT_CA_FILE",
+        "CA whose client certificates may call /authenticate (kube-apiserver's webhook identity)",
+        str,
+    ),
     ("--metrics-port", "METRICS_PORT", "port of /metrics (0 disables)", int),
     ("--health-port", "HEALTH_PORT", "port of kopf's liveness endpoint /healthz (0 disables)", int),
     ("--signing-alg", "SIGNING_ALG", f"JWT signing algorithm: {', '.join(SUPPORTED_ALGS)}", str),
     ("--key-rotation-interval", "KEY_ROTATION_INTERVAL", "rotate the signing key this often (e.g. 24h)", str),
-    ("--max-token-lifetime", "MAX_TOKEN_LIFETIME", "upper bound of any policy's maxDuration; retired keys stay this long", str),
+    (
+        "--max-token-lifetime",
+        "MAX_TOKEN_LIFETIME",
+        "upper bound of any policy's maxDuration; retired keys stay this long",
+        str,
+    ),
     ("--cluster-server", "CLUSTER_SERVER", "API server URL written into the token Secret's kubeconfig", str),
     ("--cluster-ca-file", "CLUSTER_CA_FILE", "CA file for that kubeconfig (default: in-cluster CA)", str),
     ("--audit-log", "AUDIT_LOG", "append the hash-chained audit log to this file (always also on stdout)", str),
     ("--audit-hmac-secret", "AUDIT_HMAC_SECRET", "HMAC key for audit records (or set the env variable)", str),
     ("--workers", "WORKERS", "reconcile worker threads", int),
     ("--state-dir", "STATE_DIR", "where generated local certificates go", str),
-    ("--token-namespace", "TOKEN_NAMESPACE",
-     "namespace for token Secrets and their per-request reader Roles (default: --namespace)", str),
-    ("--admin-groups", "ADMIN_GROUPS",
-     "comma-separated groups whose members may revoke, change or delete anyone's request", str),
+    (
+        "--token-namespace",
+        "TOKEN_NAMESPACE",
+        "namespace for token Secrets and their per-request reader Roles (default: --namespace)",
+        str,
+    ),
+    (
+        "--admin-groups",
+        "ADMIN_GROUPS",
+        "comma-separated groups whose members may revoke, change or delete anyone's request",
+        str,
+    ),
     ("--lease-name", "LEASE_NAME", "name of the leader-election Lease in --namespace", str),
     ("--lease-duration", "LEASE_DURATION", "how long a leader's lease lasts without renewal (e.g. 10s)", str),
-    ("--lease-renew-deadline", "LEASE_RENEW_DEADLINE",
-     "a leader that could not renew for this long stops (must be shorter than --lease-duration)", str),
+    (
+        "--lease-renew-deadline",
+        "LEASE_RENEW_DEADLINE",
+        "a leader that could not renew for this long stops (must be shorter than --lease-duration)",
+        str,
+    ),
     ("--lease-retry-period", "LEASE_RETRY_PERIOD", "how often replicas try to acquire or renew the lease", str),
     ("--token-audiences", "TOKEN_AUDIENCES", "comma-separated audiences /authenticate accepts", str),
-    ("--debug-loggers", "DEBUG_LOGGERS",
-     "comma-separated logger names to log at DEBUG (e.g. kopf._cogs.clients.watching)", str),
-    ("--operator-username", "OPERATOR_USERNAME",
-     "the operator's own Kubernetes username (default: found at start from its credentials)", str),
+    (
+        "--debug-loggers",
+        "DEBUG_LOGGERS",
+        "comma-separated logger names to log at DEBUG (e.g. kopf._cogs.clients.watching)",
+        str,
+    ),
+    (
+        "--operator-username",
+        "OPERATOR_USERNAME",
+        "the operator's own Kubernetes username (default: found at start from its credentials)",
+        str,
+    ),
 ]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--local", action="store_true",
-                        default=os.environ.get("BREAKGLASS_LOCAL", "") in ("1", "true"),
-                        help="serve admission on 127.0.0.1 with a generated CA and register the webhooks")
+    parser.add_argument(
+        "--local",
+        action="store_true",
+        default=os.environ.get("BREAKGLASS_LOCAL", "") in ("1", "true"),
+        help="serve admission on 127.0.0.1 with a generated CA and register the webhooks",
+    )
     for flag, env, help_, type_ in _OPTIONS:
-        parser.add_argument(flag, type=type_, default=os.environ.get(f"BREAKGLASS_{env}"),
-                            help=f"{help_} [env BREAKGLASS_{env}]")
+        parser.add_argument(
+            flag, type=type_, default=os.environ.get(f"BREAKGLASS_{env}"), help=f"{help_} [env BREAKGLASS_{env}]"
+        )
 
 
 class SettingsError(ValueError):
@@ -133,8 +176,13 @@ def from_args(ns: argparse.Namespace) -> Settings:
             if not 0 <= raw <= 65535 and key.endswith("port"):
                 raise SettingsError(f"{flag} must be a port number, got {raw}")
         values[key] = raw
-    for key in ("key_rotation_interval", "max_token_lifetime", "lease_duration", "lease_renew_deadline",
-                "lease_retry_period"):
+    for key in (
+        "key_rotation_interval",
+        "max_token_lifetime",
+        "lease_duration",
+        "lease_renew_deadline",
+        "lease_retry_period",
+    ):
         if key in values:
             try:
                 values[key] = parse_duration(values[key])

@@ -1,15 +1,15 @@
 """Operator state kept in the cluster: signing keyring (Secret), JWKS and revocations (ConfigMaps)."""
+
 from __future__ import annotations
 
 import base64
 import datetime as dt
 import json
+import logging
 import threading
 import time
-from typing import Any, Callable
-
-
-import logging
+from collections.abc import Callable
+from typing import Any
 
 from . import api, metrics
 from .domain.durations import to_rfc3339, utcnow
@@ -25,8 +25,14 @@ REVOCATIONS_KEY = "revocations.json"
 class KeyStore:
     """Loads the keyring from its Secret (create-if-absent), caches it briefly, publishes the JWKS."""
 
-    def __init__(self, kube: Kube, namespace: str, alg: str, cache_seconds: float = 2.0,
-                 kids_in_use: "Callable[[], set[str]] | None" = None):
+    def __init__(
+        self,
+        kube: Kube,
+        namespace: str,
+        alg: str,
+        cache_seconds: float = 2.0,
+        kids_in_use: Callable[[], set[str]] | None = None,
+    ):
         self.kube, self.namespace, self.alg = kube, namespace, alg
         # Retired keys stay published while a live ledger entry was signed by them (never a tenant object).
         self._kids_in_use = kids_in_use or (lambda: set())
@@ -46,10 +52,17 @@ class KeyStore:
         found = self._read()
         if found is None:
             ring = Keyring.new(self.alg, utcnow())
-            body = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-                    "metadata": {"name": api.SIGNING_KEYS_SECRET, "namespace": self.namespace,
-                                 "labels": {api.MANAGED_BY_LABEL: api.MANAGED_BY}},
-                    "data": {KEYRING_KEY: base64.b64encode(ring.to_json().encode()).decode()}}
+            body = {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "type": "Opaque",
+                "metadata": {
+                    "name": api.SIGNING_KEYS_SECRET,
+                    "namespace": self.namespace,
+                    "labels": {api.MANAGED_BY_LABEL: api.MANAGED_BY},
+                },
+                "data": {KEYRING_KEY: base64.b64encode(ring.to_json().encode()).decode()},
+            }
             self.kube.create_secret_if_absent(body)
             found = self._read()
         ring = found[0]
@@ -68,8 +81,12 @@ class KeyStore:
             # by the old keys is dead. Loud: metric, error log; grants signed by lost keys are revoked
             # (reason SigningKeyLost) by their reconcile, with an Event each.
             metrics.signing_keyring_recreated_total.inc()
-            log.error("signing keyring Secret %s/%s is missing: creating a new one; tokens signed by the "
-                      "old keys no longer verify", self.namespace, api.SIGNING_KEYS_SECRET)
+            log.error(
+                "signing keyring Secret %s/%s is missing: creating a new one; tokens signed by the "
+                "old keys no longer verify",
+                self.namespace,
+                api.SIGNING_KEYS_SECRET,
+            )
         ring = found[0] if found else self.ensure()
         with self._lock:
             self._cached = (time.monotonic(), ring)
@@ -156,8 +173,7 @@ class RevocationStore:
 
         def mutate(data: dict[str, str]) -> dict[str, str]:
             entries = [e for e in self._entries(data) if e.get("exp", 0) > now.timestamp() and e["jti"] != jti]
-            entries.append({"jti": jti, "exp": exp, "request": request, "reason": reason,
-                            "revokedAt": to_rfc3339(now)})
+            entries.append({"jti": jti, "exp": exp, "request": request, "reason": reason, "revokedAt": to_rfc3339(now)})
             entries.sort(key=lambda e: -e.get("exp", 0))
             text = json.dumps(entries, sort_keys=True)
             while len(text) > MAX_PUBLISHED_BYTES and entries:
@@ -195,14 +211,22 @@ class RevocationStore:
             metrics.errors_total.labels("revocation-view-missing").inc()
             log.warning("ConfigMap %s was missing: rebuilding it from the ledger", api.REVOCATIONS_CONFIGMAP)
         from .domain.durations import parse_rfc3339
+
         for e in missing or [None]:
             if e is None:  # nothing revoked: still recreate the (empty) view
-                self.kube.update_configmap(self.namespace, api.REVOCATIONS_CONFIGMAP,
-                                           lambda data: {**data, REVOCATIONS_KEY: data.get(REVOCATIONS_KEY, "[]")})
+                self.kube.update_configmap(
+                    self.namespace,
+                    api.REVOCATIONS_CONFIGMAP,
+                    lambda data: {**data, REVOCATIONS_KEY: data.get(REVOCATIONS_KEY, "[]")},
+                )
                 continue
-            self.add(jti=e["jti"], exp=int(parse_rfc3339(e["expiresAt"]).timestamp()),
-                     request=f"{e['request']['namespace']}/{e['request']['name']}", reason=e.get("reason", ""),
-                     now=now)
+            self.add(
+                jti=e["jti"],
+                exp=int(parse_rfc3339(e["expiresAt"]).timestamp()),
+                request=f"{e['request']['namespace']}/{e['request']['name']}",
+                reason=e.get("reason", ""),
+                now=now,
+            )
         return True
 
     def prune(self, now: dt.datetime | None = None) -> None:
@@ -213,9 +237,16 @@ class RevocationStore:
         entries = self._entries(cm.get("data") or {})
         if all(e.get("exp", 0) > now.timestamp() for e in entries):
             return
-        self.kube.update_configmap(self.namespace, api.REVOCATIONS_CONFIGMAP, lambda data: {
-            **data, REVOCATIONS_KEY: json.dumps(
-                [e for e in self._entries(data) if e.get("exp", 0) > now.timestamp()], sort_keys=True)})
+        self.kube.update_configmap(
+            self.namespace,
+            api.REVOCATIONS_CONFIGMAP,
+            lambda data: {
+                **data,
+                REVOCATIONS_KEY: json.dumps(
+                    [e for e in self._entries(data) if e.get("exp", 0) > now.timestamp()], sort_keys=True
+                ),
+            },
+        )
 
     def active(self, now: dt.datetime | None = None) -> list[dict[str, Any]]:
         now = now or utcnow()

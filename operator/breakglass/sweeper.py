@@ -8,11 +8,12 @@
   the grants that are live or recently ended.
 * Gauges are rebuilt from the cluster, never from memory, so they are right after a restart.
 """
+
 from __future__ import annotations
 
 import datetime as dt
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 from . import api, metrics
 from .audit import AuditLog
@@ -32,9 +33,18 @@ def request_keys(requests: list[dict]) -> dict[str, dict]:
 
 
 class Sweeper:
-    def __init__(self, kube: Kube, ledger: Ledger, grants: Grants, keys: KeyStore, revocations: RevocationStore,
-                 audit: AuditLog, enqueue: Callable[[str, str], None], clock: Callable[[], dt.datetime],
-                 rotation_interval: dt.timedelta | None = None):
+    def __init__(
+        self,
+        kube: Kube,
+        ledger: Ledger,
+        grants: Grants,
+        keys: KeyStore,
+        revocations: RevocationStore,
+        audit: AuditLog,
+        enqueue: Callable[[str, str], None],
+        clock: Callable[[], dt.datetime],
+        rotation_interval: dt.timedelta | None = None,
+    ):
         self.kube, self.ledger, self.grants, self.keys, self.revocations = kube, ledger, grants, keys, revocations
         self.audit, self.enqueue, self.clock, self.rotation_interval = audit, enqueue, clock, rotation_interval
         self._passes = 0
@@ -57,8 +67,9 @@ class Sweeper:
                     self.grants.cleanup(entry)
                     self.ledger.update(entry, cleaned=True)
                     acted += 1
-                elif now > exp + RETENTION and (req is None or (req.get("status") or {}).get("phase")
-                                                in api.TERMINAL_PHASES):
+                elif now > exp + RETENTION and (
+                    req is None or (req.get("status") or {}).get("phase") in api.TERMINAL_PHASES
+                ):
                     self.ledger.delete(entry)
             except Exception as exc:  # one entry must not stop the others
                 metrics.errors_total.labels("sweep").inc()
@@ -70,8 +81,11 @@ class Sweeper:
         now, n = self.clock(), 0
         for entry in self.ledger.entries():
             req = entry["request"]
-            if (req["namespace"], req["name"]) == (namespace, name) and entry["state"] in LIVE_STATES \
-                    and self._really_gone(entry):
+            if (
+                (req["namespace"], req["name"]) == (namespace, name)
+                and entry["state"] in LIVE_STATES
+                and self._really_gone(entry)
+            ):
                 self._revoke_orphan(entry, now)
                 n += 1
         return n
@@ -84,8 +98,9 @@ class Sweeper:
 
     def _revoke_orphan(self, entry: dict, now: dt.datetime) -> None:
         req = entry["request"]
-        log.warning("request %s/%s (uid %s) is gone but its grant was live: revoking",
-                    req["namespace"], req["name"], req["uid"])
+        log.warning(
+            "request %s/%s (uid %s) is gone but its grant was live: revoking", req["namespace"], req["name"], req["uid"]
+        )
         try:  # revoke first; the audit record is written even if the cleanup fails
             self.grants.end(entry, REVOKED, "RequestDeleted", "the request is gone; its token is revoked")
         finally:
@@ -93,10 +108,20 @@ class Sweeper:
 
     def _audit_orphan(self, entry: dict, now: dt.datetime) -> None:
         req = entry["request"]
-        self.audit.record("revoked", key=f"{req['uid']}:revoked", time=to_rfc3339(now), request=dict(req), policy=entry.get("policy", ""),
-                          requester=entry.get("requester", ""), jti=entry["jti"], kid=entry["kid"],
-                          expiresAt=entry["expiresAt"], reason="RequestDeleted", outcome="revoked",
-                          drill=bool(entry.get("drill")))
+        self.audit.record(
+            "revoked",
+            key=f"{req['uid']}:revoked",
+            time=to_rfc3339(now),
+            request=dict(req),
+            policy=entry.get("policy", ""),
+            requester=entry.get("requester", ""),
+            jti=entry["jti"],
+            kid=entry["kid"],
+            expiresAt=entry["expiresAt"],
+            reason="RequestDeleted",
+            outcome="revoked",
+            drill=bool(entry.get("drill")),
+        )
         metrics.revocations_total.labels("RequestDeleted").inc()
 
     def lost_keys(self) -> list[dict]:
@@ -110,15 +135,20 @@ class Sweeper:
     def kids_in_use(self) -> set[str]:
         """Keys that signed a live grant not yet past its exp stay in the JWKS (ledger entries only)."""
         now = self.clock()
-        return {e["kid"] for e in self.ledger.entries()
-                if e.get("kid") and e.get("state") in LIVE_STATES
-                and parse_rfc3339(e["expiresAt"]) > now - dt.timedelta(minutes=1)}
+        return {
+            e["kid"]
+            for e in self.ledger.entries()
+            if e.get("kid")
+            and e.get("state") in LIVE_STATES
+            and parse_rfc3339(e["expiresAt"]) > now - dt.timedelta(minutes=1)
+        }
 
     def resync_all(self) -> None:
         """Enqueue every non-terminal request (start-up: catch up on anything missed)."""
         for req in self.kube.list_requests():
-            if (req.get("status") or {}).get("phase") not in api.TERMINAL_PHASES or \
-                    api.FINALIZER in (req["metadata"].get("finalizers") or []):
+            if (req.get("status") or {}).get("phase") not in api.TERMINAL_PHASES or api.FINALIZER in (
+                req["metadata"].get("finalizers") or []
+            ):
                 self.enqueue(req["metadata"]["namespace"], req["metadata"]["name"])
 
     def resync_stale(self, requests: list[dict] | None = None) -> None:
@@ -128,12 +158,21 @@ class Sweeper:
         now = self.clock()
         for req in self.kube.list_requests() if requests is None else requests:
             meta, status = req["metadata"], req.get("status") or {}
-            if not status.get("phase") and meta.get("creationTimestamp") and \
-                    (now - parse_rfc3339(meta["creationTimestamp"])).total_seconds() > 5:
-                log.warning("resync picked up %s/%s: no watch event reached the operator for it",
-                            meta.get("namespace"), meta.get("name"))
-            if status.get("phase") in (None, api.PENDING) \
-                    or status.get("observedGeneration") != meta.get("generation") or meta.get("deletionTimestamp"):
+            if (
+                not status.get("phase")
+                and meta.get("creationTimestamp")
+                and (now - parse_rfc3339(meta["creationTimestamp"])).total_seconds() > 5
+            ):
+                log.warning(
+                    "resync picked up %s/%s: no watch event reached the operator for it",
+                    meta.get("namespace"),
+                    meta.get("name"),
+                )
+            if (
+                status.get("phase") in (None, api.PENDING)
+                or status.get("observedGeneration") != meta.get("generation")
+                or meta.get("deletionTimestamp")
+            ):
                 self.enqueue(meta["namespace"], meta["name"])
 
     def note_review(self, uid: str, overdue: bool) -> None:
@@ -149,8 +188,12 @@ class Sweeper:
             overdue: dict[str, bool] = {}
             for req in requests:
                 review = (req.get("status") or {}).get("review") or {}
-                if review.get("required") and not review.get("reviewedAt") and review.get("dueAt") \
-                        and parse_rfc3339(review["dueAt"]) <= now:
+                if (
+                    review.get("required")
+                    and not review.get("reviewedAt")
+                    and review.get("dueAt")
+                    and parse_rfc3339(review["dueAt"]) <= now
+                ):
                     overdue[req["metadata"]["uid"]] = True
                     if check_overdue:
                         check_overdue(req, now)
@@ -186,9 +229,19 @@ class Sweeper:
         if self.ledger.synced.is_set():
             steps += [("gauges", lambda: self.refresh_gauges(check_overdue, requests))]
         if self.ledger.synced.is_set():  # the published view follows the ledger (rebuilt if deleted)
-            steps += [("revocations", lambda: self.revocations.sync(
-                [e for e in self.ledger.entries() if e.get("state") == REVOKED
-                 and parse_rfc3339(e["expiresAt"]) > self.clock()], self.clock()))]
+            steps += [
+                (
+                    "revocations",
+                    lambda: self.revocations.sync(
+                        [
+                            e
+                            for e in self.ledger.entries()
+                            if e.get("state") == REVOKED and parse_rfc3339(e["expiresAt"]) > self.clock()
+                        ],
+                        self.clock(),
+                    ),
+                )
+            ]
         if self.ledger.synced.is_set():  # key pruning needs the full ledger view, never an empty one
             steps += [("keys", self._keys), ("lost-keys", self.lost_keys)]
         for step, fn in steps:
@@ -205,7 +258,6 @@ class Sweeper:
 
     def _keys(self) -> None:
         ring = self.keys.prune(self.clock())
-        if self.rotation_interval and \
-                self.clock() - parse_rfc3339(ring.active.created) >= self.rotation_interval:
+        if self.rotation_interval and self.clock() - parse_rfc3339(ring.active.created) >= self.rotation_interval:
             self.keys.rotate()
             log.info("signing key rotated (interval %s)", self.rotation_interval)

@@ -18,6 +18,7 @@ Workers and the delay timer wait on *separate* conditions over one lock, so an `
 ever wake a worker (the old single condition let `notify()` wake the timer instead, and the new
 key then sat in the ready list until some unrelated event woke a worker).
 """
+
 from __future__ import annotations
 
 import collections
@@ -26,7 +27,7 @@ import heapq
 import logging
 import threading
 import time
-from typing import Callable, Hashable
+from collections.abc import Callable, Hashable
 
 log = logging.getLogger(__name__)
 
@@ -36,23 +37,29 @@ _MAX_TIMER_SLEEP = 1.0
 
 
 class WorkQueue:
-    def __init__(self, handler: Callable[[Hashable], dt.datetime | None], workers: int = 8,
-                 clock: Callable[[], float] = time.time, retry_seconds: float = 1.0):
+    def __init__(
+        self,
+        handler: Callable[[Hashable], dt.datetime | None],
+        workers: int = 8,
+        clock: Callable[[], float] = time.time,
+        retry_seconds: float = 1.0,
+    ):
         self.handler, self.clock, self.retry_seconds = handler, clock, retry_seconds
         self._lock = threading.Lock()
-        self._work_cv = threading.Condition(self._lock)   # workers wait here: "a key is ready"
+        self._work_cv = threading.Condition(self._lock)  # workers wait here: "a key is ready"
         self._timer_cv = threading.Condition(self._lock)  # the timer waits here: "the earliest due time moved"
         self._ready: collections.deque[Hashable] = collections.deque()
-        self._dirty: set[Hashable] = set()       # keys that need a pass (ready, or re-run after processing)
+        self._dirty: set[Hashable] = set()  # keys that need a pass (ready, or re-run after processing)
         self._processing: set[Hashable] = set()  # keys a worker is handling right now
-        self._due: dict[Hashable, float] = {}    # key -> its one pending delayed due time
+        self._due: dict[Hashable, float] = {}  # key -> its one pending delayed due time
         self._heap: list[tuple[float, int, Hashable]] = []  # (due, seq, key); stale entries skipped
         self._failures: dict[Hashable, int] = {}
         self._seq = 0
         self._started = False
         self._stopped = False
-        self._threads = [threading.Thread(target=self._work, name=f"reconcile-{i}", daemon=True)
-                         for i in range(workers)]
+        self._threads = [
+            threading.Thread(target=self._work, name=f"reconcile-{i}", daemon=True) for i in range(workers)
+        ]
         self._timer = threading.Thread(target=self._tick, name="reconcile-timer", daemon=True)
 
     def start(self) -> None:

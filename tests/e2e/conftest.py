@@ -1,4 +1,5 @@
 """Session-scoped real control plane and a real `breakglass-operator` process."""
+
 from __future__ import annotations
 
 import os
@@ -10,8 +11,15 @@ import pytest
 
 from breakglass import tls
 
-from .harness import (ROOT, Operator, operator_ports, install_crds, start_cluster, stop_cluster,
-                      write_tokenreview_webhook_config)
+from .harness import (
+    ROOT,
+    Operator,
+    install_crds,
+    operator_ports,
+    start_cluster,
+    stop_cluster,
+    write_tokenreview_webhook_config,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -46,8 +54,9 @@ def apiserver_client_cert(e2e_dir):
 
 @pytest.fixture(scope="session")
 def cluster(e2e_dir, ports, operator_tls, apiserver_client_cert):
-    flags = write_tokenreview_webhook_config(e2e_dir / "tokenreview-webhook.kubeconfig", ports["https"],
-                                             operator_tls.ca_file, client=apiserver_client_cert)
+    flags = write_tokenreview_webhook_config(
+        e2e_dir / "tokenreview-webhook.kubeconfig", ports["https"], operator_tls.ca_file, client=apiserver_client_cert
+    )
     state = e2e_dir / "cluster"
     try:
         c = start_cluster(state, flags)
@@ -60,8 +69,13 @@ def cluster(e2e_dir, ports, operator_tls, apiserver_client_cert):
 
 @pytest.fixture(scope="session")
 def operator(cluster, e2e_dir, ports, operator_tls, apiserver_client_cert):
-    op = Operator.on_ports(cluster, e2e_dir / "operator", ports, operator_tls,
-                           extra_args=["--client-ca-file", apiserver_client_cert.ca_file])
+    op = Operator.on_ports(
+        cluster,
+        e2e_dir / "operator",
+        ports,
+        operator_tls,
+        extra_args=["--client-ca-file", apiserver_client_cert.ca_file],
+    )
     op.start()
     yield op
     op.stop()

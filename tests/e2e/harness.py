@@ -1,4 +1,5 @@
 """Real control plane + real operator process for e2e tests. Waits are polls with deadlines."""
+
 from __future__ import annotations
 
 import base64
@@ -11,8 +12,9 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
@@ -43,8 +45,9 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
         except Exception as exc:  # keep polling; report the last error on timeout
             last_exc = exc
         if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what}" +
-                               (f" (last error: {last_exc})" if last_exc else ""))
+            raise TimeoutError(
+                f"timed out after {timeout}s waiting for {what}" + (f" (last error: {last_exc})" if last_exc else "")
+            )
         time.sleep(interval)
 
 
@@ -74,17 +77,23 @@ class Cluster:
     def kubeconfig(self, user: str = "admin") -> str:
         return str(self.dir / ("kubeconfig" if user == "admin" else f"kubeconfig-{user}"))
 
-    def kubectl(self, *args: str, user: str = "admin", input: str | None = None, check: bool = True,
-                timeout: float = 60) -> subprocess.CompletedProcess:
+    def kubectl(
+        self, *args: str, user: str = "admin", input: str | None = None, check: bool = True, timeout: float = 60
+    ) -> subprocess.CompletedProcess:
         cmd = [self.kubectl_bin, "--kubeconfig", self.kubeconfig(user), *args]
         proc = subprocess.run(cmd, input=input, capture_output=True, text=True, timeout=timeout)
         if check and proc.returncode != 0:
             raise KubectlError(list(args), proc.returncode, proc.stdout, proc.stderr)
         return proc
 
-    def apply(self, manifest: dict | list | str, user: str = "admin", verb: str = "apply") -> subprocess.CompletedProcess:
-        text = manifest if isinstance(manifest, str) else yaml.safe_dump_all(
-            manifest if isinstance(manifest, list) else [manifest])
+    def apply(
+        self, manifest: dict | list | str, user: str = "admin", verb: str = "apply"
+    ) -> subprocess.CompletedProcess:
+        text = (
+            manifest
+            if isinstance(manifest, str)
+            else yaml.safe_dump_all(manifest if isinstance(manifest, list) else [manifest])
+        )
         return self.kubectl(verb, "-f", "-", user=user, input=text)
 
     def try_create(self, manifest: dict, user: str) -> subprocess.CompletedProcess:
@@ -115,8 +124,9 @@ class Cluster:
 
 
 def start_cluster(state_dir: pathlib.Path, extra_flags: list[str]) -> Cluster:
-    proc = subprocess.run([str(CLUSTER_SH), "start", str(state_dir), "--", *extra_flags],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [str(CLUSTER_SH), "start", str(state_dir), "--", *extra_flags], capture_output=True, text=True
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"control plane failed to start:\n{proc.stderr}")
     env = {}
@@ -150,13 +160,21 @@ class Operator:
     starts: int = 0
 
     @classmethod
-    def on_ports(cls, cluster: "Cluster", workdir: pathlib.Path, ports: dict[str, int], certs,
-                 **kwargs) -> "Operator":
+    def on_ports(cls, cluster: Cluster, workdir: pathlib.Path, ports: dict[str, int], certs, **kwargs) -> Operator:
         """An operator listening on `operator_ports()` with the serving certificate `certs` (tls.TLSFiles)."""
         workdir.mkdir(parents=True, exist_ok=True)
-        return cls(cluster=cluster, workdir=workdir, https_port=ports["https"], webhook_port=ports["webhook"],
-                   metrics_port=ports["metrics"], health_port=ports["health"], tls_cert=certs.cert_file,
-                   tls_key=certs.key_file, tls_ca=certs.ca_file, **kwargs)
+        return cls(
+            cluster=cluster,
+            workdir=workdir,
+            https_port=ports["https"],
+            webhook_port=ports["webhook"],
+            metrics_port=ports["metrics"],
+            health_port=ports["health"],
+            tls_cert=certs.cert_file,
+            tls_key=certs.key_file,
+            tls_ca=certs.ca_file,
+            **kwargs,
+        )
 
     @property
     def issuer(self) -> str:
@@ -171,17 +189,52 @@ class Operator:
         return self.workdir / "operator.log"
 
     def command(self) -> list[str]:
-        mode = ["--local"] if self.local else ["--webhook-config-name", self.webhook_config_name or "",
-                                               "--tls-ca-file", self.tls_ca, "--bind-address", "127.0.0.1"]
-        return [sys.executable, "-m", "breakglass", "run", *mode,
-                "--kubeconfig", self.kubeconfig or self.cluster.kubeconfig("admin"),
-                "--namespace", "breakglass-system", "--issuer", self.issuer,
-                "--https-port", str(self.https_port), "--webhook-port", str(self.webhook_port),
-                "--metrics-port", str(self.metrics_port), "--health-port", str(self.health_port),
-                "--tls-cert-file", self.tls_cert, "--tls-private-key-file", self.tls_key,
-                "--state-dir", str(self.workdir / "state"),
-                "--cluster-server", self.cluster.server, "--cluster-ca-file", self.cluster.ca_file,
-                "--audit-log", str(self.audit_log), *self.extra_args]
+        mode = (
+            ["--local"]
+            if self.local
+            else [
+                "--webhook-config-name",
+                self.webhook_config_name or "",
+                "--tls-ca-file",
+                self.tls_ca,
+                "--bind-address",
+                "127.0.0.1",
+            ]
+        )
+        return [
+            sys.executable,
+            "-m",
+            "breakglass",
+            "run",
+            *mode,
+            "--kubeconfig",
+            self.kubeconfig or self.cluster.kubeconfig("admin"),
+            "--namespace",
+            "breakglass-system",
+            "--issuer",
+            self.issuer,
+            "--https-port",
+            str(self.https_port),
+            "--webhook-port",
+            str(self.webhook_port),
+            "--metrics-port",
+            str(self.metrics_port),
+            "--health-port",
+            str(self.health_port),
+            "--tls-cert-file",
+            self.tls_cert,
+            "--tls-private-key-file",
+            self.tls_key,
+            "--state-dir",
+            str(self.workdir / "state"),
+            "--cluster-server",
+            self.cluster.server,
+            "--cluster-ca-file",
+            self.cluster.ca_file,
+            "--audit-log",
+            str(self.audit_log),
+            *self.extra_args,
+        ]
 
     def start(self, wait: bool = True) -> None:
         assert self.proc is None or self.proc.poll() is not None, "operator already running"
@@ -190,21 +243,26 @@ class Operator:
         log = open(self.log_path, "a")
         log.write(f"\n===== operator start #{self.starts} =====\n")
         log.flush()
-        self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env,
-                                     cwd=str(self.workdir), start_new_session=True)
+        self.proc = subprocess.Popen(
+            self.command(), stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(self.workdir), start_new_session=True
+        )
         if wait:
             self.wait_ready()
 
     def wait_ready(self, timeout: float = 60) -> None:
-        probe = {"apiVersion": "breakglass.dev/v1alpha1", "kind": "BreakGlassApproval",
-                 "metadata": {"name": "readiness-probe", "namespace": "default"},
-                 "spec": {"request": "no-such-request-readiness", "decision": "Approve"}}
+        probe = {
+            "apiVersion": "breakglass.dev/v1alpha1",
+            "kind": "BreakGlassApproval",
+            "metadata": {"name": "readiness-probe", "namespace": "default"},
+            "spec": {"request": "no-such-request-readiness", "decision": "Approve"},
+        }
 
         def webhook_answers():
             if self.proc.poll() is not None:
                 raise RuntimeError(f"operator exited with {self.proc.returncode}; see {self.log_path}")
-            out = self.cluster.kubectl("create", "--dry-run=server", "-f", "-", input=yaml.safe_dump(probe),
-                                       check=False)
+            out = self.cluster.kubectl(
+                "create", "--dry-run=server", "-f", "-", input=yaml.safe_dump(probe), check=False
+            )
             return "no BreakGlassRequest of that name" in out.stderr
 
         wait_for(webhook_answers, timeout, "the operator's admission webhook to answer", interval=0.25)
@@ -212,6 +270,7 @@ class Operator:
 
     def metrics_text(self) -> str | None:
         import urllib.request
+
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2) as r:
                 return r.read().decode()
@@ -262,18 +321,32 @@ def install_crds(cluster: Cluster, crd_dir: pathlib.Path | None = None) -> None:
         cluster.kubectl("wait", "--for=condition=Established", f"crd/{crd}.breakglass.dev", "--timeout=60s")
 
 
-def write_tokenreview_webhook_config(path: pathlib.Path, https_port: int, ca_file: str,
-                                     client=None) -> list[str]:
+def write_tokenreview_webhook_config(path: pathlib.Path, https_port: int, ca_file: str, client=None) -> list[str]:
     """The kubeconfig kube-apiserver uses to call the operator's /authenticate (optionally with a
     client certificate, `client` being tls.generate_client()'s files); returns the flags."""
     user = {"client-certificate": client.cert_file, "client-key": client.key_file} if client else {}
-    path.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config",
-        "clusters": [{"name": "breakglass", "cluster": {"server": f"https://127.0.0.1:{https_port}/authenticate",
-                                                        "certificate-authority": ca_file}}],
-        "users": [{"name": "kube-apiserver", "user": user}],
-        "contexts": [{"name": "webhook", "context": {"cluster": "breakglass", "user": "kube-apiserver"}}],
-        "current-context": "webhook",
-    }))
-    return [f"--authentication-token-webhook-config-file={path}", "--authentication-token-webhook-cache-ttl=1s",
-            "--authentication-token-webhook-version=v1"]
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [
+                    {
+                        "name": "breakglass",
+                        "cluster": {
+                            "server": f"https://127.0.0.1:{https_port}/authenticate",
+                            "certificate-authority": ca_file,
+                        },
+                    }
+                ],
+                "users": [{"name": "kube-apiserver", "user": user}],
+                "contexts": [{"name": "webhook", "context": {"cluster": "breakglass", "user": "kube-apiserver"}}],
+                "current-context": "webhook",
+            }
+        )
+    )
+    return [
+        f"--authentication-token-webhook-config-file={path}",
+        "--authentication-token-webhook-cache-ttl=1s",
+        "--authentication-token-webhook-version=v1",
+    ]

@@ -1,4 +1,5 @@
 """Builders for test manifests and lifecycle waits."""
+
 from __future__ import annotations
 
 import uuid
@@ -14,36 +15,56 @@ def unique(prefix: str) -> str:
 
 
 def policy(name: str, **spec: Any) -> dict:
-    base = {"requesters": {"groups": ["sre"]}, "approvers": {"groups": ["sre-leads"]},
-            "requiredApprovals": 1, "allowedNamespaces": ["*"], "allowedClusterRoles": ["view", "edit"],
-            "allowedScopes": ["db:*"], "maxDuration": "1h"}
+    base = {
+        "requesters": {"groups": ["sre"]},
+        "approvers": {"groups": ["sre-leads"]},
+        "requiredApprovals": 1,
+        "allowedNamespaces": ["*"],
+        "allowedClusterRoles": ["view", "edit"],
+        "allowedScopes": ["db:*"],
+        "maxDuration": "1h",
+    }
     base.update(spec)
     return {"apiVersion": API, "kind": "BreakGlassPolicy", "metadata": {"name": name}, "spec": base}
 
 
 def request(name: str, namespace: str, policy_name: str, **spec: Any) -> dict:
-    base = {"policy": policy_name, "reason": "database primary is down, investigating",
-            "namespaces": [namespace], "clusterRoles": ["view"], "duration": "10m"}
+    base = {
+        "policy": policy_name,
+        "reason": "database primary is down, investigating",
+        "namespaces": [namespace],
+        "clusterRoles": ["view"],
+        "duration": "10m",
+    }
     base.update(spec)
-    return {"apiVersion": API, "kind": "BreakGlassRequest", "metadata": {"name": name, "namespace": namespace},
-            "spec": base}
+    return {
+        "apiVersion": API,
+        "kind": "BreakGlassRequest",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": base,
+    }
 
 
 def approval(request_name: str, namespace: str, decision: str = "Approve", **spec: Any) -> dict:
-    return {"apiVersion": API, "kind": "BreakGlassApproval",
-            "metadata": {"generateName": f"{request_name}-", "namespace": namespace},
-            "spec": {"request": request_name, "decision": decision, **spec}}
+    return {
+        "apiVersion": API,
+        "kind": "BreakGlassApproval",
+        "metadata": {"generateName": f"{request_name}-", "namespace": namespace},
+        "spec": {"request": request_name, "decision": decision, **spec},
+    }
 
 
 def approve(cluster: Cluster, user: str, request_name: str, namespace: str, decision: str = "Approve") -> None:
-    cluster.kubectl("create", "-f", "-", user=user,
-                    input=__import__("yaml").safe_dump(approval(request_name, namespace, decision)))
+    cluster.kubectl(
+        "create", "-f", "-", user=user, input=__import__("yaml").safe_dump(approval(request_name, namespace, decision))
+    )
 
 
 def wait_phase(cluster: Cluster, name: str, namespace: str, phase: str, timeout: float = 20) -> dict:
     def reached():
         obj = cluster.get("breakglassrequest", name, namespace)
         return obj if obj and (obj.get("status") or {}).get("phase") == phase else None
+
     return wait_for(reached, timeout, f"request {namespace}/{name} to be {phase}")
 
 

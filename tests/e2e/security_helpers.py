@@ -1,5 +1,6 @@
 """Helpers for the attacker tests (issue 9): ledger and audit readers, TokenReviews, forged tokens,
 and a way to know the operator's housekeeping has run."""
+
 from __future__ import annotations
 
 import base64
@@ -30,17 +31,23 @@ def create(cluster: Cluster, manifest: dict, user: str) -> dict:
     return json.loads(out.stdout)
 
 
-def delete_and_wait_gone(cluster: Cluster, user: str, name: str, namespace: str, *extra: str,
-                         timeout: float = 60) -> None:
+def delete_and_wait_gone(
+    cluster: Cluster, user: str, name: str, namespace: str, *extra: str, timeout: float = 60
+) -> None:
     cluster.kubectl("delete", "breakglassrequest", name, "-n", namespace, "--wait=false", *extra, user=user)
-    wait_for(lambda: cluster.get("breakglassrequest", name, namespace) is None, timeout,
-             f"request {namespace}/{name} to be gone")
+    wait_for(
+        lambda: cluster.get("breakglassrequest", name, namespace) is None,
+        timeout,
+        f"request {namespace}/{name} to be gone",
+    )
 
 
-def patch(cluster: Cluster, user: str, kind: str, name: str, namespace: str, body: dict | list,
-          kind_of_patch: str = "merge"):
-    return cluster.kubectl("patch", kind, name, "-n", namespace, f"--type={kind_of_patch}", "-p", json.dumps(body),
-                           user=user, check=False)
+def patch(
+    cluster: Cluster, user: str, kind: str, name: str, namespace: str, body: dict | list, kind_of_patch: str = "merge"
+):
+    return cluster.kubectl(
+        "patch", kind, name, "-n", namespace, f"--type={kind_of_patch}", "-p", json.dumps(body), user=user, check=False
+    )
 
 
 def refused(proc: subprocess.CompletedProcess) -> bool:
@@ -59,12 +66,25 @@ def rbac_forbidden(proc: subprocess.CompletedProcess) -> bool:
 # ------------------------------------------------------------------ tenants
 def make_namespace_admin(cluster: Cluster, user: str, namespace: str) -> None:
     """What issue 9 lets some attackers have: `admin` of their own namespace (bound by the real admin)."""
-    cluster.apply({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-                   "metadata": {"name": f"{user}-is-admin", "namespace": namespace},
-                   "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "admin"},
-                   "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}]})
-    wait_for(lambda: cluster.kubectl("auth", "can-i", "create", "rolebindings", "-n", namespace, user=user,
-                                     check=False).stdout.strip() == "yes", 10, f"{user} to be admin of {namespace}")
+    cluster.apply(
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": {"name": f"{user}-is-admin", "namespace": namespace},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "admin"},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
+        }
+    )
+    wait_for(
+        lambda: (
+            cluster.kubectl(
+                "auth", "can-i", "create", "rolebindings", "-n", namespace, user=user, check=False
+            ).stdout.strip()
+            == "yes"
+        ),
+        10,
+        f"{user} to be admin of {namespace}",
+    )
 
 
 # ------------------------------------------------------------------ ledger
@@ -78,14 +98,19 @@ def ledger_entry(cluster: Cluster, request_uid: str) -> dict | None:
 
 
 def ledger_entries(cluster: Cluster) -> list[dict]:
-    return [json.loads(cm["data"]["grant.json"])
-            for cm in cluster.list("configmaps", OPERATOR_NS, selector="breakglass.dev/ledger=grant")
-            if "grant.json" in (cm.get("data") or {})]
+    return [
+        json.loads(cm["data"]["grant.json"])
+        for cm in cluster.list("configmaps", OPERATOR_NS, selector="breakglass.dev/ledger=grant")
+        if "grant.json" in (cm.get("data") or {})
+    ]
 
 
 def ledger_entries_for(cluster: Cluster, namespace: str, name: str) -> list[dict]:
-    return [e for e in ledger_entries(cluster)
-            if e.get("request", {}).get("namespace") == namespace and e.get("request", {}).get("name") == name]
+    return [
+        e
+        for e in ledger_entries(cluster)
+        if e.get("request", {}).get("namespace") == namespace and e.get("request", {}).get("name") == name
+    ]
 
 
 # ------------------------------------------------------------------ grants and tokens
@@ -102,8 +127,11 @@ def token_of(cluster: Cluster, req: dict, user: str = "admin") -> str:
 
 def bindings_for_user(cluster: Cluster, username: str) -> list[dict]:
     """Every RoleBinding in the cluster that names `username` as a subject."""
-    return [rb for rb in cluster.list("rolebindings")
-            if any(s.get("kind") == "User" and s.get("name") == username for s in rb.get("subjects") or [])]
+    return [
+        rb
+        for rb in cluster.list("rolebindings")
+        if any(s.get("kind") == "User" and s.get("name") == username for s in rb.get("subjects") or [])
+    ]
 
 
 def token_review(cluster: Cluster, token: str) -> dict:
@@ -117,8 +145,9 @@ def authenticate(operator: Operator, client_cert, body: bytes) -> tuple[int, dic
     """POST to the operator's /authenticate as kube-apiserver does (its client certificate); no cache."""
     ctx = ssl.create_default_context(cafile=operator.tls_ca)
     ctx.load_cert_chain(client_cert.cert_file, client_cert.key_file)
-    req = urllib.request.Request(f"{operator.issuer}/authenticate", data=body, method="POST",
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        f"{operator.issuer}/authenticate", data=body, method="POST", headers={"Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(req, context=ctx, timeout=10) as r:
             code, raw = r.status, r.read()
@@ -131,8 +160,9 @@ def authenticate(operator: Operator, client_cert, body: bytes) -> tuple[int, dic
 
 
 def review_body(token: str) -> bytes:
-    return json.dumps({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
-                       "spec": {"token": token}}).encode()
+    return json.dumps(
+        {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": token}}
+    ).encode()
 
 
 def webhook_authenticates(operator: Operator, client_cert, token: str) -> bool:
@@ -163,8 +193,13 @@ def plugin(cluster: Cluster, user: str, *args: str) -> subprocess.CompletedProce
     """`kubectl breakglass` (the console script in .venv) as `user`."""
     env = dict(os.environ, KUBECONFIG=cluster.kubeconfig(user))
     env.pop("BREAKGLASS_AUDIT_HMAC_SECRET", None)
-    return subprocess.run([str(PLUGIN), "--kubeconfig", cluster.kubeconfig(user), *args], capture_output=True,
-                          text=True, timeout=120, env=env)
+    return subprocess.run(
+        [str(PLUGIN), "--kubeconfig", cluster.kubeconfig(user), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
 
 
 # ------------------------------------------------------------------ housekeeping
@@ -185,9 +220,14 @@ def housekeeping_passes(cluster: Cluster, operator: Operator, passes: int = 2, t
     swept — after the first was seen, i.e. after everything the caller did before this call.
     """
     from .scenario import policy, unique
+
     for _ in range(passes):
         marker = unique("housekeeping-marker")
         cluster.apply(policy(marker, requesters={"users": ["nobody"]}))
-        wait_for(lambda: _metric_has_policy(operator, marker), timeout, f"a housekeeping pass listing {marker}",
-                 interval=0.25)
+        wait_for(
+            lambda marker=marker: _metric_has_policy(operator, marker),
+            timeout,
+            f"a housekeeping pass listing {marker}",
+            interval=0.25,
+        )
         cluster.kubectl("delete", "breakglasspolicy", marker, "--wait=false", check=False)

@@ -1,4 +1,5 @@
 """Bad manifests are rejected at admission with a message naming the field and the rule; nothing is minted."""
+
 from __future__ import annotations
 
 import pytest
@@ -12,9 +13,18 @@ def strict(cluster, operator):
     """A namespace and a strict policy shared by the table below."""
     ns = cluster.new_namespace("adm")
     name = unique("strict")
-    cluster.apply(policy(name, allowedNamespaces=["team-*", ns], allowedClusterRoles=["view"],
-                         allowedScopes=["db:*"], audiences=["breakglass"], requireTicket=True,
-                         ticketPattern="INC-[0-9]+", maxDuration="1h"))
+    cluster.apply(
+        policy(
+            name,
+            allowedNamespaces=["team-*", ns],
+            allowedClusterRoles=["view"],
+            allowedScopes=["db:*"],
+            audiences=["breakglass"],
+            requireTicket=True,
+            ticketPattern="INC-[0-9]+",
+            maxDuration="1h",
+        )
+    )
     return ns, name
 
 
@@ -45,12 +55,29 @@ BAD_REQUESTS = [
 ]
 
 
-@pytest.mark.parametrize("user,spec,message", BAD_REQUESTS, ids=[
-    "over the max duration", "a malformed duration", "a namespace outside the policy", "a forbidden cluster role",
-    "a forbidden scope", "a foreign audience", "a missing ticket", "a ticket not matching the pattern",
-    "a reason under ten characters (schema)", "a reason of blanks", "an unknown policy", "an outsider requesting",
-    "a forged requester", "forged requester groups", "emergency not allowed", "revoked on create",
-    "an empty grant"])
+@pytest.mark.parametrize(
+    "user,spec,message",
+    BAD_REQUESTS,
+    ids=[
+        "over the max duration",
+        "a malformed duration",
+        "a namespace outside the policy",
+        "a forbidden cluster role",
+        "a forbidden scope",
+        "a foreign audience",
+        "a missing ticket",
+        "a ticket not matching the pattern",
+        "a reason under ten characters (schema)",
+        "a reason of blanks",
+        "an unknown policy",
+        "an outsider requesting",
+        "a forged requester",
+        "forged requester groups",
+        "emergency not allowed",
+        "revoked on create",
+        "an empty grant",
+    ],
+)
 def test_a_bad_request_is_rejected_with_its_specific_message(cluster, strict, user, spec, message):
     ns, pol = strict
     manifest = _req(ns, pol, **spec)
@@ -78,14 +105,19 @@ def test_spec_fields_other_than_revoked_are_immutable_and_approvals_cannot_be_ed
     cluster.apply(manifest, user="alice", verb="create")
     name = manifest["metadata"]["name"]
     wait_phase(cluster, name, ns, "Pending")
-    for patch, field in (('{"spec":{"duration":"5m"}}', "spec.duration"),
-                         ('{"spec":{"namespaces":["team-x"]}}', "spec.namespaces"),
-                         ('{"spec":{"requester":"dave"}}', "spec.requester")):
-        out = cluster.kubectl("patch", "breakglassrequest", name, "-n", ns, "--type=merge", "-p", patch,
-                              user="alice", check=False)
+    for patch, field in (
+        ('{"spec":{"duration":"5m"}}', "spec.duration"),
+        ('{"spec":{"namespaces":["team-x"]}}', "spec.namespaces"),
+        ('{"spec":{"requester":"dave"}}', "spec.requester"),
+    ):
+        out = cluster.kubectl(
+            "patch", "breakglassrequest", name, "-n", ns, "--type=merge", "-p", patch, user="alice", check=False
+        )
         assert out.returncode != 0 and f"{field} is immutable" in out.stderr
-    created = cluster.kubectl("create", "-f", "-", "-o", "name", user="bob",
-                              input=yaml.safe_dump(approval(name, ns, decision="Deny"))).stdout.strip()
-    edit = cluster.kubectl("patch", created, "-n", ns, "--type=merge", "-p", '{"spec":{"decision":"Approve"}}',
-                           check=False)
+    created = cluster.kubectl(
+        "create", "-f", "-", "-o", "name", user="bob", input=yaml.safe_dump(approval(name, ns, decision="Deny"))
+    ).stdout.strip()
+    edit = cluster.kubectl(
+        "patch", created, "-n", ns, "--type=merge", "-p", '{"spec":{"decision":"Approve"}}', check=False
+    )
     assert edit.returncode != 0 and "immutable" in edit.stderr

@@ -1,5 +1,6 @@
 """Issue 6: the rendered chart applies to the real apiserver, and a full lifecycle runs with the
 operator authenticated as the chart's ServiceAccount under the chart's RBAC (no admin rights)."""
+
 from __future__ import annotations
 
 import base64
@@ -11,9 +12,18 @@ import yaml
 
 from breakglass import tls
 
-from .harness import (ROOT, Operator, operator_ports, install_crds, secret_token, start_cluster, stop_cluster,
-                      wait_for, write_tokenreview_webhook_config)
-from .scenario import token_secret, token_secret_ref, approve, policy, request, unique, wait_phase
+from .harness import (
+    ROOT,
+    Operator,
+    install_crds,
+    operator_ports,
+    secret_token,
+    start_cluster,
+    stop_cluster,
+    wait_for,
+    write_tokenreview_webhook_config,
+)
+from .scenario import approve, policy, request, token_secret, token_secret_ref, unique, wait_phase
 from .tokens_helpers import forbidden, unauthorized, with_token
 
 sys.path.insert(0, str(ROOT / "hack"))
@@ -26,12 +36,24 @@ MONITORING_KINDS = {"ServiceMonitor", "PrometheusRule"}  # their CRDs come from 
 OLD_PDB = {"podDisruptionBudget": {"apiVersion": "policy/v1beta1"}}
 
 
-@pytest.mark.parametrize("values", [OLD_PDB, {"replicas": 2, **OLD_PDB}, {"issuer": "https://bg.example.com", **OLD_PDB},
-                                    {"metrics": {"serviceMonitor": {"enabled": True},
-                                                 "prometheusRule": {"enabled": True},
-                                                 "dashboard": {"enabled": True}},
-                                     "networkPolicy": {"enabled": True}, **OLD_PDB}],
-                         ids=["defaults", "two replicas", "custom issuer", "monitoring on"])
+@pytest.mark.parametrize(
+    "values",
+    [
+        OLD_PDB,
+        {"replicas": 2, **OLD_PDB},
+        {"issuer": "https://bg.example.com", **OLD_PDB},
+        {
+            "metrics": {
+                "serviceMonitor": {"enabled": True},
+                "prometheusRule": {"enabled": True},
+                "dashboard": {"enabled": True},
+            },
+            "networkPolicy": {"enabled": True},
+            **OLD_PDB,
+        },
+    ],
+    ids=["defaults", "two replicas", "custom issuer", "monitoring on"],
+)
 def test_the_rendered_chart_passes_server_side_dry_run(cluster, values):
     release = unique("dry")
     ns = cluster.new_namespace("chart")
@@ -49,8 +71,12 @@ def test_the_default_deploy_manifests_apply_for_real(cluster):
             d["metadata"]["name"] = "bg-deploy-test"
         elif d["metadata"].get("namespace") == "breakglass-system":
             d["metadata"]["namespace"] = "bg-deploy-test"
-        if d["kind"] in ("ClusterRole", "ClusterRoleBinding", "ValidatingWebhookConfiguration",
-                         "MutatingWebhookConfiguration"):
+        if d["kind"] in (
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "ValidatingWebhookConfiguration",
+            "MutatingWebhookConfiguration",
+        ):
             d["metadata"]["name"] += "-deploy-test"
         if d["kind"] == "PodDisruptionBudget":  # policy/v1 needs 1.21; the local control plane is 1.20
             d["apiVersion"] = "policy/v1beta1"
@@ -77,9 +103,13 @@ def chart_env(e2e_dir):
     op = None
     try:
         install_crds(cluster, ROOT / "charts" / "breakglass-operator" / "crds")
-        values = {"webhook": {"url": f"https://127.0.0.1:{ports['webhook']}"}, **OLD_PDB,
-                  "issuer": f"https://127.0.0.1:{ports['https']}", "clusterServer": cluster.server,
-                  "rbac": {"requesterGroups": ["sre", "contractors"], "approverGroups": ["sre-leads"]}}
+        values = {
+            "webhook": {"url": f"https://127.0.0.1:{ports['webhook']}"},
+            **OLD_PDB,
+            "issuer": f"https://127.0.0.1:{ports['https']}",
+            "clusterServer": cluster.server,
+            "rbac": {"requesterGroups": ["sre", "contractors"], "approverGroups": ["sre-leads"]},
+        }
         cluster.kubectl("create", "namespace", "breakglass-system")
         docs = render_chart.manifests(values)
         cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(docs))
@@ -88,16 +118,33 @@ def chart_env(e2e_dir):
             sa = cluster.get("serviceaccount", "breakglass-operator", "breakglass-system")
             names = [s["name"] for s in (sa or {}).get("secrets") or []]
             return names and cluster.get("secret", names[0], "breakglass-system")
+
         secret = wait_for(sa_token, 30, "the ServiceAccount token Secret")
         token = base64.b64decode(secret["data"]["token"]).decode()
         kubeconfig = base / "operator-sa.kubeconfig"
-        kubeconfig.write_text(yaml.safe_dump({
-            "apiVersion": "v1", "kind": "Config",
-            "clusters": [{"name": "c", "cluster": {"server": cluster.server, "certificate-authority": cluster.ca_file}}],
-            "users": [{"name": "sa", "user": {"token": token}}],
-            "contexts": [{"name": "c", "context": {"cluster": "c", "user": "sa"}}], "current-context": "c"}))
-        op = Operator.on_ports(cluster, base / "operator", ports, certs,
-                               kubeconfig=str(kubeconfig), local=False, webhook_config_name="breakglass-operator")
+        kubeconfig.write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "clusters": [
+                        {"name": "c", "cluster": {"server": cluster.server, "certificate-authority": cluster.ca_file}}
+                    ],
+                    "users": [{"name": "sa", "user": {"token": token}}],
+                    "contexts": [{"name": "c", "context": {"cluster": "c", "user": "sa"}}],
+                    "current-context": "c",
+                }
+            )
+        )
+        op = Operator.on_ports(
+            cluster,
+            base / "operator",
+            ports,
+            certs,
+            kubeconfig=str(kubeconfig),
+            local=False,
+            webhook_config_name="breakglass-operator",
+        )
         op.start()
         yield cluster, op
     finally:
@@ -108,7 +155,9 @@ def chart_env(e2e_dir):
 
 def test_a_full_lifecycle_works_with_the_operator_as_the_charts_service_account(chart_env):
     cluster, op = chart_env
-    whoami = cluster.kubectl("auth", "can-i", "--list", "--as", "system:serviceaccount:breakglass-system:breakglass-operator")
+    whoami = cluster.kubectl(
+        "auth", "can-i", "--list", "--as", "system:serviceaccount:breakglass-system:breakglass-operator"
+    )
     assert "escalate" not in whoami.stdout and "impersonate" not in whoami.stdout
     cfg = cluster.get("validatingwebhookconfiguration", "breakglass-operator")
     assert all(h["clientConfig"].get("caBundle") for h in cfg["webhooks"]), "caBundle injected by the operator"
@@ -125,12 +174,14 @@ def test_a_full_lifecycle_works_with_the_operator_as_the_charts_service_account(
     token = secret_token(token_secret(cluster, "incident", ns, user="alice"))
     ref_ns, ref_name = token_secret_ref(cluster, "incident", ns)
     assert cluster.kubectl("get", "secret", ref_name, "-n", ref_ns, user="dave", check=False).returncode != 0
-    wait_for(lambda: with_token(cluster, token, "get", "serviceaccounts", "-n", ns).returncode == 0, 10,
-             "the grant to work")
+    wait_for(
+        lambda: with_token(cluster, token, "get", "serviceaccounts", "-n", ns).returncode == 0, 10, "the grant to work"
+    )
     assert forbidden(with_token(cluster, token, "get", "serviceaccounts", "-n", other))
 
-    cluster.kubectl("patch", "bgr", "incident", "-n", ns, "--type=merge", "-p", '{"spec":{"revoked":true}}',
-                    user="alice")
+    cluster.kubectl(
+        "patch", "bgr", "incident", "-n", ns, "--type=merge", "-p", '{"spec":{"revoked":true}}', user="alice"
+    )
     wait_phase(cluster, "incident", ns, "Revoked")
     assert token_secret(cluster, "incident", ns) is None
     assert cluster.list("rolebindings", ns, selector="breakglass.dev/request=incident") == []
@@ -143,6 +194,9 @@ def test_a_full_lifecycle_works_with_the_operator_as_the_charts_service_account(
     wait_phase(cluster, "brief", ns, "Expired", timeout=15)
     assert token_secret(cluster, "brief", ns) is None
     # Any RBAC shortfall shows up as a 403/Forbidden in a log line (audit JSON lines hold only hashes).
-    denied = [line for line in op.log_path.read_text().splitlines()
-              if not line.startswith("{") and re.search(r"Forbidden|\b403\b", line)]
+    denied = [
+        line
+        for line in op.log_path.read_text().splitlines()
+        if not line.startswith("{") and re.search(r"Forbidden|\b403\b", line)
+    ]
     assert denied == [], f"the chart's RBAC was insufficient: {denied[:3]}"

@@ -1,4 +1,5 @@
 """Exactly one token per request, whatever crashes: SIGKILL the operator in a loop while approving."""
+
 from __future__ import annotations
 
 import base64
@@ -19,9 +20,14 @@ def test_sigkill_in_a_loop_during_approvals_leaves_exactly_one_secret_and_jti_pe
     cluster.apply(policy(pol))
     names = [f"r{i:02d}" for i in range(20)]
     cluster.apply([request(n, ns, pol) for n in names], user="alice", verb="create")
-    wait_for(lambda: all((r.get("status") or {}).get("phase") == "Pending"
-                         for r in cluster.list("breakglassrequests", ns)) and
-             len(cluster.list("breakglassrequests", ns)) == 20, 30, "20 Pending requests")
+    wait_for(
+        lambda: (
+            all((r.get("status") or {}).get("phase") == "Pending" for r in cluster.list("breakglassrequests", ns))
+            and len(cluster.list("breakglassrequests", ns)) == 20
+        ),
+        30,
+        "20 Pending requests",
+    )
 
     stop = threading.Event()
     kills = []
@@ -43,8 +49,9 @@ def test_sigkill_in_a_loop_during_approvals_leaves_exactly_one_secret_and_jti_pe
         deadline = time.monotonic() + 120
         while pending and time.monotonic() < deadline:
             name = pending[0]
-            out = cluster.kubectl("create", "-f", "-", user="bob", check=False,
-                                  input=yaml.safe_dump(approval(name, ns)))
+            out = cluster.kubectl(
+                "create", "-f", "-", user="bob", check=False, input=yaml.safe_dump(approval(name, ns))
+            )
             if out.returncode == 0:
                 pending.pop(0)
             else:
@@ -62,13 +69,18 @@ def test_sigkill_in_a_loop_during_approvals_leaves_exactly_one_secret_and_jti_pe
     def settled():
         reqs = cluster.list("breakglassrequests", ns)
         return all((r.get("status") or {}).get("phase") == "Active" for r in reqs) and reqs
+
     reqs = wait_for(settled, 60, "all 20 requests Active after the kills")
 
     secrets = cluster.list("secrets", "breakglass-system", selector=f"breakglass.dev/request-namespace={ns}")
     assert sorted(s["metadata"]["name"] for s in secrets) == sorted(
-        f"breakglass-token-{r['metadata']['uid']}" for r in reqs)
-    ledger = [c for c in cluster.list("configmaps", "breakglass-system", selector="breakglass.dev/ledger=grant")
-              if json.loads(c["data"]["grant.json"])["request"]["namespace"] == ns]
+        f"breakglass-token-{r['metadata']['uid']}" for r in reqs
+    )
+    ledger = [
+        c
+        for c in cluster.list("configmaps", "breakglass-system", selector="breakglass.dev/ledger=grant")
+        if json.loads(c["data"]["grant.json"])["request"]["namespace"] == ns
+    ]
     assert len(ledger) == 20 and {json.loads(c["data"]["grant.json"])["state"] for c in ledger} == {"Active"}
     by_name = {s["metadata"]["name"]: s for s in secrets}
     jtis = set()

@@ -1,4 +1,5 @@
 """The harness itself: CRDs applied, the operator process up, a request gets Pending."""
+
 from .scenario import condition, policy, request, unique, wait_phase
 
 

@@ -1,4 +1,5 @@
 """Issue 3 acceptance: the request lifecycle against the real control plane."""
+
 from __future__ import annotations
 
 import json
@@ -9,7 +10,18 @@ import urllib.request
 import jwt as pyjwt
 
 from .harness import secret_token, wait_for
-from .scenario import token_secret, token_secret_ref, approval, approve, condition, event_reasons, policy, request, unique, wait_phase
+from .scenario import (
+    approval,
+    approve,
+    condition,
+    event_reasons,
+    policy,
+    request,
+    token_secret,
+    token_secret_ref,
+    unique,
+    wait_phase,
+)
 
 
 def _jwks(operator):
@@ -31,8 +43,7 @@ def test_an_approved_request_gets_a_verifiable_token_secret_only_the_requester_c
     wait_phase(cluster, "outage", ns, "Pending")
     approved_at = time.monotonic()
     approve(cluster, "bob", "outage", ns)
-    secret = wait_for(lambda: token_secret(cluster, "outage", ns), 2, "the token Secret within 2 s",
-                      interval=0.05)
+    secret = wait_for(lambda: token_secret(cluster, "outage", ns), 2, "the token Secret within 2 s", interval=0.05)
     assert time.monotonic() - approved_at < 2.5
     obj = wait_phase(cluster, "outage", ns, "Active")
     st = obj["status"]
@@ -51,23 +62,28 @@ def test_an_approved_request_gets_a_verifiable_token_secret_only_the_requester_c
     header = pyjwt.get_unverified_header(token)
     assert header["alg"] == "ES256" and header["kid"] == st["keyId"]
     key = next(k for k in _jwks(running_operator)["keys"] if k["kid"] == header["kid"])
-    claims = pyjwt.decode(token, pyjwt.PyJWK(key).key, algorithms=["ES256"], audience="breakglass",
-                          issuer=running_operator.issuer)
+    claims = pyjwt.decode(
+        token, pyjwt.PyJWK(key).key, algorithms=["ES256"], audience="breakglass", issuer=running_operator.issuer
+    )
     assert claims["sub"] == "alice" and claims["jti"] == st["tokenId"]
     assert claims["exp"] - claims["iat"] == 600 and claims["nbf"] == claims["iat"]
     assert claims["scope"] == f"db:read k8s:{ns}:view"
     assert claims["breakglass"]["request"] == f"{ns}/outage" and claims["breakglass"]["approvers"] == ["bob"]
     assert claims["breakglass"]["uid"] == obj["metadata"]["uid"] and claims["breakglass"]["ticket"] == "INC-7"
 
-    wait_for(lambda: {"Requested", "Approved", "Issued"} <= set(event_reasons(cluster, ns, "outage")), 5,
-             "Requested, Approved and Issued events")
+    wait_for(
+        lambda: {"Requested", "Approved", "Issued"} <= set(event_reasons(cluster, ns, "outage")),
+        5,
+        "Requested, Approved and Issued events",
+    )
     assert all(token not in e["message"] for e in cluster.events(ns, "outage"))
     assert token not in running_operator.log_path.read_text()
     assert token not in running_operator.audit_log.read_text()
 
     assert token_secret(cluster, "outage", ns, user="alice") is not None
-    denied = cluster.kubectl("get", "secret", st["secretRef"]["name"], "-n", "breakglass-system", user="dave",
-                             check=False)
+    denied = cluster.kubectl(
+        "get", "secret", st["secretRef"]["name"], "-n", "breakglass-system", user="dave", check=False
+    )
     assert denied.returncode != 0 and "forbidden" in denied.stderr
 
 
@@ -97,8 +113,11 @@ def test_two_required_approvals_need_two_people_and_a_deny_wins(cluster, running
     cluster.apply(request("needs-two", ns, pol), user="alice", verb="create")
     wait_phase(cluster, "needs-two", ns, "Pending")
     approve(cluster, "bob", "needs-two", ns)
-    wait_for(lambda: len(cluster.get("breakglassrequest", "needs-two", ns)["status"].get("approvals", [])) == 1, 5,
-             "one approval recorded")
+    wait_for(
+        lambda: len(cluster.get("breakglassrequest", "needs-two", ns)["status"].get("approvals", [])) == 1,
+        5,
+        "one approval recorded",
+    )
     assert cluster.get("breakglassrequest", "needs-two", ns)["status"]["phase"] == "Pending"
     assert "1/2" in condition(cluster.get("breakglassrequest", "needs-two", ns), "Approved")["message"]
     approve(cluster, "carol", "needs-two", ns)
@@ -119,8 +138,7 @@ def test_a_short_grant_expires_on_time_and_its_secret_is_deleted(cluster, runnin
     cluster.apply(policy(pol, requiredApprovals=0))
     cluster.apply(request("brief", ns, pol, duration="10s"), user="alice", verb="create")
     obj = wait_phase(cluster, "brief", ns, "Active")
-    exp = pyjwt.decode(secret_token(token_secret(cluster, "brief", ns)),
-                       options={"verify_signature": False})["exp"]
+    exp = pyjwt.decode(secret_token(token_secret(cluster, "brief", ns)), options={"verify_signature": False})["exp"]
     wait_for(lambda: token_secret(cluster, "brief", ns) is None, 15, "the Secret to be deleted", interval=0.05)
     lag = time.time() - exp
     assert lag < 1.0, f"Secret deleted {lag:.2f}s after exp"
@@ -137,8 +155,7 @@ def test_a_grant_that_expires_while_the_operator_is_down_is_cleaned_up_at_start(
     cluster.apply(request("missed", ns, pol, duration="5s"), user="alice", verb="create")
     wait_phase(cluster, "missed", ns, "Active")
     running_operator.stop()
-    exp = pyjwt.decode(secret_token(token_secret(cluster, "missed", ns)),
-                       options={"verify_signature": False})["exp"]
+    exp = pyjwt.decode(secret_token(token_secret(cluster, "missed", ns)), options={"verify_signature": False})["exp"]
     wait_for(lambda: time.time() > exp + 1, 15, "the expiry moment to pass")
     assert token_secret(cluster, "missed", ns) is not None  # nobody cleaned up while down
     started = time.monotonic()
@@ -157,15 +174,26 @@ def test_revoking_deletes_the_secret_at_once_and_lists_the_jti(cluster, running_
     obj = wait_phase(cluster, "oops", ns, "Active")
     jti = obj["status"]["tokenId"]
     started = time.monotonic()
-    cluster.kubectl("patch", "breakglassrequest", "oops", "-n", ns, "--type=merge", "-p", '{"spec":{"revoked":true}}',
-                    user="alice")
+    cluster.kubectl(
+        "patch", "breakglassrequest", "oops", "-n", ns, "--type=merge", "-p", '{"spec":{"revoked":true}}', user="alice"
+    )
     wait_for(lambda: token_secret(cluster, "oops", ns) is None, 1.5, "the Secret to go", interval=0.05)
     assert time.monotonic() - started < 1.5
     obj = wait_phase(cluster, "oops", ns, "Revoked")
     assert condition(obj, "Revoked")["status"] == "True"
     wait_for(lambda: jti in {e["jti"] for e in _revocations(cluster)}, 5, "the jti on the revocation list")
-    unrevoke = cluster.kubectl("patch", "breakglassrequest", "oops", "-n", ns, "--type=merge", "-p",
-                               '{"spec":{"revoked":false}}', user="alice", check=False)
+    unrevoke = cluster.kubectl(
+        "patch",
+        "breakglassrequest",
+        "oops",
+        "-n",
+        ns,
+        "--type=merge",
+        "-p",
+        '{"spec":{"revoked":false}}',
+        user="alice",
+        check=False,
+    )
     assert unrevoke.returncode != 0 and "revocation is final" in unrevoke.stderr
 
 
@@ -195,8 +223,11 @@ def test_an_emergency_request_is_issued_at_once_and_a_review_closes_it(cluster, 
     self_review = cluster.try_create(approval("fire", ns, "Review"), user="alice")
     assert self_review.returncode != 0
     approve(cluster, "carol", "fire", ns, decision="Review")
-    reviewed = wait_for(lambda: (cluster.get("breakglassrequest", "fire", ns)["status"]["review"].get("reviewer")
-                                 == "carol"), 5, "the review to close")
+    reviewed = wait_for(
+        lambda: cluster.get("breakglassrequest", "fire", ns)["status"]["review"].get("reviewer") == "carol",
+        5,
+        "the review to close",
+    )
     assert reviewed
     assert cluster.get("breakglassrequest", "fire", ns)["status"]["review"]["reviewedAt"]
     wait_for(lambda: "Reviewed" in event_reasons(cluster, ns, "fire"), 5, "a Reviewed event")

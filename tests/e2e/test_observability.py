@@ -1,5 +1,6 @@
 """Issue 5 acceptance: metrics move, the audit chain verifies and catches tampering, drills run,
 overdue reviews are flagged."""
+
 from __future__ import annotations
 
 import json
@@ -34,8 +35,13 @@ def metric(samples, name, **labels):
 
 
 def plugin(*args):
-    return subprocess.run([sys.executable, "-m", "breakglass.plugin.cli", *args], capture_output=True, text=True,
-                          env=dict(os.environ, PYTHONPATH=str(ROOT / "operator")), timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "breakglass.plugin.cli", *args],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(ROOT / "operator")),
+        timeout=60,
+    )
 
 
 def test_metrics_follow_a_lifecycle_and_gauges_survive_a_restart(cluster, running_operator):
@@ -53,19 +59,32 @@ def test_metrics_follow_a_lifecycle_and_gauges_survive_a_restart(cluster, runnin
     wait_for(lambda: metric(scrape(op), "breakglass_grants_active", policy=pol) == 1, 15, "grants_active = 1")
     mid = scrape(op)
     assert metric(mid, "breakglass_requests_total", policy=pol, outcome="issued") == 1
-    assert metric(mid, "breakglass_approvals_total", decision="Approve") >= metric(before, "breakglass_approvals_total",
-                                                                                 decision="Approve") + 1
-    assert metric(mid, "breakglass_time_to_issue_seconds_count") >= metric(before, "breakglass_time_to_issue_seconds_count") + 1
-    assert metric(mid, "breakglass_time_to_approval_seconds_count") >= metric(before, "breakglass_time_to_approval_seconds_count") + 1
-    assert metric(mid, "breakglass_admission_rejections_total", kind="BreakGlassRequest") >= \
-        metric(before, "breakglass_admission_rejections_total", kind="BreakGlassRequest") + 1
+    assert (
+        metric(mid, "breakglass_approvals_total", decision="Approve")
+        >= metric(before, "breakglass_approvals_total", decision="Approve") + 1
+    )
+    assert (
+        metric(mid, "breakglass_time_to_issue_seconds_count")
+        >= metric(before, "breakglass_time_to_issue_seconds_count") + 1
+    )
+    assert (
+        metric(mid, "breakglass_time_to_approval_seconds_count")
+        >= metric(before, "breakglass_time_to_approval_seconds_count") + 1
+    )
+    assert (
+        metric(mid, "breakglass_admission_rejections_total", kind="BreakGlassRequest")
+        >= metric(before, "breakglass_admission_rejections_total", kind="BreakGlassRequest") + 1
+    )
     assert metric(mid, "breakglass_signing_key_age_seconds") > 0
     assert not any("alice" in k or "counted" in k for k in mid), "no user or request names as labels"
 
     op.stop()
     op.start()
-    wait_for(lambda: metric(scrape(op), "breakglass_grants_active", policy=pol) == 1, 15,
-             "grants_active rebuilt from the cluster after a restart")
+    wait_for(
+        lambda: metric(scrape(op), "breakglass_grants_active", policy=pol) == 1,
+        15,
+        "grants_active rebuilt from the cluster after a restart",
+    )
     cluster.kubectl("patch", "bgr", "counted", "-n", ns, "--type=merge", "-p", '{"spec":{"revoked":true}}')
     wait_phase(cluster, "counted", ns, "Revoked")
     wait_for(lambda: metric(scrape(op), "breakglass_grants_active", policy=pol) == 0, 15, "grants_active = 0")
@@ -74,8 +93,9 @@ def test_metrics_follow_a_lifecycle_and_gauges_survive_a_restart(cluster, runnin
     assert metric(after, "breakglass_requests_total", policy=pol, outcome="revoked") == 1
 
 
-def test_the_audit_log_of_a_run_verifies_and_tampering_is_found_at_the_right_record(cluster, running_operator,
-                                                                                      tmp_path):
+def test_the_audit_log_of_a_run_verifies_and_tampering_is_found_at_the_right_record(
+    cluster, running_operator, tmp_path
+):
     ns = cluster.new_namespace("audit")
     pol = unique("audit")
     cluster.apply(policy(pol, requiredApprovals=0))
@@ -91,8 +111,11 @@ def test_the_audit_log_of_a_run_verifies_and_tampering_is_found_at_the_right_rec
     assert all("token" not in r for r in records)
 
     edited = list(lines)
-    edited[2] = edited[2].replace('"drill":false', '"drill":true', 1) if '"drill":false' in edited[2] \
-        else edited[2][:-2] + ('x' if edited[2][-2] != 'x' else 'y') + edited[2][-1]
+    edited[2] = (
+        edited[2].replace('"drill":false', '"drill":true', 1)
+        if '"drill":false' in edited[2]
+        else edited[2][:-2] + ("x" if edited[2][-2] != "x" else "y") + edited[2][-1]
+    )
     deleted = lines[:1] + lines[2:]
     swapped = lines[:1] + [lines[2], lines[1]] + lines[3:]
     for name, mutated, line in (("edit", edited, 3), ("delete", deleted, 2), ("swap", swapped, 2)):
@@ -106,20 +129,44 @@ def test_a_drill_runs_on_schedule_and_a_deliberate_break_fails_at_the_precise_st
     ns = cluster.new_namespace("drill")
     pol = unique("drill")
     cluster.apply(policy(pol, requesters={"users": ["admin"], "groups": ["sre"]}, requiredApprovals=0))
-    drill = {"apiVersion": "breakglass.dev/v1alpha1", "kind": "BreakGlassDrill",
-             "metadata": {"name": "weekly", "namespace": ns},
-             "spec": {"schedule": "10s", "policy": pol, "namespaces": [ns], "clusterRoles": ["view"],
-                      "duration": "2m", "verifyWithCluster": True}}
+    drill = {
+        "apiVersion": "breakglass.dev/v1alpha1",
+        "kind": "BreakGlassDrill",
+        "metadata": {"name": "weekly", "namespace": ns},
+        "spec": {
+            "schedule": "10s",
+            "policy": pol,
+            "namespaces": [ns],
+            "clusterRoles": ["view"],
+            "duration": "2m",
+            "verifyWithCluster": True,
+        },
+    }
     cluster.apply(drill)
     get = lambda: cluster.get("breakglassdrill", "weekly", ns)  # noqa: E731
-    first = wait_for(lambda: (get().get("status") or {}).get("lastResult") == "Succeeded" and get(), 60,
-                     "the first drill run to succeed")
+    first = wait_for(
+        lambda: (get().get("status") or {}).get("lastResult") == "Succeeded" and get(),
+        60,
+        "the first drill run to succeed",
+    )
     first_run = first["status"]["lastRun"]
-    assert [s["name"] for s in first["status"]["steps"]] == ["file", "issue", "read-secret", "verify-jwks",
-                                                             "token-review", "access-review", "revoke", "cleanup"]
-    second = wait_for(lambda: (get()["status"].get("lastRun") != first_run and
-                               get()["status"].get("lastResult") == "Succeeded") and get(), 60,
-                      "a second successful run")
+    assert [s["name"] for s in first["status"]["steps"]] == [
+        "file",
+        "issue",
+        "read-secret",
+        "verify-jwks",
+        "token-review",
+        "access-review",
+        "revoke",
+        "cleanup",
+    ]
+    second = wait_for(
+        lambda: (
+            (get()["status"].get("lastRun") != first_run and get()["status"].get("lastResult") == "Succeeded") and get()
+        ),
+        60,
+        "a second successful run",
+    )
     assert second["status"]["lastSuccess"] >= first_run
     assert "DrillSucceeded" in event_reasons(cluster, ns, "weekly")
     samples = scrape(running_operator)
@@ -130,18 +177,35 @@ def test_a_drill_runs_on_schedule_and_a_deliberate_break_fails_at_the_precise_st
     # Deliberate break: strip every public key from the published JWKS.
     cm = cluster.get("configmap", "breakglass-jwks", "breakglass-system")
     original = cm["data"]["jwks.json"]
-    cluster.kubectl("patch", "configmap", "breakglass-jwks", "-n", "breakglass-system", "--type=merge", "-p",
-                    json.dumps({"data": {"jwks.json": json.dumps({"keys": []})}}))
+    cluster.kubectl(
+        "patch",
+        "configmap",
+        "breakglass-jwks",
+        "-n",
+        "breakglass-system",
+        "--type=merge",
+        "-p",
+        json.dumps({"data": {"jwks.json": json.dumps({"keys": []})}}),
+    )
     try:
         broken = wait_for(lambda: get()["status"].get("lastResult") == "Failed" and get(), 60, "a failed run")
         assert broken["status"]["failureReason"].startswith("step verify-jwks failed")
         assert "UnknownKid" in broken["status"]["failureReason"]
         assert "DrillFailed" in event_reasons(cluster, ns, "weekly")
-        assert metric(scrape(running_operator), "breakglass_drill_runs_total", drill=f"{ns}/weekly",
-                      result="failure") >= 1
+        assert (
+            metric(scrape(running_operator), "breakglass_drill_runs_total", drill=f"{ns}/weekly", result="failure") >= 1
+        )
     finally:
-        cluster.kubectl("patch", "configmap", "breakglass-jwks", "-n", "breakglass-system", "--type=merge", "-p",
-                        json.dumps({"data": {"jwks.json": original}}))
+        cluster.kubectl(
+            "patch",
+            "configmap",
+            "breakglass-jwks",
+            "-n",
+            "breakglass-system",
+            "--type=merge",
+            "-p",
+            json.dumps({"data": {"jwks.json": original}}),
+        )
         cluster.kubectl("delete", "breakglassdrill", "weekly", "-n", ns)
     leftovers = [r for r in cluster.list("breakglassrequests", ns)]
     assert all(r["status"]["phase"] in ("Revoked", "Expired") for r in leftovers if r.get("status"))
@@ -156,8 +220,14 @@ def test_an_overdue_emergency_review_raises_an_event_and_the_metric(cluster, run
     wait_for(lambda: "ReviewOverdue" in event_reasons(cluster, ns, "unreviewed"), 15, "a ReviewOverdue event")
     obj = cluster.get("breakglassrequest", "unreviewed", ns)
     assert condition(obj, "ReviewOverdue")["status"] == "True"
-    wait_for(lambda: metric(scrape(running_operator), "breakglass_reviews_overdue") >= 1, 15,
-             "breakglass_reviews_overdue >= 1")
+    wait_for(
+        lambda: metric(scrape(running_operator), "breakglass_reviews_overdue") >= 1,
+        15,
+        "breakglass_reviews_overdue >= 1",
+    )
     approve(cluster, "carol", "unreviewed", ns, decision="Review")
-    wait_for(lambda: condition(cluster.get("breakglassrequest", "unreviewed", ns), "ReviewOverdue")["status"] == "False",
-             10, "the overdue condition to clear once reviewed")
+    wait_for(
+        lambda: condition(cluster.get("breakglassrequest", "unreviewed", ns), "ReviewOverdue")["status"] == "False",
+        10,
+        "the overdue condition to clear once reviewed",
+    )

@@ -1,5 +1,6 @@
 """Issue 6: `kubectl breakglass` as alice/bob/mallory against the real control plane, and `explain`
 agreeing with what admission and the operator then actually do."""
+
 from __future__ import annotations
 
 import json
@@ -10,16 +11,23 @@ import sys
 import pytest
 import yaml
 
-from .harness import ROOT, wait_for
+from .harness import ROOT
 from .scenario import policy, request, unique, wait_phase
 
 
 def kb(cluster, user, *args, stdin=None):
     """Run the plugin the way kubectl would: as `kubectl breakglass` found on PATH."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "operator"),
-               PATH=f"{ROOT / 'tests' / 'e2e' / 'bin'}:{os.environ['PATH']}")
-    return subprocess.run([cluster.kubectl_bin, "breakglass", "--kubeconfig", cluster.kubeconfig(user), *args],
-                          capture_output=True, text=True, input=stdin, env=env, timeout=120)
+    env = dict(
+        os.environ, PYTHONPATH=str(ROOT / "operator"), PATH=f"{ROOT / 'tests' / 'e2e' / 'bin'}:{os.environ['PATH']}"
+    )
+    return subprocess.run(
+        [cluster.kubectl_bin, "breakglass", "--kubeconfig", cluster.kubeconfig(user), *args],
+        capture_output=True,
+        text=True,
+        input=stdin,
+        env=env,
+        timeout=120,
+    )
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -28,7 +36,7 @@ def plugin_on_path():
     bindir = ROOT / "tests" / "e2e" / "bin"
     bindir.mkdir(exist_ok=True)
     shim = bindir / "kubectl-breakglass"
-    shim.write_text(f"#!/bin/sh\nexec {sys.executable} -m breakglass.plugin.cli \"$@\"\n")
+    shim.write_text(f'#!/bin/sh\nexec {sys.executable} -m breakglass.plugin.cli "$@"\n')
     shim.chmod(0o755)
     yield
     shim.unlink()
@@ -39,14 +47,34 @@ def test_the_plugin_drives_a_request_from_filing_to_revocation(cluster, running_
     ns = cluster.new_namespace("kb")
     pol = unique("kb")
     cluster.apply(policy(pol, allowedScopes=["db:*"]))
-    filed = kb(cluster, "alice", "-n", ns, "request", "--policy", pol, "--reason", "checkout service is 500ing",
-               "--duration", "20m", "--namespace-access", ns, "--role", "view", "--scope", "db:read",
-               "--name", "checkout")
+    filed = kb(
+        cluster,
+        "alice",
+        "-n",
+        ns,
+        "request",
+        "--policy",
+        pol,
+        "--reason",
+        "checkout service is 500ing",
+        "--duration",
+        "20m",
+        "--namespace-access",
+        ns,
+        "--role",
+        "view",
+        "--scope",
+        "db:read",
+        "--name",
+        "checkout",
+    )
     assert filed.returncode == 0, filed.stderr
     assert filed.stdout.strip() == "checkout"
     wait_phase(cluster, "checkout", ns, "Pending")
     listed = kb(cluster, "bob", "-n", ns, "list")
-    assert listed.returncode == 0 and "checkout" in listed.stdout and "0/1" in listed.stdout and "Pending" in listed.stdout
+    assert (
+        listed.returncode == 0 and "checkout" in listed.stdout and "0/1" in listed.stdout and "Pending" in listed.stdout
+    )
 
     approved = kb(cluster, "bob", "-n", ns, "approve", "checkout", "--comment", "ok")
     assert approved.returncode == 0 and "approver bob" in approved.stdout
@@ -78,28 +106,73 @@ def test_request_wait_prints_the_secret_name_once_issued(cluster, running_operat
     ns = cluster.new_namespace("kbw")
     pol = unique("kbw")
     cluster.apply(policy(pol, requiredApprovals=0))
-    out = kb(cluster, "alice", "-n", ns, "request", "--policy", pol, "--reason", "auto-approved investigation",
-             "--namespace-access", ns, "--role", "view", "--name", "quick", "--wait", "--timeout", "30")
+    out = kb(
+        cluster,
+        "alice",
+        "-n",
+        ns,
+        "request",
+        "--policy",
+        pol,
+        "--reason",
+        "auto-approved investigation",
+        "--namespace-access",
+        ns,
+        "--role",
+        "view",
+        "--name",
+        "quick",
+        "--wait",
+        "--timeout",
+        "30",
+    )
     assert out.returncode == 0, out.stderr
     uid = cluster.get("breakglassrequest", "quick", ns)["metadata"]["uid"]
     assert out.stdout.strip() == f"breakglass-system/breakglass-token-{uid}"
 
 
-@pytest.mark.parametrize("args,user,code,message", [
-    (["request", "--policy", "{pol}", "--reason", "x" * 12, "--duration", "soon"], "alice", 2, "--duration"),
-    (["request", "--policy", "{pol}", "--reason", "a valid reason text", "--role", "view",
-      "--namespace-access", "{ns}"], "mallory", 1, "not in policy"),
-    (["approve", "no-such-request"], "bob", 4, "not found"),
-    (["deny", "no-such-request"], "bob", 4, "not found"),
-    (["status", "no-such-request"], "alice", 4, "not found"),
-    (["revoke", "no-such-request"], "alice", 4, "not found"),
-    (["request", "--policy", "{pol}", "--reason", "too short"], "alice", 1, "spec.reason"),
-    (["audit", "verify", "/no/such/file"], "alice", 2, "cannot read"),
-    (["verify"], "alice", 2, "give a TOKEN"),
-    ([], "alice", 2, "usage"),
-], ids=["a bad duration", "an outsider requesting", "approving an unknown request", "denying an unknown request",
-        "status of an unknown request", "revoking an unknown request", "a short reason", "a missing audit file",
-        "verify without a token", "no command"])
+@pytest.mark.parametrize(
+    "args,user,code,message",
+    [
+        (["request", "--policy", "{pol}", "--reason", "x" * 12, "--duration", "soon"], "alice", 2, "--duration"),
+        (
+            [
+                "request",
+                "--policy",
+                "{pol}",
+                "--reason",
+                "a valid reason text",
+                "--role",
+                "view",
+                "--namespace-access",
+                "{ns}",
+            ],
+            "mallory",
+            1,
+            "not in policy",
+        ),
+        (["approve", "no-such-request"], "bob", 4, "not found"),
+        (["deny", "no-such-request"], "bob", 4, "not found"),
+        (["status", "no-such-request"], "alice", 4, "not found"),
+        (["revoke", "no-such-request"], "alice", 4, "not found"),
+        (["request", "--policy", "{pol}", "--reason", "too short"], "alice", 1, "spec.reason"),
+        (["audit", "verify", "/no/such/file"], "alice", 2, "cannot read"),
+        (["verify"], "alice", 2, "give a TOKEN"),
+        ([], "alice", 2, "usage"),
+    ],
+    ids=[
+        "a bad duration",
+        "an outsider requesting",
+        "approving an unknown request",
+        "denying an unknown request",
+        "status of an unknown request",
+        "revoking an unknown request",
+        "a short reason",
+        "a missing audit file",
+        "verify without a token",
+        "no command",
+    ],
+)
 def test_each_misuse_gets_a_clear_message_and_a_non_zero_exit(cluster, running_operator, args, user, code, message):
     ns = cluster.new_namespace("kbm")
     pol = unique("kbm")
@@ -113,8 +186,23 @@ def test_mallorys_approval_is_refused_and_alice_cannot_approve_herself(cluster, 
     ns = cluster.new_namespace("kbi")
     pol = unique("kbi")
     cluster.apply(policy(pol))
-    kb(cluster, "alice", "-n", ns, "request", "--policy", pol, "--reason", "payments queue stuck again",
-       "--namespace-access", ns, "--role", "view", "--name", "stuck")
+    kb(
+        cluster,
+        "alice",
+        "-n",
+        ns,
+        "request",
+        "--policy",
+        pol,
+        "--reason",
+        "payments queue stuck again",
+        "--namespace-access",
+        ns,
+        "--role",
+        "view",
+        "--name",
+        "stuck",
+    )
     wait_phase(cluster, "stuck", ns, "Pending")
     own = kb(cluster, "alice", "-n", ns, "approve", "stuck")
     assert own.returncode == 1 and "forbids self-approval" in own.stderr
@@ -139,15 +227,36 @@ EXPLAIN_CASES = [
 ]
 
 
-@pytest.mark.parametrize("user,change,expected", EXPLAIN_CASES, ids=[
-    "a plain request", "too long", "a forbidden namespace", "a forbidden role", "a forbidden scope",
-    "an outsider", "a blank reason", "emergency allowed", "a foreign audience", "within limits with scopes",
-    "an unknown policy", "an approver who is not a requester"])
+@pytest.mark.parametrize(
+    "user,change,expected",
+    EXPLAIN_CASES,
+    ids=[
+        "a plain request",
+        "too long",
+        "a forbidden namespace",
+        "a forbidden role",
+        "a forbidden scope",
+        "an outsider",
+        "a blank reason",
+        "emergency allowed",
+        "a foreign audience",
+        "within limits with scopes",
+        "an unknown policy",
+        "an approver who is not a requester",
+    ],
+)
 def test_explain_agrees_with_admission_and_the_operator(cluster, running_operator, tmp_path, user, change, expected):
     ns = cluster.new_namespace("explain")
     pol = unique("explain")
-    cluster.apply(policy(pol, allowedNamespaces=[ns], emergency={"allowed": True, "reviewWithin": "1h"},
-                         autoApprove={"groups": ["sre"]}, maxDuration="1h"))
+    cluster.apply(
+        policy(
+            pol,
+            allowedNamespaces=[ns],
+            emergency={"allowed": True, "reviewWithin": "1h"},
+            autoApprove={"groups": ["sre"]},
+            maxDuration="1h",
+        )
+    )
     manifest = request("sim", ns, pol, **change)
     if change.get("policy"):
         manifest["spec"]["policy"] = change["policy"]

@@ -1,4 +1,5 @@
 """Acting with a minted token against the real apiserver."""
+
 from __future__ import annotations
 
 import base64
@@ -14,18 +15,26 @@ from .harness import Cluster
 def kubeconfig_for(cluster: Cluster, token: str) -> str:
     fd, path = tempfile.mkstemp(prefix="grant-", suffix=".kubeconfig")
     with open(fd, "w") as fh:
-        yaml.safe_dump({"apiVersion": "v1", "kind": "Config",
-                        "clusters": [{"name": "c", "cluster": {"server": cluster.server,
-                                                               "certificate-authority": cluster.ca_file}}],
-                        "users": [{"name": "u", "user": {"token": token}}],
-                        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
-                        "current-context": "c"}, fh)
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [
+                    {"name": "c", "cluster": {"server": cluster.server, "certificate-authority": cluster.ca_file}}
+                ],
+                "users": [{"name": "u", "user": {"token": token}}],
+                "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
+                "current-context": "c",
+            },
+            fh,
+        )
     return path
 
 
 def with_kubeconfig(cluster: Cluster, kubeconfig_path: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([cluster.kubectl_bin, "--kubeconfig", kubeconfig_path, *args], capture_output=True,
-                          text=True, timeout=30)
+    return subprocess.run(
+        [cluster.kubectl_bin, "--kubeconfig", kubeconfig_path, *args], capture_output=True, text=True, timeout=30
+    )
 
 
 def with_token(cluster: Cluster, token: str, *args: str) -> subprocess.CompletedProcess:

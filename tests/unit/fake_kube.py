@@ -15,15 +15,16 @@ Only the methods those modules call exist. It behaves like the API server where 
 Every call is recorded, in order, in `calls` (verb, kind, namespace, name, detail). `fail(...)` makes
 a call raise once (or `times` times), before or after the call took effect.
 """
+
 from __future__ import annotations
 
 import copy
-import itertools
-import threading
-from dataclasses import dataclass, field
 import datetime as dt
 import io
+import itertools
 import json
+import threading
+from dataclasses import dataclass, field
 from typing import Any
 
 from kubernetes.client.rest import ApiException
@@ -43,7 +44,7 @@ REQUEST, POLICY, APPROVAL = api.KIND_REQUEST, api.KIND_POLICY, api.KIND_APPROVAL
 
 @dataclass(frozen=True)
 class Call:
-    verb: str          # get, patch, patch_status, list, create, read, delete, replace, event
+    verb: str  # get, patch, patch_status, list, create, read, delete, replace, event
     kind: str
     namespace: str | None
     name: str | None
@@ -65,8 +66,12 @@ class Fault:
     hits: int = field(default=0)
 
     def matches(self, verb: str, kind: str, name: str | None) -> bool:
-        return (self.times > 0 and self.verb == verb and (self.kind is None or self.kind == kind)
-                and (self.name is None or self.name == name))
+        return (
+            self.times > 0
+            and self.verb == verb
+            and (self.kind is None or self.kind == kind)
+            and (self.name is None or self.name == name)
+        )
 
 
 class FakeKube:
@@ -102,19 +107,31 @@ class FakeKube:
 
     def of_kind(self, kind: str, namespace: str | None = None) -> list[dict[str, Any]]:
         with self._lock:
-            return [copy.deepcopy(o) for (k, ns, _), o in sorted(self.objects.items(), key=lambda kv: str(kv[0]))
-                    if k == kind and (namespace is None or ns == namespace)]
+            return [
+                copy.deepcopy(o)
+                for (k, ns, _), o in sorted(self.objects.items(), key=lambda kv: str(kv[0]))
+                if k == kind and (namespace is None or ns == namespace)
+            ]
 
     def names(self, *kinds: str) -> set[tuple[str, str | None, str]]:
         with self._lock:
             return {key for key in self.objects if key[0] in kinds}
 
-    def fail(self, verb: str, kind: str | None = None, name: str | None = None, *,
-             exc: BaseException | None = None, after: bool = False, times: int = 1) -> Fault:
+    def fail(
+        self,
+        verb: str,
+        kind: str | None = None,
+        name: str | None = None,
+        *,
+        exc: BaseException | None = None,
+        after: bool = False,
+        times: int = 1,
+    ) -> Fault:
         """The next `times` matching calls raise `exc` (default RuntimeError); `after`: once the call
         took effect (a crash between the write and the caller learning about it)."""
-        fault = Fault(verb, kind, name, exc or RuntimeError(f"injected failure: {verb} {kind or ''} {name or ''}"),
-                      after, times)
+        fault = Fault(
+            verb, kind, name, exc or RuntimeError(f"injected failure: {verb} {kind or ''} {name or ''}"), after, times
+        )
         self.faults.append(fault)
         return fault
 
@@ -199,8 +216,9 @@ class FakeKube:
     def list_approvals(self, namespace: str, request_name: str) -> list[dict[str, Any]]:
         with self._lock:
             self._record("list", APPROVAL, namespace, request_name)
-            return [a for a in self.of_kind(APPROVAL, namespace)
-                    if (a.get("spec") or {}).get("request") == request_name]
+            return [
+                a for a in self.of_kind(APPROVAL, namespace) if (a.get("spec") or {}).get("request") == request_name
+            ]
 
     def get_policy(self, name: str) -> dict[str, Any] | None:
         with self._lock:
@@ -214,7 +232,7 @@ class FakeKube:
             self._fault("create", kind, name, after=False, namespace=ns)
             if ns not in self.namespaces:
                 self._record("create", kind, ns, name, "namespace missing")
-                raise PermanentError(404, f"create {kind} {ns}/{name}: namespaces \"{ns}\" not found")
+                raise PermanentError(404, f'create {kind} {ns}/{name}: namespaces "{ns}" not found')
             existing = self.objects.get((kind, ns, name))
             if existing is not None:
                 self._record("create", kind, ns, name, False)
@@ -257,7 +275,10 @@ class FakeKube:
             if obj is None:
                 self._record("replace", "ConfigMap", ns, name, "missing")
                 raise ApiException(status=404, reason="Not Found")
-            if meta.get("resourceVersion") is not None and meta["resourceVersion"] != obj["metadata"]["resourceVersion"]:
+            if (
+                meta.get("resourceVersion") is not None
+                and meta["resourceVersion"] != obj["metadata"]["resourceVersion"]
+            ):
                 self._record("replace", "ConfigMap", ns, name, "conflict")
                 raise Conflict(f"configmap {ns}/{name} changed meanwhile")
             stored = copy.deepcopy(body)
@@ -272,8 +293,11 @@ class FakeKube:
         with self._lock:
             self._record("list", "ConfigMap", namespace, selector)
             wanted = dict(part.split("=", 1) for part in selector.split(",") if part)
-            items = [cm for cm in self.of_kind("ConfigMap", namespace)
-                     if all((cm["metadata"].get("labels") or {}).get(k) == v for k, v in wanted.items())]
+            items = [
+                cm
+                for cm in self.of_kind("ConfigMap", namespace)
+                if all((cm["metadata"].get("labels") or {}).get(k) == v for k, v in wanted.items())
+            ]
             return items, self._next_rv()
 
     # ------------------------------------------------------------ events
@@ -291,7 +315,7 @@ class FakeKube:
 # A small world on top of the fake: operator parts wired as runtime.build wires them, a fixed clock.
 # =====================================================================================================
 OPERATOR_NS = api.DEFAULT_OPERATOR_NAMESPACE
-CREATED = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.timezone.utc)
+CREATED = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.UTC)
 UID = "6f1c3a9e-0000-4000-8000-000000000001"
 RING = Keyring.new("ES256", CREATED - dt.timedelta(days=1))
 
@@ -306,9 +330,13 @@ POLICY_SPEC = {
     "emergency": {"allowed": True, "reviewWithin": "5m"},
 }
 REQUEST_SPEC = {
-    "policy": "prod", "requester": "alice", "requesterGroups": ["sre"],
-    "reason": "the database is down badly", "duration": "10m",
-    "namespaces": ["team-a", "team-b"], "clusterRoles": ["view"],
+    "policy": "prod",
+    "requester": "alice",
+    "requesterGroups": ["sre"],
+    "reason": "the database is down badly",
+    "duration": "10m",
+    "namespaces": ["team-a", "team-b"],
+    "clusterRoles": ["view"],
 }
 
 
@@ -337,28 +365,45 @@ class FakeRevocations:
 
 
 class World:
-    def __init__(self, namespaces=("team-a", "team-b"), settings: Settings | None = None,
-                 now: dt.datetime = CREATED, kube: FakeKube | None = None):
+    def __init__(
+        self,
+        namespaces=("team-a", "team-b"),
+        settings: Settings | None = None,
+        now: dt.datetime = CREATED,
+        kube: FakeKube | None = None,
+    ):
         """`kube`: share another world's cluster (a second operator replica with its own view)."""
         self.now = now
         self.settings = settings or Settings(namespace=OPERATOR_NS, issuer="https://issuer.test")
-        self.kube = kube or FakeKube(namespaces=(self.settings.namespace, self.settings.tokens_namespace,
-                                                 *namespaces))
+        self.kube = kube or FakeKube(namespaces=(self.settings.namespace, self.settings.tokens_namespace, *namespaces))
         self.ledger = Ledger(self.kube, self.settings.namespace)
         self.ledger._relist()  # synced, as after the watch's first list
         self.keys, self.revocations = FakeKeys(), FakeRevocations()
         self.audit_stream = io.StringIO()
         self.audit = AuditLog(stream=self.audit_stream)
-        self.grants = Grants(kube=self.kube, ledger=self.ledger, keys=self.keys, revocations=self.revocations,
-                             settings=self.settings, clock=self.clock)
-        self.reconciler = Reconciler(kube=self.kube, ledger=self.ledger, grants=self.grants, audit=self.audit,
-                                     settings=self.settings, clock=self.clock, policies=PolicyCache(self.kube, ttl=0))
+        self.grants = Grants(
+            kube=self.kube,
+            ledger=self.ledger,
+            keys=self.keys,
+            revocations=self.revocations,
+            settings=self.settings,
+            clock=self.clock,
+        )
+        self.reconciler = Reconciler(
+            kube=self.kube,
+            ledger=self.ledger,
+            grants=self.grants,
+            audit=self.audit,
+            settings=self.settings,
+            clock=self.clock,
+            policies=PolicyCache(self.kube, ttl=0),
+        )
         self.kube.reset_calls()
 
     def clock(self) -> dt.datetime:
         return self.now
 
-    def at(self, minutes: float) -> "World":
+    def at(self, minutes: float) -> World:
         self.now = CREATED + dt.timedelta(minutes=minutes)
         return self
 
@@ -367,12 +412,27 @@ class World:
         spec = {**POLICY_SPEC, **changes}
         return self.kube.put(POLICY, {"apiVersion": api.API_VERSION, "metadata": {"name": name}, "spec": spec})
 
-    def request(self, name: str = "r1", namespace: str = "team-a", uid: str = UID, status: dict | None = None,
-                finalizers=(), **changes: Any) -> dict[str, Any]:
-        body = {"apiVersion": api.API_VERSION,
-                "metadata": {"name": name, "namespace": namespace, "uid": uid, "generation": 1,
-                             "creationTimestamp": to_rfc3339(CREATED), "finalizers": list(finalizers)},
-                "spec": {**REQUEST_SPEC, **changes}}
+    def request(
+        self,
+        name: str = "r1",
+        namespace: str = "team-a",
+        uid: str = UID,
+        status: dict | None = None,
+        finalizers=(),
+        **changes: Any,
+    ) -> dict[str, Any]:
+        body = {
+            "apiVersion": api.API_VERSION,
+            "metadata": {
+                "name": name,
+                "namespace": namespace,
+                "uid": uid,
+                "generation": 1,
+                "creationTimestamp": to_rfc3339(CREATED),
+                "finalizers": list(finalizers),
+            },
+            "spec": {**REQUEST_SPEC, **changes},
+        }
         if status is not None:
             body["status"] = status
         return self.kube.put(REQUEST, body)
@@ -394,15 +454,36 @@ class World:
             else:
                 del self.kube.objects[(REQUEST, namespace, name)]
 
-    def approve(self, approver: str = "bob", decision: str = "Approve", *, request: str = "r1",
-                namespace: str = "team-a", request_uid: str = UID, minutes: float = 0.5,
-                groups=("sre-leads",), name: str | None = None) -> dict[str, Any]:
-        return self.kube.put(APPROVAL, {
-            "apiVersion": api.API_VERSION,
-            "metadata": {"name": name or f"{request}-{approver}-{decision.lower()}", "namespace": namespace,
-                         "creationTimestamp": to_rfc3339(CREATED + dt.timedelta(minutes=minutes))},
-            "spec": {"request": request, "requestUID": request_uid, "approver": approver,
-                     "approverGroups": list(groups), "decision": decision}})
+    def approve(
+        self,
+        approver: str = "bob",
+        decision: str = "Approve",
+        *,
+        request: str = "r1",
+        namespace: str = "team-a",
+        request_uid: str = UID,
+        minutes: float = 0.5,
+        groups=("sre-leads",),
+        name: str | None = None,
+    ) -> dict[str, Any]:
+        return self.kube.put(
+            APPROVAL,
+            {
+                "apiVersion": api.API_VERSION,
+                "metadata": {
+                    "name": name or f"{request}-{approver}-{decision.lower()}",
+                    "namespace": namespace,
+                    "creationTimestamp": to_rfc3339(CREATED + dt.timedelta(minutes=minutes)),
+                },
+                "spec": {
+                    "request": request,
+                    "requestUID": request_uid,
+                    "approver": approver,
+                    "approverGroups": list(groups),
+                    "decision": decision,
+                },
+            },
+        )
 
     # --------------------------------------------------------------- acting and looking
     def reconcile(self, name: str = "r1", namespace: str = "team-a"):

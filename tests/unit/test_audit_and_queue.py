@@ -27,13 +27,21 @@ def test_the_chain_continues_across_restarts(tmp_path):
     assert verify_lines(path.read_text().splitlines()) == (4, None)
 
 
-@pytest.mark.parametrize("mutate,line", [
-    (lambda ls: ls[:2] + [ls[2].replace('"j2"', '"jX"')] + ls[3:], 3),
-    (lambda ls: ls[:1] + ls[2:], 2),
-    (lambda ls: ls[:1] + [ls[2], ls[1]] + ls[3:], 2),
-    (lambda ls: ls[:2] + [ls[0]] + ls[2:], 3),
-], ids=["an edited record is found", "a deleted record is found", "swapped records are found",
-        "an inserted record is found"])
+@pytest.mark.parametrize(
+    "mutate,line",
+    [
+        (lambda ls: ls[:2] + [ls[2].replace('"j2"', '"jX"')] + ls[3:], 3),
+        (lambda ls: ls[:1] + ls[2:], 2),
+        (lambda ls: ls[:1] + [ls[2], ls[1]] + ls[3:], 2),
+        (lambda ls: ls[:2] + [ls[0]] + ls[2:], 3),
+    ],
+    ids=[
+        "an edited record is found",
+        "a deleted record is found",
+        "swapped records are found",
+        "an inserted record is found",
+    ],
+)
 def test_tampering_is_detected_at_the_right_record(tmp_path, mutate, line):
     lines = _log(tmp_path).read_text().splitlines()
     count, broken = verify_lines(mutate(lines))
@@ -91,9 +99,13 @@ def test_the_queue_fires_delayed_keys_at_their_time():
 
 def test_the_expiry_timer_deletes_the_exact_secret_at_exp_then_hands_over_to_the_reconcile():
     from breakglass.expiry import ExpiryTimer
+
     deleted, after = [], []
-    timer = ExpiryTimer(lambda ns, name, uid: deleted.append((ns, name, uid, time.time())) or True,
-                        lambda key: after.append(key), workers=2)
+    timer = ExpiryTimer(
+        lambda ns, name, uid: deleted.append((ns, name, uid, time.time())) or True,
+        lambda key: after.append(key),
+        workers=2,
+    )
     timer.start()
     at = time.time() + 0.3
     timer.schedule(("ns", "r"), "ns", "r-token", "uid-1", at)

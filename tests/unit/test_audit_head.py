@@ -2,6 +2,7 @@
 every append, `audit verify` compares a file against it, and an HMAC key exists by default.
 
 Real files on disk; the ConfigMap and Secret APIs are in-memory fakes with the Kube signatures."""
+
 from __future__ import annotations
 
 import base64
@@ -16,12 +17,20 @@ import time
 import pytest
 
 from breakglass import api
-from breakglass.audit import (GENESIS, AuditHead, AuditLog, canonical, ensure_hmac_key, parse_head,
-                              verify_against_head, verify_lines)
+from breakglass.audit import (
+    GENESIS,
+    AuditHead,
+    AuditLog,
+    canonical,
+    ensure_hmac_key,
+    parse_head,
+    verify_against_head,
+    verify_lines,
+)
 from breakglass.plugin import cli
 
 NS = "breakglass-system"
-T0 = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
+T0 = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
 
 
 class ApiDown(Exception):
@@ -50,8 +59,9 @@ class FakeConfigMaps:
             if self.fail_next:
                 self.fail_next -= 1
                 raise ApiDown("apiserver unavailable")
-            cm = self.objects.setdefault((namespace, name), {"metadata": {"name": name, "namespace": namespace},
-                                                             "data": {}})
+            cm = self.objects.setdefault(
+                (namespace, name), {"metadata": {"name": name, "namespace": namespace}, "data": {}}
+            )
             cm["data"] = mutate(dict(cm["data"]))
             self.writes += 1
             return cm["data"]
@@ -64,7 +74,7 @@ class FakeConfigMaps:
 class FakeSecrets:
     def __init__(self, existing: dict | None = None, race_with: dict | None = None):
         self.objects = {} if existing is None else {(NS, api.AUDIT_HMAC_SECRET): existing}
-        self.race_with = race_with   # created by "another replica" between our get and our create
+        self.race_with = race_with  # created by "another replica" between our get and our create
         self.created = []
 
     def get_secret(self, namespace, name):
@@ -143,7 +153,7 @@ def test_an_append_whose_head_cannot_be_published_raises_but_stays_in_the_chain(
 def test_the_head_never_moves_backwards():
     cms = FakeConfigMaps()
     _head(cms).publish(7, "a" * 64)
-    _head(cms).publish(5, "b" * 64)   # e.g. a slower writer, or a second process
+    _head(cms).publish(5, "b" * 64)  # e.g. a slower writer, or a second process
     assert cms.head()["seq"] == 7 and cms.head()["hash"] == "a" * 64
 
 
@@ -192,15 +202,25 @@ def test_when_the_publishing_writer_fails_a_waiting_writer_publishes_itself():
     assert cms.head()["seq"] == 2
 
 
-@pytest.mark.parametrize("data,problem", [
-    ({"seq": -1, "hash": "a" * 64}, "seq"),
-    ({"seq": "3", "hash": "a" * 64}, "seq"),
-    ({"seq": True, "hash": "a" * 64}, "seq"),
-    ({"seq": 3, "hash": "xyz"}, "hash"),
-    ({"seq": 3}, "hash"),
-    ([], "object"),
-], ids=["a negative seq is refused", "a string seq is refused", "a boolean seq is refused",
-        "a hash that is not SHA-256 hex is refused", "a missing hash is refused", "a non-object is refused"])
+@pytest.mark.parametrize(
+    "data,problem",
+    [
+        ({"seq": -1, "hash": "a" * 64}, "seq"),
+        ({"seq": "3", "hash": "a" * 64}, "seq"),
+        ({"seq": True, "hash": "a" * 64}, "seq"),
+        ({"seq": 3, "hash": "xyz"}, "hash"),
+        ({"seq": 3}, "hash"),
+        ([], "object"),
+    ],
+    ids=[
+        "a negative seq is refused",
+        "a string seq is refused",
+        "a boolean seq is refused",
+        "a hash that is not SHA-256 hex is refused",
+        "a missing hash is refused",
+        "a non-object is refused",
+    ],
+)
 def test_a_malformed_head_is_refused(data, problem):
     with pytest.raises(ValueError, match=problem):
         parse_head(json.dumps(data))
@@ -270,19 +290,29 @@ def _sealed(tmp_path, n=6, key=None):
     return path.read_text().splitlines(), cms.head()
 
 
-@pytest.mark.parametrize("mutate,key,line,problem", [
-    (lambda ls, h: (ls, h), None, None, None),
-    (lambda ls, h: (ls[:-2], h), None, 5, "truncated"),
-    (lambda ls, h: ([], h), None, 1, "truncated"),
-    (lambda ls, h: (_reseal(ls, 2, lambda r: r.update(jti="forged")), h), None, 6, "re-sealed"),
-    (lambda ls, h: (_reseal(ls, 5, lambda r: r.update(jti="forged")), h), None, 6, "re-sealed"),
-    (lambda ls, h: (_reseal(ls, 2, lambda r: r.update(jti="forged")), h), b"k", 3, "HMAC"),
-    (lambda ls, h: (ls[:1] + ls[2:], h), None, 2, "previous-hash"),
-    (lambda ls, h: (ls, dict(h, seq=h["seq"] - 2, hash=json.loads(ls[-3])["hash"])), None, None, None),
-], ids=["an untouched file matches its head", "a truncated tail is reported where the records are missing",
-        "an emptied file is a truncated file", "a re-sealed rewrite is reported at the head's record",
-        "a re-sealed rewrite of the last record is reported", "with HMAC a re-sealed rewrite fails at the edit",
-        "a broken link is still reported first", "records after a lagging head are not a break"])
+@pytest.mark.parametrize(
+    "mutate,key,line,problem",
+    [
+        (lambda ls, h: (ls, h), None, None, None),
+        (lambda ls, h: (ls[:-2], h), None, 5, "truncated"),
+        (lambda ls, h: ([], h), None, 1, "truncated"),
+        (lambda ls, h: (_reseal(ls, 2, lambda r: r.update(jti="forged")), h), None, 6, "re-sealed"),
+        (lambda ls, h: (_reseal(ls, 5, lambda r: r.update(jti="forged")), h), None, 6, "re-sealed"),
+        (lambda ls, h: (_reseal(ls, 2, lambda r: r.update(jti="forged")), h), b"k", 3, "HMAC"),
+        (lambda ls, h: (ls[:1] + ls[2:], h), None, 2, "previous-hash"),
+        (lambda ls, h: (ls, dict(h, seq=h["seq"] - 2, hash=json.loads(ls[-3])["hash"])), None, None, None),
+    ],
+    ids=[
+        "an untouched file matches its head",
+        "a truncated tail is reported where the records are missing",
+        "an emptied file is a truncated file",
+        "a re-sealed rewrite is reported at the head's record",
+        "a re-sealed rewrite of the last record is reported",
+        "with HMAC a re-sealed rewrite fails at the edit",
+        "a broken link is still reported first",
+        "records after a lagging head are not a break",
+    ],
+)
 def test_a_file_is_checked_against_the_published_head(tmp_path, mutate, key, line, problem):
     lines, head = _sealed(tmp_path, key=key)
     lines, head = mutate(lines, head)
@@ -322,8 +352,11 @@ def test_on_a_create_race_the_key_that_won_is_used():
     assert secrets_api.created == []
 
 
-@pytest.mark.parametrize("data", [{}, {"hmac": ""}, {"hmac": "not base64!"}, {"hmac": base64.b64encode(b"short").decode()}],
-                         ids=["a Secret without the key", "an empty key", "a key that is not base64", "a short key"])
+@pytest.mark.parametrize(
+    "data",
+    [{}, {"hmac": ""}, {"hmac": "not base64!"}, {"hmac": base64.b64encode(b"short").decode()}],
+    ids=["a Secret without the key", "an empty key", "a key that is not base64", "a short key"],
+)
 def test_an_unusable_hmac_secret_stops_the_operator_instead_of_running_without_hmac(data):
     secrets_api = FakeSecrets(existing={"metadata": {"name": api.AUDIT_HMAC_SECRET}, "data": data})
     with pytest.raises(ValueError, match="audit HMAC Secret"):
@@ -358,6 +391,7 @@ def _unreachable():
 def _connection_refused():
     class MaxRetryError(Exception):
         pass
+
     raise MaxRetryError("Max retries exceeded (Connection refused)")
 
 
@@ -375,27 +409,51 @@ def sealed_run(tmp_path):
 FORBIDDEN = cli.CliError("not allowed: secrets is forbidden", cli.NOT_OK)
 
 
-@pytest.mark.parametrize("setup,flags,code,stdout_has,stderr_has", [
-    ("as written", [], 0, ["OK: 5 record(s), chain intact and HMACs verified", "tail matches the cluster's head (seq 4)",
-                           "head seq 4", "Secret breakglass-system/breakglass-audit-hmac"], []),
-    ("truncated", [], 1, ["BROKEN at line 4 (seq 3)", "truncated", "head seq 4"], []),
-    ("re-sealed, key readable", [], 1, ["BROKEN at line 2", "HMAC"], []),
-    ("re-sealed, key forbidden", [], 1, ["BROKEN at line 5 (seq 4)", "re-sealed", "HMAC:    NOT checked"],
-     ["not allowed to read it"]),
-    ("as written, key forbidden", [], 0, ["chain intact;", "tail matches"], ["HMAC NOT checked"]),
-    ("as written, key given", ["--hmac-secret", "@key"], 0, ["HMACs verified", "key from --hmac-secret"], []),
-    ("as written, wrong key given", ["--hmac-secret", "wrong"], 1, ["HMAC does not verify"], []),
-    ("cluster unreachable", [], 0, ["chain intact;", "tail NOT checked"],
-     ["cannot reach the cluster", "the tail was NOT checked"]),
-    ("connection refused", [], 0, ["tail NOT checked"], ["cannot reach the cluster (MaxRetryError"]),
-    ("cluster unreachable, truncated", [], 0, ["tail NOT checked"], ["the tail was NOT checked"]),
-    ("cluster unreachable, edited", [], 1, ["BROKEN at line 3", "edited"], ["cannot reach the cluster"]),
-    ("no head published", [], 0, ["tail NOT checked"], ["no audit head published"]),
-    ("malformed head", [], 1, ["BROKEN: the cluster's audit head", "malformed"], []),
-    ("as written", ["--offline"], 0, ["tail NOT checked"], ["--offline", "the tail was NOT checked"]),
-    ("segment", [], 1, ["BROKEN at line 1", "previous-hash"], []),
-    ("segment", ["--segment"], 0, ["seq 2..4", "tail matches"], ["starts at seq 2"]),
-], ids=["an untouched file verifies against the head and the generated key",
+@pytest.mark.parametrize(
+    "setup,flags,code,stdout_has,stderr_has",
+    [
+        (
+            "as written",
+            [],
+            0,
+            [
+                "OK: 5 record(s), chain intact and HMACs verified",
+                "tail matches the cluster's head (seq 4)",
+                "head seq 4",
+                "Secret breakglass-system/breakglass-audit-hmac",
+            ],
+            [],
+        ),
+        ("truncated", [], 1, ["BROKEN at line 4 (seq 3)", "truncated", "head seq 4"], []),
+        ("re-sealed, key readable", [], 1, ["BROKEN at line 2", "HMAC"], []),
+        (
+            "re-sealed, key forbidden",
+            [],
+            1,
+            ["BROKEN at line 5 (seq 4)", "re-sealed", "HMAC:    NOT checked"],
+            ["not allowed to read it"],
+        ),
+        ("as written, key forbidden", [], 0, ["chain intact;", "tail matches"], ["HMAC NOT checked"]),
+        ("as written, key given", ["--hmac-secret", "@key"], 0, ["HMACs verified", "key from --hmac-secret"], []),
+        ("as written, wrong key given", ["--hmac-secret", "wrong"], 1, ["HMAC does not verify"], []),
+        (
+            "cluster unreachable",
+            [],
+            0,
+            ["chain intact;", "tail NOT checked"],
+            ["cannot reach the cluster", "the tail was NOT checked"],
+        ),
+        ("connection refused", [], 0, ["tail NOT checked"], ["cannot reach the cluster (MaxRetryError"]),
+        ("cluster unreachable, truncated", [], 0, ["tail NOT checked"], ["the tail was NOT checked"]),
+        ("cluster unreachable, edited", [], 1, ["BROKEN at line 3", "edited"], ["cannot reach the cluster"]),
+        ("no head published", [], 0, ["tail NOT checked"], ["no audit head published"]),
+        ("malformed head", [], 1, ["BROKEN: the cluster's audit head", "malformed"], []),
+        ("as written", ["--offline"], 0, ["tail NOT checked"], ["--offline", "the tail was NOT checked"]),
+        ("segment", [], 1, ["BROKEN at line 1", "previous-hash"], []),
+        ("segment", ["--segment"], 0, ["seq 2..4", "tail matches"], ["starts at seq 2"]),
+    ],
+    ids=[
+        "an untouched file verifies against the head and the generated key",
         "a truncated tail fails against the head",
         "a re-sealed rewrite fails on HMAC when the key is readable",
         "a re-sealed rewrite fails on the head even when the key is forbidden",
@@ -410,7 +468,9 @@ FORBIDDEN = cli.CliError("not allowed: secrets is forbidden", cli.NOT_OK)
         "a malformed head fails closed",
         "offline verifies the chain only and says so",
         "a file starting mid-chain fails by default",
-        "a segment verifies with --segment and says where it starts"])
+        "a segment verifies with --segment and says where it starts",
+    ],
+)
 def test_audit_verify(sealed_run, capsys, monkeypatch, setup, flags, code, stdout_has, stderr_has):
     monkeypatch.delenv("BREAKGLASS_AUDIT_HMAC_SECRET", raising=False)
     path, cms, secret, key = sealed_run
@@ -449,14 +509,28 @@ def test_audit_verify(sealed_run, capsys, monkeypatch, setup, flags, code, stdou
 
 
 def test_audit_verify_takes_cluster_flags_after_the_subcommand():
-    args = cli.build_parser().parse_args(["audit", "verify", "f.log", "--kubeconfig", "k", "--context", "c",
-                                          "--operator-namespace", "ops", "--hmac-secret-name", "mine"])
+    args = cli.build_parser().parse_args(
+        [
+            "audit",
+            "verify",
+            "f.log",
+            "--kubeconfig",
+            "k",
+            "--context",
+            "c",
+            "--operator-namespace",
+            "ops",
+            "--hmac-secret-name",
+            "mine",
+        ]
+    )
     assert (args.kubeconfig, args.context, args.operator_namespace, args.hmac_secret_name) == ("k", "c", "ops", "mine")
 
 
 def test_a_missing_file_is_a_usage_error_before_the_cluster_is_asked(tmp_path, capsys):
     def never():
         raise AssertionError("the cluster was asked")
+
     assert cli.main(["audit", "verify", str(tmp_path / "nope.log"), "--offline"]) == cli.USAGE
     args = cli.build_parser().parse_args(["audit", "verify", str(tmp_path / "nope.log")])
     with pytest.raises(cli.CliError) as exc:

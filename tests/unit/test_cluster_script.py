@@ -1,4 +1,5 @@
 """hack/cluster.sh gives a clear message for bad input (no cluster is started by these tests)."""
+
 from __future__ import annotations
 
 import os
@@ -11,8 +12,9 @@ SCRIPT = ROOT / "hack" / "cluster.sh"
 
 
 def run(*args, env=None):
-    return subprocess.run(["/bin/bash", str(SCRIPT), *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=60)
+    return subprocess.run(
+        ["/bin/bash", str(SCRIPT), *args], capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=60
+    )
 
 
 def test_an_unknown_command_prints_usage_and_exits_2():
@@ -27,9 +29,14 @@ def test_a_machine_without_apt_is_told_what_to_install(tmp_path):
 
 
 def test_a_port_in_use_is_named(tmp_path):
-    if not (pathlib.Path(os.environ.get("BREAKGLASS_CACHE", pathlib.Path.home() / ".cache/breakglass"))
-            / "k8s-1.20.2" / "bin" / "kube-apiserver").exists():
+    if not (
+        pathlib.Path(os.environ.get("BREAKGLASS_CACHE", pathlib.Path.home() / ".cache/breakglass"))
+        / "k8s-1.20.2"
+        / "bin"
+        / "kube-apiserver"
+    ).exists():
         import pytest
+
         pytest.skip("control plane binaries not built yet (make cluster-build)")
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
@@ -55,6 +62,7 @@ def test_a_failed_build_names_its_log(tmp_path):
     gocode = pathlib.Path("/usr/share/gocode/src/github.com")
     if not ((gocode / "modern-go/reflect2").exists() and (gocode / "json-iterator/go").exists()):
         import pytest
+
         pytest.skip("Debian Go sources not installed")
     env = {"PATH": f"{fake_bin}:/usr/bin:/bin", "BREAKGLASS_CACHE": str(cache)}
     (fake_bin / "grep").symlink_to("/bin/grep")

@@ -1,4 +1,5 @@
 """Leader election: the pure lease rule and the elector against an in-memory Lease store."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -9,7 +10,7 @@ import pytest
 from breakglass.k8s.client import Conflict
 from breakglass.leader import LeaderElector, may_acquire
 
-NOW = dt.datetime(2026, 11, 29, 12, 0, 0, tzinfo=dt.timezone.utc)
+NOW = dt.datetime(2026, 11, 29, 12, 0, 0, tzinfo=dt.UTC)
 
 
 def _spec(holder, renewed_seconds_ago, duration=10):
@@ -17,12 +18,25 @@ def _spec(holder, renewed_seconds_ago, duration=10):
     return {"holderIdentity": holder, "renewTime": stamp, "leaseDurationSeconds": duration}
 
 
-@pytest.mark.parametrize("spec,ok", [
-    ({}, True), (_spec("me", 3), True), (_spec(None, 3), True), (_spec("other", 3), False),
-    (_spec("other", 11), True), (_spec("other", 0.5, duration=1), False),
-], ids=["an absent holder may be taken", "our own lease is renewed", "a released lease may be taken",
-        "another replica's fresh lease is respected", "another replica's expired lease may be taken",
-        "a lease released with 1 s left is respected until then"])
+@pytest.mark.parametrize(
+    "spec,ok",
+    [
+        ({}, True),
+        (_spec("me", 3), True),
+        (_spec(None, 3), True),
+        (_spec("other", 3), False),
+        (_spec("other", 11), True),
+        (_spec("other", 0.5, duration=1), False),
+    ],
+    ids=[
+        "an absent holder may be taken",
+        "our own lease is renewed",
+        "a released lease may be taken",
+        "another replica's fresh lease is respected",
+        "another replica's expired lease may be taken",
+        "a lease released with 1 s left is respected until then",
+    ],
+)
 def test_a_lease_may_be_taken_only_when_free_ours_or_expired(spec, ok):
     assert may_acquire(spec, "me", NOW) is ok
 
@@ -57,10 +71,18 @@ class FakeLeases:
 
 
 def _elector(store, identity, clock, events):
-    return LeaderElector(store, namespace="ns", name="lease", identity=identity, lease_seconds=10,
-                         renew_deadline=7, retry_period=1, clock=clock,
-                         on_started=lambda: events.append(("started", identity)),
-                         on_lost=lambda: events.append(("lost", identity)))
+    return LeaderElector(
+        store,
+        namespace="ns",
+        name="lease",
+        identity=identity,
+        lease_seconds=10,
+        renew_deadline=7,
+        retry_period=1,
+        clock=clock,
+        on_started=lambda: events.append(("started", identity)),
+        on_lost=lambda: events.append(("lost", identity)),
+    )
 
 
 def test_only_one_of_two_replicas_leads_and_a_released_lease_passes_over_at_once():

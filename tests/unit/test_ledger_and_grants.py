@@ -1,4 +1,5 @@
 """The grant ledger (ledger.py) and the effects on a grant (grants.py) against fake_kube."""
+
 from __future__ import annotations
 
 import base64
@@ -6,6 +7,7 @@ import datetime as dt
 
 import jwt as pyjwt
 import pytest
+from fake_kube import CREATED, OPERATOR_NS, RING, UID, World
 
 from breakglass import api
 from breakglass.domain import decisions as D
@@ -15,8 +17,6 @@ from breakglass.k8s import builders
 from breakglass.k8s.client import Conflict
 from breakglass.ledger import Ledger, configmap_for, entry_from_configmap, is_live
 from breakglass.settings import Settings
-
-from fake_kube import CREATED, OPERATOR_NS, RING, UID, World
 
 APPROVED = D.Decision(D.ISSUE, "Approved", "approved by bob (1/1)", approvers=("bob",))
 
@@ -117,13 +117,28 @@ def test_a_ledger_entry_changed_by_someone_else_is_not_deleted():
 def test_the_relist_reads_only_ledger_configmaps_and_skips_unreadable_ones():
     world = World().at(1)
     entry = recorded(world)
-    world.kube.put("ConfigMap", {"metadata": {"name": "breakglass-grant-junk", "namespace": OPERATOR_NS,
-                                              "labels": {api.MANAGED_BY_LABEL: api.MANAGED_BY,
-                                                         api.LEDGER_LABEL: "grant"}},
-                                 "data": {api.LEDGER_KEY: "{not json"}})
-    world.kube.put("ConfigMap", {"metadata": {"name": "unrelated", "namespace": OPERATOR_NS},
-                                 "data": {api.LEDGER_KEY: configmap_for(OPERATOR_NS, dict(entry, request={
-                                     "namespace": "x", "name": "y", "uid": "u"}))["data"][api.LEDGER_KEY]}})
+    world.kube.put(
+        "ConfigMap",
+        {
+            "metadata": {
+                "name": "breakglass-grant-junk",
+                "namespace": OPERATOR_NS,
+                "labels": {api.MANAGED_BY_LABEL: api.MANAGED_BY, api.LEDGER_LABEL: "grant"},
+            },
+            "data": {api.LEDGER_KEY: "{not json"},
+        },
+    )
+    world.kube.put(
+        "ConfigMap",
+        {
+            "metadata": {"name": "unrelated", "namespace": OPERATOR_NS},
+            "data": {
+                api.LEDGER_KEY: configmap_for(
+                    OPERATOR_NS, dict(entry, request={"namespace": "x", "name": "y", "uid": "u"})
+                )["data"][api.LEDGER_KEY]
+            },
+        },
+    )
     fresh = Ledger(world.kube, OPERATOR_NS)
     fresh._relist()
     assert [e["request"]["uid"] for e in fresh.entries()] == [UID]
@@ -139,11 +154,25 @@ def test_a_ledger_configmap_round_trips_without_its_resource_version_in_the_data
     assert entry_from_configmap({"metadata": {}, "data": {}}) is None
 
 
-@pytest.mark.parametrize("state,minutes,live", [
-    ("Active", 10, True), ("Active", 11, False), ("Issuing", 5, False), ("Revoked", 5, False),
-    ("Expired", 5, False), ("Failed", 5, False),
-], ids=["active before exp authenticates", "active at exp does not", "an unfinished issue does not",
-        "revoked does not", "expired does not", "failed does not"])
+@pytest.mark.parametrize(
+    "state,minutes,live",
+    [
+        ("Active", 10, True),
+        ("Active", 11, False),
+        ("Issuing", 5, False),
+        ("Revoked", 5, False),
+        ("Expired", 5, False),
+        ("Failed", 5, False),
+    ],
+    ids=[
+        "active before exp authenticates",
+        "active at exp does not",
+        "an unfinished issue does not",
+        "revoked does not",
+        "expired does not",
+        "failed does not",
+    ],
+)
 def test_only_an_active_unexpired_entry_is_live(state, minutes, live):
     entry = {"state": state, "expiresAt": "2026-01-01T12:11:00Z"}
     assert is_live(entry, CREATED + dt.timedelta(minutes=minutes)) is live
@@ -160,8 +189,12 @@ def test_the_plan_names_everything_by_request_uid_before_anything_exists():
     assert (entry["issuedAt"], entry["expiresAt"]) == ("2026-01-01T12:01:00Z", "2026-01-01T12:11:00Z")
     assert entry["secret"] == {"namespace": OPERATOR_NS, "name": f"breakglass-token-{UID}", "uid": ""}
     assert [(o["kind"], o["namespace"]) for o in entry["objects"]] == [
-        ("RoleBinding", "team-a"), ("RoleBinding", "team-b"), ("Role", OPERATOR_NS), ("RoleBinding", OPERATOR_NS),
-        ("Secret", OPERATOR_NS)]
+        ("RoleBinding", "team-a"),
+        ("RoleBinding", "team-b"),
+        ("Role", OPERATOR_NS),
+        ("RoleBinding", OPERATOR_NS),
+        ("Secret", OPERATOR_NS),
+    ]
     assert all(o["uid"] == "" and UID in o["name"] for o in entry["objects"])
     assert len(entry["nonce"]) == 32 and entry["approval"]["approvers"] == ["bob"]
     assert world.kube.calls == [], "planning touches nothing"
@@ -175,8 +208,9 @@ def test_two_plans_never_share_a_jti_or_a_nonce():
 def test_a_token_namespace_setting_moves_the_secret_and_its_reader_role():
     world = World(settings=Settings(namespace=OPERATOR_NS, token_namespace="bg-tokens"))
     entry = planned(world)
-    assert {o["namespace"] for o in entry["objects"] if o["kind"] != "RoleBinding" or "reader" in o["name"]} == \
-        {"bg-tokens"}
+    assert {o["namespace"] for o in entry["objects"] if o["kind"] != "RoleBinding" or "reader" in o["name"]} == {
+        "bg-tokens"
+    }
     assert entry["secret"]["namespace"] == "bg-tokens"
 
 
@@ -184,8 +218,11 @@ def test_request_namespace_delivery_puts_the_secret_where_the_request_is():
     world = World()
     entry = planned(world, policy_changes={"tokenDelivery": "RequestNamespace"})
     assert entry["secret"]["namespace"] == "team-a"
-    assert {(o["kind"], o["namespace"]) for o in entry["objects"][2:]} == \
-        {("Role", "team-a"), ("RoleBinding", "team-a"), ("Secret", "team-a")}
+    assert {(o["kind"], o["namespace"]) for o in entry["objects"][2:]} == {
+        ("Role", "team-a"),
+        ("RoleBinding", "team-a"),
+        ("Secret", "team-a"),
+    }
 
 
 def test_an_emergency_plan_records_when_its_review_is_due():
@@ -205,8 +242,12 @@ def test_issue_creates_every_planned_object_and_records_their_uids():
     secret = world.kube.get("Secret", OPERATOR_NS, f"breakglass-token-{UID}")
     assert secret["type"] == api.TOKEN_SECRET_TYPE and set(secret["data"]) == {"token", "expiresAt"}
     token = base64.b64decode(secret["data"]["token"]).decode()
-    claims = pyjwt.decode(token, RING.active.private_key().public_key(), algorithms=["ES256"],
-                          options={"verify_exp": False, "verify_aud": False})
+    claims = pyjwt.decode(
+        token,
+        RING.active.private_key().public_key(),
+        algorithms=["ES256"],
+        options={"verify_exp": False, "verify_aud": False},
+    )
     assert claims == entry["claims"]
     assert world.grants.issue(entry) == entry, "an Active grant is not issued again"
 
@@ -226,17 +267,27 @@ def test_issue_adopts_an_object_it_created_before_a_crash_but_nothing_else():
     world.kube.put("RoleBinding", ours)  # what a crashed earlier attempt left
     active = world.grants.issue(entry)
     assert active["state"] == "Active"
-    assert active["objects"][0]["uid"] == world.kube.get("RoleBinding", "team-a", ours["metadata"]["name"])[
-        "metadata"]["uid"]
+    assert (
+        active["objects"][0]["uid"]
+        == world.kube.get("RoleBinding", "team-a", ours["metadata"]["name"])["metadata"]["uid"]
+    )
 
 
-@pytest.mark.parametrize("tamper", [
-    lambda body: body["metadata"]["annotations"].pop(api.GRANT_NONCE_ANNOTATION),
-    lambda body: body["metadata"]["annotations"].update({api.GRANT_NONCE_ANNOTATION: "0" * 32}),
-    lambda body: body["subjects"].append({"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "eve"}),
-    lambda body: body["roleRef"].update(name="cluster-admin"),
-], ids=["without a nonce", "with another nonce", "with our nonce and an extra subject",
-        "with our nonce and another role"])
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        lambda body: body["metadata"]["annotations"].pop(api.GRANT_NONCE_ANNOTATION),
+        lambda body: body["metadata"]["annotations"].update({api.GRANT_NONCE_ANNOTATION: "0" * 32}),
+        lambda body: body["subjects"].append({"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "eve"}),
+        lambda body: body["roleRef"].update(name="cluster-admin"),
+    ],
+    ids=[
+        "without a nonce",
+        "with another nonce",
+        "with our nonce and an extra subject",
+        "with our nonce and another role",
+    ],
+)
 def test_an_object_under_a_planned_name_that_is_not_exactly_ours_fails_the_issue_untouched(tamper):
     world = World().at(1)
     entry = recorded(world)
@@ -276,13 +327,28 @@ def test_revoke_marks_the_ledger_first_then_deletes_by_uid_then_publishes():
     ended = world.at(3).grants.end(entry, "Revoked", "Revoked", "spec.revoked is true")
     writes = [(c.verb, c.kind) for c in world.kube.writes()]
     assert writes[0] == ("replace", "ConfigMap") and writes[-1] == ("replace", "ConfigMap")
-    assert [w for w in writes[1:-1]] == [("delete", "Secret"), ("delete", "RoleBinding"), ("delete", "Role"),
-                                        ("delete", "RoleBinding"), ("delete", "RoleBinding")]
-    assert (ended["state"], ended["reason"], ended["cleaned"], ended["endedAt"]) == \
-        ("Revoked", "Revoked", True, "2026-01-01T12:03:00Z")
-    assert world.revocations.published == [{"jti": entry["jti"], "exp": int(dt.datetime(
-        2026, 1, 1, 12, 11, tzinfo=dt.timezone.utc).timestamp()), "request": "team-a/r1", "reason": "Revoked",
-        "now": world.now}]
+    assert [w for w in writes[1:-1]] == [
+        ("delete", "Secret"),
+        ("delete", "RoleBinding"),
+        ("delete", "Role"),
+        ("delete", "RoleBinding"),
+        ("delete", "RoleBinding"),
+    ]
+    assert (ended["state"], ended["reason"], ended["cleaned"], ended["endedAt"]) == (
+        "Revoked",
+        "Revoked",
+        True,
+        "2026-01-01T12:03:00Z",
+    )
+    assert world.revocations.published == [
+        {
+            "jti": entry["jti"],
+            "exp": int(dt.datetime(2026, 1, 1, 12, 11, tzinfo=dt.UTC).timestamp()),
+            "request": "team-a/r1",
+            "reason": "Revoked",
+            "now": world.now,
+        }
+    ]
 
 
 def test_expiry_is_not_published_as_a_revocation():
@@ -297,8 +363,10 @@ def test_cleanup_deletes_only_the_object_with_the_recorded_uid():
     entry = active(world)
     rb = entry["objects"][0]
     world.kube.remove(rb["kind"], rb["namespace"], rb["name"])
-    replacement = world.kube.put("RoleBinding", {"metadata": {"name": rb["name"], "namespace": rb["namespace"]},
-                                                 "roleRef": {"name": "edit"}, "subjects": []})
+    replacement = world.kube.put(
+        "RoleBinding",
+        {"metadata": {"name": rb["name"], "namespace": rb["namespace"]}, "roleRef": {"name": "edit"}, "subjects": []},
+    )
     world.grants.end(entry, "Revoked", "Revoked", "x")
     assert world.grant_objects() == {("RoleBinding", rb["namespace"], rb["name"])}
     assert world.kube.get("RoleBinding", rb["namespace"], rb["name"]) == replacement
@@ -331,6 +399,7 @@ def test_the_secret_counts_as_present_only_while_it_is_the_one_we_created():
     ref = entry["secret"]
     world.kube.remove("Secret", ref["namespace"], ref["name"])
     assert not world.grants.secret_present(entry)
-    world.kube.put("Secret", {"metadata": {"name": ref["name"], "namespace": ref["namespace"]},
-                              "type": api.TOKEN_SECRET_TYPE})
+    world.kube.put(
+        "Secret", {"metadata": {"name": ref["name"], "namespace": ref["namespace"]}, "type": api.TOKEN_SECRET_TYPE}
+    )
     assert not world.grants.secret_present(entry), "a look-alike re-created under the name is not ours"

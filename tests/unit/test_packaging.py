@@ -7,6 +7,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 def test_import_operator_is_still_the_stdlib_module():
     import operator
+
     assert operator.add(2, 3) == 5
     assert "site-packages" not in (operator.__file__ or "") or "lib/python" in operator.__file__
     assert pathlib.Path(operator.__file__).parent != ROOT / "operator"
@@ -24,6 +25,7 @@ def test_the_source_root_is_not_a_package():
 def test_crds_are_generated_from_hack_gen_crds_without_drift():
     sys.path.insert(0, str(ROOT / "hack"))
     import gen_crds
+
     for name, text in gen_crds.render().items():
         assert (ROOT / "crds" / name).read_text() == text, f"crds/{name} drifted: run make crds"
         assert (ROOT / "charts" / "breakglass-operator" / "crds" / name).read_text() == text
@@ -40,6 +42,7 @@ def _walk(schema, path="spec"):
 
 def test_every_crd_field_has_a_description():
     import yaml
+
     for path in (ROOT / "crds").glob("*.yaml"):
         crd = yaml.safe_load(path.read_text())
         schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]

@@ -1,5 +1,6 @@
 """The reconciler against an in-memory API server (fake_kube): what one pass does to the request's
 status, the grant ledger, the objects in the cluster and the audit log, for a fixed `now`."""
+
 from __future__ import annotations
 
 import base64
@@ -10,13 +11,12 @@ from typing import Any
 
 import jwt as pyjwt
 import pytest
+from fake_kube import CREATED, OPERATOR_NS, REQUEST, UID, World
 
 from breakglass import api
 from breakglass.domain.conditions import get_condition
 from breakglass.k8s.builders import grant_rolebinding_name
 from breakglass.k8s.client import Conflict
-
-from fake_kube import CREATED, OPERATOR_NS, REQUEST, UID, World
 
 FIN = [api.FINALIZER]
 RB_A = ("RoleBinding", "team-a", grant_rolebinding_name(UID, "view"))
@@ -74,26 +74,27 @@ GIVEN = {None: lambda w: None, "issued": issue_earlier, "interrupted": interrupt
 @dataclass
 class Case:
     # given
-    spec: dict = field(default_factory=dict)          # the request's spec, from creation
-    status: dict | None = None                        # a status written before (None: never seen)
-    ledger: str | None = None                         # key of GIVEN: what earlier passes did
-    then: Any = None                                  # callable(world): what changed since
+    spec: dict = field(default_factory=dict)  # the request's spec, from creation
+    status: dict | None = None  # a status written before (None: never seen)
+    ledger: str | None = None  # key of GIVEN: what earlier passes did
+    then: Any = None  # callable(world): what changed since
     policy: dict | None = field(default_factory=dict)  # policy spec changes; None: no policy
-    namespaces: tuple = ("team-a", "team-b")          # namespaces that exist
-    minutes: float = 2                                # now = CREATED + minutes
+    namespaces: tuple = ("team-a", "team-b")  # namespaces that exist
+    minutes: float = 2  # now = CREATED + minutes
     # expected
-    phase: str | None = None                          # None: the request is gone
+    phase: str | None = None  # None: the request is gone
     ledger_state: str | None = None
     created: dict = field(default_factory=dict)
     deleted: dict = field(default_factory=dict)
     audit: list = field(default_factory=list)
-    conds: dict = field(default_factory=dict)         # condition type -> status (exactly these)
+    conds: dict = field(default_factory=dict)  # condition type -> status (exactly these)
 
 
 def approvals(*args):
     def then(world: World):
         for a in args:
             world.approve(**a) if isinstance(a, dict) else world.approve(a)
+
     return then
 
 
@@ -124,67 +125,200 @@ ISSUE_ALL = {"ConfigMap": 1, "RoleBinding": 3, "Role": 1, "Secret": 1}
 DELETE_ALL = {"RoleBinding": 3, "Role": 1, "Secret": 1}
 
 CASES = [
-    ("a fresh request without approvals waits, audited as requested",
-     Case(phase="Pending", audit=["requested"], conds={"Approved": "False"})),
-    ("one approval from a policy approver issues the grant: ledger, RBAC, reader Role and Secret",
-     Case(then=approvals("bob"), phase="Active", ledger_state="Active", created=ISSUE_ALL,
-          audit=["requested", "approval:bob:Approve", "issued"], conds={"Approved": "True", "Issued": "True"})),
-    ("an approval for a different request uid is ignored and audited as not counted",
-     Case(then=approvals({"approver": "bob", "request_uid": "an-earlier-request-uid"}), phase="Pending",
-          audit=["requested", "approval:bob:ignored"], conds={"Approved": "False"})),
-    ("an approval created before the request (same uid) is ignored and audited as not counted",
-     Case(then=approvals({"approver": "bob", "minutes": -1}), phase="Pending",
-          audit=["requested", "approval:bob:ignored"], conds={"Approved": "False"})),
-    ("an approval by someone who is not an approver is ignored and audited as not counted",
-     Case(then=approvals({"approver": "mallory", "groups": ("contractors",)}), phase="Pending",
-          audit=["requested", "approval:mallory:ignored"], conds={"Approved": "False"})),
-    ("a deny by an approver denies, and nothing is created",
-     Case(then=approvals({"approver": "dave", "decision": "Deny"}), phase="Denied",
-          audit=["requested", "approval:dave:Deny", "denied:DeniedByApprover"], conds={"Approved": "False"})),
-    ("a missing policy fails the request",
-     Case(policy=None, phase="Failed", audit=["requested", "failed:PolicyNotFound"], conds={"Approved": "Unknown"})),
-    ("no approval before the approval timeout denies",
-     Case(minutes=31, phase="Denied", audit=["requested", "denied:ApprovalTimeout"], conds={"Approved": "False"})),
-    ("emergency access is issued at once and a review is required",
-     Case(spec={"emergency": True}, phase="Active", ledger_state="Active", created=ISSUE_ALL,
-          audit=["requested", "issued"], conds={"Approved": "True", "Issued": "True"})),
-    ("a Review approval on an emergency grant marks it reviewed",
-     Case(spec={"emergency": True}, ledger="issued", then=review_by("carol"), minutes=3, phase="Active",
-          ledger_state="Active", audit=["approval:carol:Review", "review:reviewed"],
-          conds={"Approved": "True", "Issued": "True", "ReviewOverdue": "False"})),
-    ("an emergency grant nobody reviewed in time is overdue",
-     Case(spec={"emergency": True}, ledger="issued", minutes=7, phase="Active", ledger_state="Active",
-          audit=["review:overdue"], conds={"Approved": "True", "Issued": "True", "ReviewOverdue": "True"})),
-    ("a live grant before its exp is left as it is",
-     Case(ledger="issued", minutes=5, phase="Active", ledger_state="Active",
-          conds={"Approved": "True", "Issued": "True"})),
-    ("the grant expires at exp: ledger Expired, every object deleted",
-     Case(ledger="issued", minutes=11, phase="Expired", ledger_state="Expired", deleted=DELETE_ALL,
-          audit=["expired"], conds={"Approved": "True", "Issued": "False", "Expired": "True"})),
-    ("spec.revoked revokes a live grant: ledger Revoked, every object deleted",
-     Case(ledger="issued", then=revoke, minutes=3, phase="Revoked", ledger_state="Revoked", deleted=DELETE_ALL,
-          audit=["revoked:Revoked"], conds={"Approved": "True", "Issued": "False", "Revoked": "True"})),
-    ("a token Secret deleted before exp revokes the grant",
-     Case(ledger="issued", then=delete_secret, minutes=3, phase="Revoked", ledger_state="Revoked",
-          deleted={"RoleBinding": 3, "Role": 1}, audit=["revoked:SecretDeleted"],
-          conds={"Approved": "True", "Issued": "False", "Revoked": "True"})),
-    ("deleting the request revokes its grant with reason RequestDeleted and lets the request go",
-     Case(ledger="issued", then=delete, minutes=3, phase=None, ledger_state="Revoked", deleted=DELETE_ALL,
-          audit=["revoked:RequestDeleted"])),
-    ("deleting a pending request is audited as revoked with reason RequestDeleted",
-     Case(status={"phase": "Pending"}, then=delete_with_finalizer, phase=None, audit=["revoked:RequestDeleted"])),
-    ("an Active status without a ledger entry is revoked as LedgerEntryMissing and no token is issued",
-     Case(status={"phase": "Active", "tokenId": "lost-jti"}, then=approvals("bob"), phase="Revoked",
-          audit=["approval:bob:Approve", "revoked:LedgerEntryMissing"], conds={"Revoked": "True"})),
-    ("an issue interrupted after the ledger write is resumed from the ledger, not planned again",
-     Case(spec={"emergency": True}, ledger="interrupted", phase="Active", ledger_state="Active",
-          created={"RoleBinding": 3, "Role": 1, "Secret": 1},
-          audit=["requested", "issued"], conds={"Approved": "True", "Issued": "True"})),
-    ("a target namespace that does not exist rolls the issue back: Failed, no token delivered",
-     Case(spec={"namespaces": ["team-a", "team-gone"]}, then=approvals("bob"), phase="Failed",
-          ledger_state="Failed", created={"ConfigMap": 1, "RoleBinding": 1}, deleted={"RoleBinding": 1},
-          audit=["requested", "approval:bob:Approve", "failed:IssueFailed"],
-          conds={"Approved": "True", "Issued": "False"})),
+    (
+        "a fresh request without approvals waits, audited as requested",
+        Case(phase="Pending", audit=["requested"], conds={"Approved": "False"}),
+    ),
+    (
+        "one approval from a policy approver issues the grant: ledger, RBAC, reader Role and Secret",
+        Case(
+            then=approvals("bob"),
+            phase="Active",
+            ledger_state="Active",
+            created=ISSUE_ALL,
+            audit=["requested", "approval:bob:Approve", "issued"],
+            conds={"Approved": "True", "Issued": "True"},
+        ),
+    ),
+    (
+        "an approval for a different request uid is ignored and audited as not counted",
+        Case(
+            then=approvals({"approver": "bob", "request_uid": "an-earlier-request-uid"}),
+            phase="Pending",
+            audit=["requested", "approval:bob:ignored"],
+            conds={"Approved": "False"},
+        ),
+    ),
+    (
+        "an approval created before the request (same uid) is ignored and audited as not counted",
+        Case(
+            then=approvals({"approver": "bob", "minutes": -1}),
+            phase="Pending",
+            audit=["requested", "approval:bob:ignored"],
+            conds={"Approved": "False"},
+        ),
+    ),
+    (
+        "an approval by someone who is not an approver is ignored and audited as not counted",
+        Case(
+            then=approvals({"approver": "mallory", "groups": ("contractors",)}),
+            phase="Pending",
+            audit=["requested", "approval:mallory:ignored"],
+            conds={"Approved": "False"},
+        ),
+    ),
+    (
+        "a deny by an approver denies, and nothing is created",
+        Case(
+            then=approvals({"approver": "dave", "decision": "Deny"}),
+            phase="Denied",
+            audit=["requested", "approval:dave:Deny", "denied:DeniedByApprover"],
+            conds={"Approved": "False"},
+        ),
+    ),
+    (
+        "a missing policy fails the request",
+        Case(policy=None, phase="Failed", audit=["requested", "failed:PolicyNotFound"], conds={"Approved": "Unknown"}),
+    ),
+    (
+        "no approval before the approval timeout denies",
+        Case(minutes=31, phase="Denied", audit=["requested", "denied:ApprovalTimeout"], conds={"Approved": "False"}),
+    ),
+    (
+        "emergency access is issued at once and a review is required",
+        Case(
+            spec={"emergency": True},
+            phase="Active",
+            ledger_state="Active",
+            created=ISSUE_ALL,
+            audit=["requested", "issued"],
+            conds={"Approved": "True", "Issued": "True"},
+        ),
+    ),
+    (
+        "a Review approval on an emergency grant marks it reviewed",
+        Case(
+            spec={"emergency": True},
+            ledger="issued",
+            then=review_by("carol"),
+            minutes=3,
+            phase="Active",
+            ledger_state="Active",
+            audit=["approval:carol:Review", "review:reviewed"],
+            conds={"Approved": "True", "Issued": "True", "ReviewOverdue": "False"},
+        ),
+    ),
+    (
+        "an emergency grant nobody reviewed in time is overdue",
+        Case(
+            spec={"emergency": True},
+            ledger="issued",
+            minutes=7,
+            phase="Active",
+            ledger_state="Active",
+            audit=["review:overdue"],
+            conds={"Approved": "True", "Issued": "True", "ReviewOverdue": "True"},
+        ),
+    ),
+    (
+        "a live grant before its exp is left as it is",
+        Case(
+            ledger="issued",
+            minutes=5,
+            phase="Active",
+            ledger_state="Active",
+            conds={"Approved": "True", "Issued": "True"},
+        ),
+    ),
+    (
+        "the grant expires at exp: ledger Expired, every object deleted",
+        Case(
+            ledger="issued",
+            minutes=11,
+            phase="Expired",
+            ledger_state="Expired",
+            deleted=DELETE_ALL,
+            audit=["expired"],
+            conds={"Approved": "True", "Issued": "False", "Expired": "True"},
+        ),
+    ),
+    (
+        "spec.revoked revokes a live grant: ledger Revoked, every object deleted",
+        Case(
+            ledger="issued",
+            then=revoke,
+            minutes=3,
+            phase="Revoked",
+            ledger_state="Revoked",
+            deleted=DELETE_ALL,
+            audit=["revoked:Revoked"],
+            conds={"Approved": "True", "Issued": "False", "Revoked": "True"},
+        ),
+    ),
+    (
+        "a token Secret deleted before exp revokes the grant",
+        Case(
+            ledger="issued",
+            then=delete_secret,
+            minutes=3,
+            phase="Revoked",
+            ledger_state="Revoked",
+            deleted={"RoleBinding": 3, "Role": 1},
+            audit=["revoked:SecretDeleted"],
+            conds={"Approved": "True", "Issued": "False", "Revoked": "True"},
+        ),
+    ),
+    (
+        "deleting the request revokes its grant with reason RequestDeleted and lets the request go",
+        Case(
+            ledger="issued",
+            then=delete,
+            minutes=3,
+            phase=None,
+            ledger_state="Revoked",
+            deleted=DELETE_ALL,
+            audit=["revoked:RequestDeleted"],
+        ),
+    ),
+    (
+        "deleting a pending request is audited as revoked with reason RequestDeleted",
+        Case(status={"phase": "Pending"}, then=delete_with_finalizer, phase=None, audit=["revoked:RequestDeleted"]),
+    ),
+    (
+        "an Active status without a ledger entry is revoked as LedgerEntryMissing and no token is issued",
+        Case(
+            status={"phase": "Active", "tokenId": "lost-jti"},
+            then=approvals("bob"),
+            phase="Revoked",
+            audit=["approval:bob:Approve", "revoked:LedgerEntryMissing"],
+            conds={"Revoked": "True"},
+        ),
+    ),
+    (
+        "an issue interrupted after the ledger write is resumed from the ledger, not planned again",
+        Case(
+            spec={"emergency": True},
+            ledger="interrupted",
+            phase="Active",
+            ledger_state="Active",
+            created={"RoleBinding": 3, "Role": 1, "Secret": 1},
+            audit=["requested", "issued"],
+            conds={"Approved": "True", "Issued": "True"},
+        ),
+    ),
+    (
+        "a target namespace that does not exist rolls the issue back: Failed, no token delivered",
+        Case(
+            spec={"namespaces": ["team-a", "team-gone"]},
+            then=approvals("bob"),
+            phase="Failed",
+            ledger_state="Failed",
+            created={"ConfigMap": 1, "RoleBinding": 1},
+            deleted={"RoleBinding": 1},
+            audit=["requested", "approval:bob:Approve", "failed:IssueFailed"],
+            conds={"Approved": "True", "Issued": "False"},
+        ),
+    ),
 ]
 
 
@@ -205,11 +339,22 @@ def test_one_reconcile_pass(case: Case):
     status = world.status()
     calls = world.kube.calls
     entry = world.stored_entry()
-    got = {"phase": status.get("phase") if status is not None else None,
-           "ledger": entry and entry["state"], "created": kinds(calls, "create"), "deleted": kinds(calls, "delete"),
-           "audit": audit_summary(world.audit_records()[before:]), "conds": conditions(status)}
-    want = {"phase": case.phase, "ledger": case.ledger_state, "created": case.created, "deleted": case.deleted,
-            "audit": case.audit, "conds": case.conds if case.phase else {}}
+    got = {
+        "phase": status.get("phase") if status is not None else None,
+        "ledger": entry and entry["state"],
+        "created": kinds(calls, "create"),
+        "deleted": kinds(calls, "delete"),
+        "audit": audit_summary(world.audit_records()[before:]),
+        "conds": conditions(status),
+    }
+    want = {
+        "phase": case.phase,
+        "ledger": case.ledger_state,
+        "created": case.created,
+        "deleted": case.deleted,
+        "audit": case.audit,
+        "conds": case.conds if case.phase else {},
+    }
     assert got == want
     if entry:  # the operator's view agrees with what is stored
         assert world.ledger.get(UID)["state"] == entry["state"]
@@ -280,12 +425,14 @@ def test_the_grant_rolebindings_bind_the_uid_named_identity_and_the_reader_role_
     world.at(1).reconcile()
     nonce = world.stored_entry()["nonce"]
     rb = world.kube.get(*RB_B)
-    assert rb["subjects"] == [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User",
-                               "name": f"breakglass:team-a:r1:{UID}"}]
+    assert rb["subjects"] == [
+        {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": f"breakglass:team-a:r1:{UID}"}
+    ]
     assert rb["roleRef"]["name"] == "view" and rb["metadata"]["annotations"][api.GRANT_NONCE_ANNOTATION] == nonce
     role = world.kube.get(*READER_ROLE)
-    assert role["rules"] == [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"],
-                              "resourceNames": [SECRET[2]]}]
+    assert role["rules"] == [
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"], "resourceNames": [SECRET[2]]}
+    ]
     assert world.kube.get(*READER_RB)["subjects"][0]["name"] == "alice"
 
 
@@ -354,11 +501,15 @@ def test_a_missing_target_namespace_rolls_back_everything_and_marks_the_grant_fa
 
 def test_an_object_under_a_planned_name_without_our_nonce_is_name_taken_and_left_untouched():
     world = fresh()
-    squatter = world.kube.put("RoleBinding", {
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "metadata": {"name": RB_B[2], "namespace": "team-b", "labels": api.managed_labels("r1", "team-a")},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
-        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "mallory"}]})
+    squatter = world.kube.put(
+        "RoleBinding",
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "metadata": {"name": RB_B[2], "namespace": "team-b", "labels": api.managed_labels("r1", "team-a")},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "mallory"}],
+        },
+    )
     world.approve("bob")
     world.at(1).reconcile()
 
@@ -379,11 +530,14 @@ def test_a_copy_of_our_object_with_our_nonce_but_other_subjects_is_not_adopted()
     with pytest.raises(ConnectionResetError):
         world.at(1).reconcile()
     nonce = world.stored_entry()["nonce"]
-    world.kube.put("RoleBinding", {
-        "metadata": {"name": RB_B[2], "namespace": "team-b",
-                     "annotations": {api.GRANT_NONCE_ANNOTATION: nonce}},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"},
-        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "mallory"}]})
+    world.kube.put(
+        "RoleBinding",
+        {
+            "metadata": {"name": RB_B[2], "namespace": "team-b", "annotations": {api.GRANT_NONCE_ANNOTATION: nonce}},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "mallory"}],
+        },
+    )
     world.at(1.5).reconcile()
     assert world.stored_entry()["reason"] == "NameTaken"
     assert world.grant_objects() == {RB_B} and world.kube.get(*RB_B)["subjects"][0]["name"] == "mallory"
@@ -406,15 +560,30 @@ def test_a_status_write_that_loses_a_race_is_retried_without_a_second_token():
 def test_revoke_deletes_exactly_the_ledgers_objects_and_a_lookalike_with_our_labels_survives():
     world = fresh()
     issue_earlier(world)
-    lookalike = world.kube.put("RoleBinding", {
-        "metadata": {"name": f"breakglass-{UID}-edit-00000000", "namespace": "team-a",
-                     "labels": api.managed_labels("r1", "team-a"),
-                     "annotations": {api.REQUEST_UID_ANNOTATION: UID}},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "edit"},
-        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "someone-else"}]})
-    other_secret = world.kube.put("Secret", {
-        "metadata": {"name": "breakglass-token-other", "namespace": OPERATOR_NS,
-                     "labels": api.managed_labels("r1", "team-a")}, "type": api.TOKEN_SECRET_TYPE})
+    lookalike = world.kube.put(
+        "RoleBinding",
+        {
+            "metadata": {
+                "name": f"breakglass-{UID}-edit-00000000",
+                "namespace": "team-a",
+                "labels": api.managed_labels("r1", "team-a"),
+                "annotations": {api.REQUEST_UID_ANNOTATION: UID},
+            },
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "edit"},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "someone-else"}],
+        },
+    )
+    other_secret = world.kube.put(
+        "Secret",
+        {
+            "metadata": {
+                "name": "breakglass-token-other",
+                "namespace": OPERATOR_NS,
+                "labels": api.managed_labels("r1", "team-a"),
+            },
+            "type": api.TOKEN_SECRET_TYPE,
+        },
+    )
     jti = world.stored_entry()["jti"]
     world.change_request(revoked=True)
     world.kube.reset_calls()
@@ -470,13 +639,29 @@ def test_a_request_deleted_while_its_grant_is_live_is_revoked_and_audited_with_r
 
 
 ACTIVE_STATUS = {
-    "phase": "Active", "tokenId": "lost", "message": "access granted until 2026-01-01T12:11:00Z",
+    "phase": "Active",
+    "tokenId": "lost",
+    "message": "access granted until 2026-01-01T12:11:00Z",
     "secretRef": {"namespace": OPERATOR_NS, "name": SECRET[2]},
     "conditions": [
-        {"type": "Approved", "status": "True", "reason": "Approved", "message": "approved by bob (1/1)",
-         "lastTransitionTime": "2026-01-01T12:01:00Z", "observedGeneration": 1},
-        {"type": "Issued", "status": "True", "reason": "TokenIssued", "message": "token lost valid until later",
-         "lastTransitionTime": "2026-01-01T12:01:00Z", "observedGeneration": 1}]}
+        {
+            "type": "Approved",
+            "status": "True",
+            "reason": "Approved",
+            "message": "approved by bob (1/1)",
+            "lastTransitionTime": "2026-01-01T12:01:00Z",
+            "observedGeneration": 1,
+        },
+        {
+            "type": "Issued",
+            "status": "True",
+            "reason": "TokenIssued",
+            "message": "token lost valid until later",
+            "lastTransitionTime": "2026-01-01T12:01:00Z",
+            "observedGeneration": 1,
+        },
+    ],
+}
 
 
 def test_an_active_status_without_a_ledger_entry_never_gets_a_token():
@@ -500,8 +685,9 @@ def test_emergency_access_requires_a_review_and_a_review_approval_closes_it():
     status = world.status()
     assert status["phase"] == "Active"
     assert status["review"] == {"required": True, "dueAt": "2026-01-01T12:06:00Z"}
-    assert world.at(1).reconciler.reconcile("team-a", "r1") == CREATED + dt.timedelta(minutes=6), \
+    assert world.at(1).reconciler.reconcile("team-a", "r1") == CREATED + dt.timedelta(minutes=6), (
         "the reconciler comes back when the review is due"
+    )
     assert world.kube.events()[-1] == "ReviewRequired"
 
     world.approve("alice", "Review", minutes=2, groups=("sre",))  # the requester cannot review herself
@@ -550,7 +736,7 @@ def test_a_request_deleted_while_cleanup_fails_once_is_still_audited_as_revoked_
     issue_earlier(world)
     world.delete_request()
     world.kube.fail("delete", "RoleBinding", exc=RuntimeError("apiserver 500"))
-    with pytest.raises(Exception):
+    with pytest.raises(Exception):  # noqa: B017 — whatever the fault raised, the pass must not complete
         world.at(3).reconcile()
     world.at(4).reconcile()
     assert world.kube.get(REQUEST, "team-a", "r1") is None and not world.grant_objects()

@@ -1,15 +1,16 @@
 """State loss is detected, never silently trusted: a lost signing key revokes the grant it signed
 (status never keeps saying Active), and the published revocation view is rebuilt from the ledger."""
+
 from __future__ import annotations
 
 import datetime as dt
 import io
 import json
 
+from fake_kube import CREATED, World
+
 from breakglass.stores import REVOCATIONS_KEY, RevocationStore
 from breakglass.tokens.keys import Keyring
-
-from fake_kube import CREATED, World
 
 
 def test_a_grant_whose_signing_key_vanished_is_revoked_with_signing_key_lost():
@@ -43,11 +44,17 @@ class _CMKube:
 
 
 def test_a_deleted_revocation_view_is_rebuilt_from_the_ledgers_revoked_grants():
-    now = dt.datetime(2026, 11, 29, 12, tzinfo=dt.timezone.utc)
+    now = dt.datetime(2026, 11, 29, 12, tzinfo=dt.UTC)
     kube = _CMKube()
     store = RevocationStore(kube, "breakglass-system")
-    revoked = [{"jti": "j1", "expiresAt": "2026-11-29T13:00:00Z", "reason": "Revoked",
-                "request": {"namespace": "team-a", "name": "r1", "uid": "u1"}}]
+    revoked = [
+        {
+            "jti": "j1",
+            "expiresAt": "2026-11-29T13:00:00Z",
+            "reason": "Revoked",
+            "request": {"namespace": "team-a", "name": "r1", "uid": "u1"},
+        }
+    ]
     assert store.sync(revoked, now) is True
     assert [e["jti"] for e in json.loads(kube.cm["data"][REVOCATIONS_KEY])] == ["j1"]
     assert store.sync(revoked, now) is False  # in line: nothing written
@@ -58,6 +65,7 @@ def test_a_deleted_revocation_view_is_rebuilt_from_the_ledgers_revoked_grants():
 
 def test_a_transition_is_audited_once_even_across_a_restart_that_repeats_it(tmp_path):
     from breakglass.audit import AuditLog, verify_lines
+
     path = tmp_path / "audit.log"
     first = AuditLog(str(path), b"k" * 32, stream=io.StringIO())
     assert first.record("issued", key="uid-1:issued", jti="j1") is not None

@@ -1,16 +1,16 @@
 """Housekeeping driven by the grant ledger (never by labels in tenant namespaces)."""
+
 from __future__ import annotations
 
 import datetime as dt
 
 import pytest
+from fake_kube import REQUEST, UID, World
 
 from breakglass import api
 from breakglass.sweeper import RETENTION, Sweeper
 
-from fake_kube import REQUEST, UID, World
-
-NOW = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.timezone.utc)
+NOW = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.UTC)
 
 
 class Swept:
@@ -18,8 +18,16 @@ class Swept:
 
     def __init__(self, world: World):
         self.world, self.enqueued = world, []
-        self.sweeper = Sweeper(world.kube, world.ledger, world.grants, world.keys, world.revocations, world.audit,
-                               lambda ns, name: self.enqueued.append((ns, name)), world.clock)
+        self.sweeper = Sweeper(
+            world.kube,
+            world.ledger,
+            world.grants,
+            world.keys,
+            world.revocations,
+            world.audit,
+            lambda ns, name: self.enqueued.append((ns, name)),
+            world.clock,
+        )
 
     def sweep(self, minutes: float) -> int:
         self.world.at(minutes)
@@ -53,8 +61,12 @@ def test_a_live_grant_whose_request_is_gone_is_revoked_with_audit_request_delete
     assert not s.world.grant_objects()
     assert s.world.ledger.by_jti(jti)["state"] == "Revoked", "out of the TokenReview allow-list"
     last = s.world.audit_records()[-1]
-    assert (last["event"], last["reason"], last["jti"], last["request"]["uid"]) == \
-        ("revoked", "RequestDeleted", jti, UID)
+    assert (last["event"], last["reason"], last["jti"], last["request"]["uid"]) == (
+        "revoked",
+        "RequestDeleted",
+        jti,
+        UID,
+    )
     assert [p["jti"] for p in s.world.revocations.published] == [jti]
 
 
@@ -86,7 +98,7 @@ def test_an_ended_grant_whose_cleanup_failed_is_cleaned_up():
     s = issued()
     s.world.change_request(revoked=True)
     s.world.kube.fail("delete", "Secret", exc=RuntimeError("apiserver 500"))
-    with pytest.raises(Exception):
+    with pytest.raises(Exception):  # noqa: B017 — whatever the fault raised, the pass must not complete
         s.world.at(3).reconcile()
     entry = s.world.stored_entry()
     assert entry["state"] == "Revoked" and not entry.get("cleaned")
@@ -162,12 +174,19 @@ def test_one_entry_failing_does_not_stop_the_others():
 
 def test_lookalike_objects_with_the_operators_labels_are_never_swept():
     s = issued()
-    lookalike = s.world.kube.put("RoleBinding", {
-        "metadata": {"name": "breakglass-tenant-made", "namespace": "team-b",
-                     "labels": api.managed_labels("r9", "team-b"),
-                     "annotations": {api.EXPIRES_AT_ANNOTATION: "2020-01-01T00:00:00Z"}},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"},
-        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "bob"}]})
+    lookalike = s.world.kube.put(
+        "RoleBinding",
+        {
+            "metadata": {
+                "name": "breakglass-tenant-made",
+                "namespace": "team-b",
+                "labels": api.managed_labels("r9", "team-b"),
+                "annotations": {api.EXPIRES_AT_ANNOTATION: "2020-01-01T00:00:00Z"},
+            },
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "bob"}],
+        },
+    )
     gone(s.world)
     s.sweep(60)
     s.sweep(120)
@@ -206,11 +225,21 @@ def test_kids_in_use_come_from_ledger_entries_not_yet_past_their_exp():
 
 def test_a_tenant_secret_claiming_a_key_id_does_not_pin_it():
     s = issued()
-    s.world.kube.put("Secret", {"metadata": {"name": "fake-token", "namespace": "team-a",
-                                             "labels": api.managed_labels("r1", "team-a"),
-                                             "annotations": {api.KEY_ID_ANNOTATION: "retired-kid",
-                                                             api.EXPIRES_AT_ANNOTATION: "2099-01-01T00:00:00Z"}},
-                                "type": api.TOKEN_SECRET_TYPE})
+    s.world.kube.put(
+        "Secret",
+        {
+            "metadata": {
+                "name": "fake-token",
+                "namespace": "team-a",
+                "labels": api.managed_labels("r1", "team-a"),
+                "annotations": {
+                    api.KEY_ID_ANNOTATION: "retired-kid",
+                    api.EXPIRES_AT_ANNOTATION: "2099-01-01T00:00:00Z",
+                },
+            },
+            "type": api.TOKEN_SECRET_TYPE,
+        },
+    )
     assert "retired-kid" not in s.sweeper.kids_in_use()
 
 
@@ -224,9 +253,14 @@ def req(name, phase=None, generation=1, observed=1, deleting=False):
 
 
 def test_the_resync_picks_up_what_a_missed_watch_event_could_leave_behind():
-    items = [req("new"), req("pending", "Pending"), req("active", "Active"),
-             req("revoked-unseen", "Active", generation=2, observed=1), req("deleting", "Expired", deleting=True),
-             req("done", "Expired")]
+    items = [
+        req("new"),
+        req("pending", "Pending"),
+        req("active", "Active"),
+        req("revoked-unseen", "Active", generation=2, observed=1),
+        req("deleting", "Expired", deleting=True),
+        req("done", "Expired"),
+    ]
     seen = []
     Sweeper(None, None, None, None, None, None, lambda ns, n: seen.append(n), lambda: NOW).resync_stale(items)
     assert seen == ["new", "pending", "revoked-unseen", "deleting"]

@@ -5,6 +5,7 @@ stop() is prompt, and a failing handler is retried with exponential backoff.
 These run real threads against real time, so every assertion has a generous margin (the queue's
 latencies are milliseconds; the margins are hundreds of milliseconds).
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -70,12 +71,18 @@ class Recorder:
 # -- 1. no lost wake-up -----------------------------------------------------------------------------
 
 LOST_WAKEUP_CASES = [
-    pytest.param(dict(workers=1, delayed=["later"], busy=False),
-                 id="one worker with a delayed key pending picks up a new key at once"),
-    pytest.param(dict(workers=1, delayed=["d1", "d2", "d3"], busy=False),
-                 id="one worker with several delayed keys pending picks up a new key at once"),
-    pytest.param(dict(workers=2, delayed=["later"], busy=True),
-                 id="the one idle worker of two picks up a new key at once while the other is busy"),
+    pytest.param(
+        dict(workers=1, delayed=["later"], busy=False),
+        id="one worker with a delayed key pending picks up a new key at once",
+    ),
+    pytest.param(
+        dict(workers=1, delayed=["d1", "d2", "d3"], busy=False),
+        id="one worker with several delayed keys pending picks up a new key at once",
+    ),
+    pytest.param(
+        dict(workers=2, delayed=["later"], busy=True),
+        id="the one idle worker of two picks up a new key at once while the other is busy",
+    ),
 ]
 
 
@@ -91,7 +98,7 @@ def test_an_added_key_is_processed_promptly_whatever_the_timer_is_waiting_for(qu
         if case["busy"]:
             q.add("slow")
             with rec.cv:
-                assert rec.cv.wait_for(lambda: rec.count(("started", "slow")) == 1, 2.0)
+                assert rec.cv.wait_for(lambda rec=rec: rec.count(("started", "slow")) == 1, 2.0)
         time.sleep(0.05)  # let every thread settle into its idle wait, as in a quiet operator
         # First key: with the old single condition, add()'s notify() could wake the timer instead.
         t0 = time.time()
@@ -103,8 +110,7 @@ def test_an_added_key_is_processed_promptly_whatever_the_timer_is_waiting_for(qu
         q.add("new")
         ok_new = rec.wait_for("new", timeout=deadline)
         if not (ok_warm and ok_new):
-            late.append(f"trial {trial}: warm {'ok' if ok_warm else 'LOST'} "
-                        f"new {'ok' if ok_new else 'LOST'}")
+            late.append(f"trial {trial}: warm {'ok' if ok_warm else 'LOST'} new {'ok' if ok_new else 'LOST'}")
         else:
             assert rec.times("warm")[0] - t0 < deadline and rec.times("new")[0] - t1 < deadline
         rec.release.set()
@@ -137,10 +143,14 @@ def test_many_keys_added_from_many_threads_are_all_processed_with_delayed_keys_p
 
 # -- 2. no duplicate concurrent processing of one key ------------------------------------------------
 
-@pytest.mark.parametrize("workers,keys", [
-    pytest.param(2, ["a"], id="two workers never run one key twice at once"),
-    pytest.param(8, ["a", "b", "c"], id="eight workers hammered with three keys never run one key twice at once"),
-])
+
+@pytest.mark.parametrize(
+    "workers,keys",
+    [
+        pytest.param(2, ["a"], id="two workers never run one key twice at once"),
+        pytest.param(8, ["a", "b", "c"], id="eight workers hammered with three keys never run one key twice at once"),
+    ],
+)
 def test_one_key_is_never_processed_by_two_workers_at_once(queues, workers, keys):
     lock, running, overlaps, passes = threading.Lock(), set(), [], []
 
@@ -179,11 +189,15 @@ def test_one_key_is_never_processed_by_two_workers_at_once(queues, workers, keys
 
 # -- 3. re-add during processing runs again ----------------------------------------------------------
 
-@pytest.mark.parametrize("readds,how", [
-    pytest.param(1, "add", id="a key added once while it is processed runs once more afterwards"),
-    pytest.param(5, "add", id="a key added five times while it is processed runs exactly once more"),
-    pytest.param(1, "add_at_now", id="a key whose delay falls due while it is processed runs once more"),
-])
+
+@pytest.mark.parametrize(
+    "readds,how",
+    [
+        pytest.param(1, "add", id="a key added once while it is processed runs once more afterwards"),
+        pytest.param(5, "add", id="a key added five times while it is processed runs exactly once more"),
+        pytest.param(1, "add_at_now", id="a key whose delay falls due while it is processed runs once more"),
+    ],
+)
 def test_a_key_re_added_while_processing_is_processed_again_afterwards(queues, readds, how):
     rec = Recorder(hold={"k"})
     q = queues(rec, workers=4)
@@ -209,11 +223,15 @@ def test_a_key_re_added_while_processing_is_processed_again_afterwards(queues, r
 
 # -- 4. delayed add: earliest wins -------------------------------------------------------------------
 
-@pytest.mark.parametrize("delays,expect_at", [
-    pytest.param([0.6, 0.2], 0.2, id="a later key moved earlier fires once at the earlier time"),
-    pytest.param([0.2, 0.6], 0.2, id="an earlier delay is not pushed back by a later one"),
-    pytest.param([0.4, 0.4, 0.4], 0.4, id="the same delay added three times fires once"),
-])
+
+@pytest.mark.parametrize(
+    "delays,expect_at",
+    [
+        pytest.param([0.6, 0.2], 0.2, id="a later key moved earlier fires once at the earlier time"),
+        pytest.param([0.2, 0.6], 0.2, id="an earlier delay is not pushed back by a later one"),
+        pytest.param([0.4, 0.4, 0.4], 0.4, id="the same delay added three times fires once"),
+    ],
+)
 def test_delayed_adds_of_one_key_keep_the_earliest_due_time(queues, delays, expect_at):
     rec = Recorder()
     q = queues(rec, workers=2)
@@ -235,7 +253,7 @@ def test_a_handler_requeue_and_an_outside_delayed_add_keep_the_earliest(queues):
     def returns(key, n):
         if n == 1:
             first.set()
-            return dt.datetime.fromtimestamp(time.time() + 0.8, dt.timezone.utc)
+            return dt.datetime.fromtimestamp(time.time() + 0.8, dt.UTC)
         return None
 
     rec = Recorder(returns=returns)
@@ -269,8 +287,9 @@ def test_a_delayed_add_made_while_the_key_is_processed_is_kept(queues):
 
 def test_an_expiry_moved_later_still_fires_at_the_later_time():
     deleted, after = [], []
-    timer = ExpiryTimer(lambda ns, name, uid: deleted.append((uid, time.time())) or True,
-                        lambda key: after.append(key), workers=1)
+    timer = ExpiryTimer(
+        lambda ns, name, uid: deleted.append((uid, time.time())) or True, lambda key: after.append(key), workers=1
+    )
     timer.start()
     try:
         t0 = time.time()
@@ -287,12 +306,16 @@ def test_an_expiry_moved_later_still_fires_at_the_later_time():
 
 # -- 5. stop is prompt --------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("setup", [
-    pytest.param("idle", id="an idle queue stops at once"),
-    pytest.param("delayed", id="a queue with delayed keys far in the future stops at once"),
-    pytest.param("backlog", id="a queue with a backlog stops at once without draining it"),
-    pytest.param("never_started", id="a queue that never started stops at once"),
-])
+
+@pytest.mark.parametrize(
+    "setup",
+    [
+        pytest.param("idle", id="an idle queue stops at once"),
+        pytest.param("delayed", id="a queue with delayed keys far in the future stops at once"),
+        pytest.param("backlog", id="a queue with a backlog stops at once without draining it"),
+        pytest.param("never_started", id="a queue that never started stops at once"),
+    ],
+)
 def test_stop_returns_promptly_and_the_threads_end(setup):
     before = set(threading.enumerate())
     rec = Recorder()
@@ -341,11 +364,15 @@ def test_keys_added_after_stop_are_not_processed():
 
 # -- 6. retry on exception with backoff ---------------------------------------------------------------
 
-@pytest.mark.parametrize("retry_seconds,failures", [
-    pytest.param(0.1, 1, id="one failure is retried after retry_seconds"),
-    pytest.param(0.1, 3, id="three failures are retried after 1x 2x 4x retry_seconds"),
-    pytest.param(0.05, 2, id="a shorter retry_seconds shortens the backoff"),
-])
+
+@pytest.mark.parametrize(
+    "retry_seconds,failures",
+    [
+        pytest.param(0.1, 1, id="one failure is retried after retry_seconds"),
+        pytest.param(0.1, 3, id="three failures are retried after 1x 2x 4x retry_seconds"),
+        pytest.param(0.05, 2, id="a shorter retry_seconds shortens the backoff"),
+    ],
+)
 def test_a_failing_handler_is_retried_with_exponential_backoff(queues, retry_seconds, failures):
     attempts, lock = [], threading.Lock()
     done = threading.Event()
@@ -362,10 +389,10 @@ def test_a_failing_handler_is_retried_with_exponential_backoff(queues, retry_sec
     q.start()
     q.add("k")
     assert done.wait(5)
-    gaps = [b - a for a, b in zip(attempts, attempts[1:])]
-    expected = [retry_seconds * 2 ** i for i in range(failures)]
+    gaps = [b - a for a, b in zip(attempts, attempts[1:], strict=False)]
+    expected = [retry_seconds * 2**i for i in range(failures)]
     assert len(gaps) == failures
-    for gap, want in zip(gaps, expected):
+    for gap, want in zip(gaps, expected, strict=True):
         assert want - 0.02 <= gap < want + 0.3, (gaps, expected)
     time.sleep(0.3)
     assert len(attempts) == failures + 1  # a success stops retrying
@@ -403,7 +430,7 @@ def test_backoff_is_capped_at_thirty_seconds(queues):
     for _ in range(3):
         before = len(scheduled)
         q.add("k")
-        assert rec_wait(lambda: len(scheduled) > before)
+        assert rec_wait(lambda before=before: len(scheduled) > before)
     assert [round(s) for s in scheduled] == [10, 20, 30]
 
 

@@ -4,6 +4,7 @@ An approval belongs to one request instance: admission stamps the live request's
 spec.requestUID, and only approvals carrying this request's uid, created at or after the request,
 are counted. An approval left over from an earlier request of the same name never counts.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -27,13 +28,15 @@ class ApprovalView:
     request_uid: str = ""  # spec.requestUID, stamped by admission from the live request
 
     @classmethod
-    def from_resource(cls, body: dict[str, Any]) -> "ApprovalView":
+    def from_resource(cls, body: dict[str, Any]) -> ApprovalView:
         meta, spec = body.get("metadata") or {}, body.get("spec") or {}
         created = meta.get("creationTimestamp")
         return cls(
-            name=meta.get("name", ""), approver=spec.get("approver") or "",
+            name=meta.get("name", ""),
+            approver=spec.get("approver") or "",
             approver_groups=tuple(spec.get("approverGroups") or ()),
-            decision=spec.get("decision") or "", comment=spec.get("comment") or "",
+            decision=spec.get("decision") or "",
+            comment=spec.get("comment") or "",
             created=parse_rfc3339(created) if isinstance(created, str) else created,
             request_uid=spec.get("requestUID") or "",
         )
@@ -54,36 +57,51 @@ def belongs_to(approval: ApprovalView, *, request_uid: str, request_created: dt.
     if not approval.request_uid:
         return False, "approval carries no spec.requestUID (not stamped by admission), so it is for no request"
     if approval.request_uid != request_uid:
-        return False, (f"approval is for another request instance (uid {approval.request_uid}), "
-                       f"not this one (uid {request_uid})")
+        return False, (
+            f"approval is for another request instance (uid {approval.request_uid}), not this one (uid {request_uid})"
+        )
     if approval.created is None or approval.created < request_created:
         return False, "approval was created before this request"
     return True, ""
 
 
-def eligibility(approval: ApprovalView, *, requester: str, policy: Policy,
-                deadline: dt.datetime | None) -> tuple[bool, str]:
+def eligibility(
+    approval: ApprovalView, *, requester: str, policy: Policy, deadline: dt.datetime | None
+) -> tuple[bool, str]:
     """(ok, why-not) for one approval against the request's policy."""
     if not approval.approver:
         return False, "approval has no verified approver identity"
     if not policy.is_approver(approval.approver, approval.approver_groups):
-        return False, (f"{approval.approver} is not an approver of policy {policy.name!r} "
-                       f"(approvers: users {list(policy.approver_users)}, groups {list(policy.approver_groups)})")
+        return False, (
+            f"{approval.approver} is not an approver of policy {policy.name!r} "
+            f"(approvers: users {list(policy.approver_users)}, groups {list(policy.approver_groups)})"
+        )
     if approval.approver == requester and not policy.allow_self_approval:
         return False, f"{approval.approver} requested this access and policy {policy.name!r} forbids self-approval"
     if approval.decision == REVIEW and approval.approver == requester:
         return False, "the requester cannot review their own emergency access"
-    if (deadline is not None and approval.decision != REVIEW and approval.created is not None
-            and approval.created > deadline):
+    if (
+        deadline is not None
+        and approval.decision != REVIEW
+        and approval.created is not None
+        and approval.created > deadline
+    ):
         return False, f"{approval.decision} by {approval.approver} arrived after the approval timeout"
     return True, ""
 
 
-def tally_approvals(approvals: list[ApprovalView], *, requester: str, policy: Policy,
-                    deadline: dt.datetime | None, request_uid: str, request_created: dt.datetime) -> Tally:
+def tally_approvals(
+    approvals: list[ApprovalView],
+    *,
+    requester: str,
+    policy: Policy,
+    deadline: dt.datetime | None,
+    request_uid: str,
+    request_created: dt.datetime,
+) -> Tally:
     """Count approvals for the request instance `request_uid` created at `request_created`."""
     tally = Tally()
-    for a in sorted(approvals, key=lambda a: (a.created or dt.datetime.min.replace(tzinfo=dt.timezone.utc), a.name)):
+    for a in sorted(approvals, key=lambda a: (a.created or dt.datetime.min.replace(tzinfo=dt.UTC), a.name)):
         ok, why = belongs_to(a, request_uid=request_uid, request_created=request_created)
         if ok:
             ok, why = eligibility(a, requester=requester, policy=policy, deadline=deadline)

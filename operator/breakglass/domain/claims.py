@@ -1,4 +1,5 @@
 """JWT claims for a grant."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -18,9 +19,19 @@ def kubernetes_scopes(request: RequestView) -> list[str]:
     return [f"k8s:{ns}:{role}" for ns in request.namespaces for role in request.cluster_roles]
 
 
-def build_claims(*, request: RequestView, policy: Policy, request_uid: str, issuer: str,
-                 approvers: list[str] | tuple[str, ...], issued_at: dt.datetime,
-                 duration: dt.timedelta, jti: str, emergency: bool, drill: bool = False) -> dict[str, Any]:
+def build_claims(
+    *,
+    request: RequestView,
+    policy: Policy,
+    request_uid: str,
+    issuer: str,
+    approvers: list[str] | tuple[str, ...],
+    issued_at: dt.datetime,
+    duration: dt.timedelta,
+    jti: str,
+    emergency: bool,
+    drill: bool = False,
+) -> dict[str, Any]:
     iat = int(issued_at.timestamp())
     audiences = list(effective_audiences(request, policy))
     claims: dict[str, Any] = {

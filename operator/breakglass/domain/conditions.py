@@ -1,4 +1,5 @@
 """Kubernetes-style conditions: lastTransitionTime moves only when status flips."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -7,9 +8,16 @@ from typing import Any
 from .durations import to_rfc3339
 
 
-def set_condition(conditions: list[dict[str, Any]] | None, *, type: str, status: bool | str,
-                  reason: str, message: str, now: dt.datetime,
-                  observed_generation: int | None) -> list[dict[str, Any]]:
+def set_condition(
+    conditions: list[dict[str, Any]] | None,
+    *,
+    type: str,
+    status: bool | str,
+    reason: str,
+    message: str,
+    now: dt.datetime,
+    observed_generation: int | None,
+) -> list[dict[str, Any]]:
     """Return a new list with `type` set; other conditions are kept untouched."""
     status_text = status if isinstance(status, str) else ("True" if status else "False")
     result: list[dict[str, Any]] = []
@@ -20,16 +28,27 @@ def set_condition(conditions: list[dict[str, Any]] | None, *, type: str, status:
             continue
         found = True
         flipped = cond.get("status") != status_text
-        result.append({
-            "type": type, "status": status_text, "reason": reason, "message": message,
-            "lastTransitionTime": to_rfc3339(now) if flipped else cond.get("lastTransitionTime", to_rfc3339(now)),
-            "observedGeneration": observed_generation,
-        })
+        result.append(
+            {
+                "type": type,
+                "status": status_text,
+                "reason": reason,
+                "message": message,
+                "lastTransitionTime": to_rfc3339(now) if flipped else cond.get("lastTransitionTime", to_rfc3339(now)),
+                "observedGeneration": observed_generation,
+            }
+        )
     if not found:
-        result.append({
-            "type": type, "status": status_text, "reason": reason, "message": message,
-            "lastTransitionTime": to_rfc3339(now), "observedGeneration": observed_generation,
-        })
+        result.append(
+            {
+                "type": type,
+                "status": status_text,
+                "reason": reason,
+                "message": message,
+                "lastTransitionTime": to_rfc3339(now),
+                "observedGeneration": observed_generation,
+            }
+        )
     return result
 
 

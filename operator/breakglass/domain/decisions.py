@@ -1,4 +1,5 @@
 """What should happen to a request now: a pure function of plain data and `now`."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -7,8 +8,7 @@ from dataclasses import dataclass, field, replace
 from .. import api
 from .approvals import Tally
 from .durations import DurationError, format_duration, parse_duration
-from .policy import (Policy, RequestView, effective_duration, evaluate_request, first_failure,
-                     validate_policy)
+from .policy import Policy, RequestView, effective_duration, evaluate_request, first_failure, validate_policy
 
 WAIT, ISSUE, DENY, FAIL, EXPIRE, REVOKE, NOTHING = "wait", "issue", "deny", "fail", "expire", "revoke", "nothing"
 ACTIVE, SETTLE = "active", "settle"  # grant live: keep it; grant ended in the ledger: bring status in line
@@ -19,6 +19,7 @@ G_ISSUING, G_ACTIVE, G_FAILED, G_REVOKED, G_EXPIRED = "Issuing", "Active", "Fail
 @dataclass(frozen=True)
 class Grant:
     """What the ledger says about this request uid's token."""
+
     state: str
     expires_at: dt.datetime
     reason: str = ""
@@ -46,8 +47,10 @@ def touches_protected(request: RequestView, protected: tuple[str, ...] | frozens
     policy's globs say: a grant there could read every token and forge the ledger."""
     hit = sorted(set(request.namespaces) & set(protected))
     if hit:
-        return (f"spec.namespaces {hit}: the operator's own namespace(s) hold signing keys, the grant ledger and "
-                "token Secrets and can never be granted")
+        return (
+            f"spec.namespaces {hit}: the operator's own namespace(s) hold signing keys, the grant ledger and "
+            "token Secrets and can never be granted"
+        )
     return None
 
 
@@ -60,8 +63,10 @@ def exceeds_ceiling(request: RequestView, policy: Policy, ceiling: dt.timedelta 
     except DurationError:
         return None  # reported by check_duration
     if asked > ceiling:
-        return (f"spec.duration {format_duration(asked)} exceeds the operator's --max-token-lifetime "
-                f"{format_duration(ceiling)}")
+        return (
+            f"spec.duration {format_duration(asked)} exceeds the operator's --max-token-lifetime "
+            f"{format_duration(ceiling)}"
+        )
     return None
 
 
@@ -80,9 +85,19 @@ def decide_grant(grant: Grant, *, revoked: bool, secret_present: bool, now: dt.d
     return Decision(ACTIVE, "Active", "token is valid", requeue_at=grant.expires_at)
 
 
-def decide(*, request: RequestView, phase: str | None, policy: Policy | None, tally: Tally | None,
-           created: dt.datetime, grant: Grant | None, now: dt.datetime, secret_present: bool = True,
-           ceiling: dt.timedelta | None = None, protected: tuple[str, ...] = ()) -> Decision:
+def decide(
+    *,
+    request: RequestView,
+    phase: str | None,
+    policy: Policy | None,
+    tally: Tally | None,
+    created: dt.datetime,
+    grant: Grant | None,
+    now: dt.datetime,
+    secret_present: bool = True,
+    ceiling: dt.timedelta | None = None,
+    protected: tuple[str, ...] = (),
+) -> Decision:
     """Decide the next step from the request, its policy, its approvals and the ledger's grant."""
     if grant is not None:
         return decide_grant(grant, revoked=request.revoked, secret_present=secret_present, now=now)
@@ -110,8 +125,11 @@ def decide(*, request: RequestView, phase: str | None, policy: Policy | None, ta
         return path
     deadline = approval_deadline(created, policy)
     if deadline is not None and now >= deadline:
-        return Decision(DENY, "ApprovalTimeout",
-                        f"not approved within policy {policy.name!r} approvalTimeout {policy.approval_timeout}")
+        return Decision(
+            DENY,
+            "ApprovalTimeout",
+            f"not approved within policy {policy.name!r} approvalTimeout {policy.approval_timeout}",
+        )
     return replace(path, requeue_at=deadline)
 
 
@@ -123,19 +141,29 @@ def approval_path(request: RequestView, policy: Policy, tally: Tally | None = No
     if tally.denied_by:
         return Decision(DENY, "DeniedByApprover", f"denied by {', '.join(tally.denied_by)}")
     if request.emergency and policy.emergency_allowed:
-        return Decision(ISSUE, "EmergencyAccess",
-                        "emergency access issued without approval; a review is required",
-                        emergency=True, approvers=tuple(tally.approved_by))
+        return Decision(
+            ISSUE,
+            "EmergencyAccess",
+            "emergency access issued without approval; a review is required",
+            emergency=True,
+            approvers=tuple(tally.approved_by),
+        )
     if policy.required_approvals == 0:
         return Decision(ISSUE, "NoApprovalRequired", f"policy {policy.name!r} requires no approval")
     if policy.auto_approves(request.requester_groups):
-        return Decision(ISSUE, "AutoApproved",
-                        f"{request.requester} is in an autoApprove group of policy {policy.name!r}")
+        return Decision(
+            ISSUE, "AutoApproved", f"{request.requester} is in an autoApprove group of policy {policy.name!r}"
+        )
     if len(tally.approved_by) >= policy.required_approvals:
-        return Decision(ISSUE, "Approved",
-                        f"approved by {', '.join(tally.approved_by)} "
-                        f"({len(tally.approved_by)}/{policy.required_approvals})",
-                        approvers=tuple(tally.approved_by))
-    return Decision(WAIT, "AwaitingApproval",
-                    f"{len(tally.approved_by)}/{policy.required_approvals} approvals from policy "
-                    f"{policy.name!r} approvers", approvers=tuple(tally.approved_by))
+        return Decision(
+            ISSUE,
+            "Approved",
+            f"approved by {', '.join(tally.approved_by)} ({len(tally.approved_by)}/{policy.required_approvals})",
+            approvers=tuple(tally.approved_by),
+        )
+    return Decision(
+        WAIT,
+        "AwaitingApproval",
+        f"{len(tally.approved_by)}/{policy.required_approvals} approvals from policy {policy.name!r} approvers",
+        approvers=tuple(tally.approved_by),
+    )

@@ -4,13 +4,15 @@ Each check returns a `Verdict(ok, reason, message)`; the same chain feeds admiss
 messages, reconcile-time re-checks (policies change; webhooks can be bypassed) and the
 `explain` simulator, so all three always agree.
 """
+
 from __future__ import annotations
 
 import datetime as dt
 import fnmatch
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from .durations import DurationError, format_duration, parse_duration
 
@@ -55,7 +57,7 @@ class Policy:
     token_delivery: str = OPERATOR_NAMESPACE  # where the token Secret goes: TOKEN_DELIVERIES
 
     @classmethod
-    def from_resource(cls, name: str, spec: dict[str, Any] | None) -> "Policy":
+    def from_resource(cls, name: str, spec: dict[str, Any] | None) -> Policy:
         spec = spec or {}
         req, appr = spec.get("requesters") or {}, spec.get("approvers") or {}
         emergency = spec.get("emergency") or {}
@@ -96,40 +98,66 @@ def validate_policy(policy: Policy) -> list[Verdict]:
     """Problems that make a policy unusable (status Ready=False). Empty list = valid."""
     problems: list[Verdict] = []
     durations: dict[str, dt.timedelta] = {}
-    for field_name, value in (("defaultDuration", policy.default_duration),
-                              ("maxDuration", policy.max_duration),
-                              ("approvalTimeout", policy.approval_timeout),
-                              ("emergency.reviewWithin", policy.emergency_review_within)):
+    for field_name, value in (
+        ("defaultDuration", policy.default_duration),
+        ("maxDuration", policy.max_duration),
+        ("approvalTimeout", policy.approval_timeout),
+        ("emergency.reviewWithin", policy.emergency_review_within),
+    ):
         try:
             durations[field_name] = parse_duration(value)
         except DurationError as exc:
             problems.append(Verdict(False, "InvalidDuration", f"spec.{field_name}: {exc}"))
-    if "defaultDuration" in durations and "maxDuration" in durations \
-            and durations["maxDuration"] < durations["defaultDuration"]:
-        problems.append(Verdict(False, "MaxBelowDefault",
-                                f"spec.maxDuration {policy.max_duration} is shorter than "
-                                f"spec.defaultDuration {policy.default_duration}"))
+    if (
+        "defaultDuration" in durations
+        and "maxDuration" in durations
+        and durations["maxDuration"] < durations["defaultDuration"]
+    ):
+        problems.append(
+            Verdict(
+                False,
+                "MaxBelowDefault",
+                f"spec.maxDuration {policy.max_duration} is shorter than "
+                f"spec.defaultDuration {policy.default_duration}",
+            )
+        )
     if policy.ticket_pattern:
         try:
             re.compile(policy.ticket_pattern)
         except re.error as exc:
-            problems.append(Verdict(False, "InvalidTicketPattern",
-                                    f"spec.ticketPattern {policy.ticket_pattern!r} is not a valid regex: {exc}"))
+            problems.append(
+                Verdict(
+                    False,
+                    "InvalidTicketPattern",
+                    f"spec.ticketPattern {policy.ticket_pattern!r} is not a valid regex: {exc}",
+                )
+            )
     if policy.required_approvals < 0:
         problems.append(Verdict(False, "InvalidRequiredApprovals", "spec.requiredApprovals must be >= 0"))
     if policy.required_approvals > 0 and not (policy.approver_users or policy.approver_groups):
         # An empty approver set "gates nothing" in some systems; here it can never approve.
-        problems.append(Verdict(False, "NoApprovers",
-                                f"spec.requiredApprovals is {policy.required_approvals} but spec.approvers "
-                                "is empty: no request could ever be approved"))
+        problems.append(
+            Verdict(
+                False,
+                "NoApprovers",
+                f"spec.requiredApprovals is {policy.required_approvals} but spec.approvers "
+                "is empty: no request could ever be approved",
+            )
+        )
     if not (policy.requester_users or policy.requester_groups):
         problems.append(Verdict(False, "NoRequesters", "spec.requesters is empty: nobody may request"))
     if policy.token_delivery not in TOKEN_DELIVERIES:
-        problems.append(Verdict(False, "InvalidTokenDelivery", f"spec.tokenDelivery {policy.token_delivery!r} "
-                                f"must be one of {list(TOKEN_DELIVERIES)}"))
+        problems.append(
+            Verdict(
+                False,
+                "InvalidTokenDelivery",
+                f"spec.tokenDelivery {policy.token_delivery!r} must be one of {list(TOKEN_DELIVERIES)}",
+            )
+        )
     if "*" in policy.allowed_cluster_roles:
-        problems.append(Verdict(False, "WildcardClusterRole",
-                                "spec.allowedClusterRoles must name ClusterRoles; '*' is not allowed"))
+        problems.append(
+            Verdict(False, "WildcardClusterRole", "spec.allowedClusterRoles must name ClusterRoles; '*' is not allowed")
+        )
     return problems
 
 
@@ -140,6 +168,7 @@ def _matches_any(value: str, patterns: Iterable[str]) -> bool:
 @dataclass(frozen=True)
 class RequestView:
     """The parts of a BreakGlassRequest the checks need, as plain data."""
+
     name: str
     namespace: str
     requester: str
@@ -156,13 +185,15 @@ class RequestView:
     policy: str = ""
 
     @classmethod
-    def from_resource(cls, body: dict[str, Any]) -> "RequestView":
+    def from_resource(cls, body: dict[str, Any]) -> RequestView:
         meta, spec = body.get("metadata") or {}, body.get("spec") or {}
         return cls(
-            name=meta.get("name", ""), namespace=meta.get("namespace", ""),
+            name=meta.get("name", ""),
+            namespace=meta.get("namespace", ""),
             requester=spec.get("requester") or "",
             requester_groups=tuple(spec.get("requesterGroups") or ()),
-            reason=spec.get("reason") or "", ticket=spec.get("ticket"),
+            reason=spec.get("reason") or "",
+            ticket=spec.get("ticket"),
             duration=spec.get("duration"),
             namespaces=tuple(spec.get("namespaces") or ()),
             cluster_roles=tuple(spec.get("clusterRoles") or ()),
@@ -188,16 +219,18 @@ MIN_REASON, MAX_REASON = 10, 1024
 def check_requester(req: RequestView, pol: Policy) -> Verdict:
     if pol.may_request(req.requester, req.requester_groups):
         return Verdict(True, "RequesterAllowed", f"{req.requester} may request under policy {pol.name!r}")
-    return Verdict(False, "RequesterNotAllowed",
-                   f"spec.requester {req.requester!r} (groups {list(req.requester_groups)}) is not in "
-                   f"policy {pol.name!r} requesters")
+    return Verdict(
+        False,
+        "RequesterNotAllowed",
+        f"spec.requester {req.requester!r} (groups {list(req.requester_groups)}) is not in "
+        f"policy {pol.name!r} requesters",
+    )
 
 
 def check_reason(req: RequestView, pol: Policy) -> Verdict:
     n = len(req.reason.strip())
     if n < MIN_REASON:
-        return Verdict(False, "ReasonTooShort",
-                       f"spec.reason must be at least {MIN_REASON} characters (got {n})")
+        return Verdict(False, "ReasonTooShort", f"spec.reason must be at least {MIN_REASON} characters (got {n})")
     if len(req.reason) > MAX_REASON:
         return Verdict(False, "ReasonTooLong", f"spec.reason must be at most {MAX_REASON} characters")
     return Verdict(True, "ReasonGiven", "reason given")
@@ -213,21 +246,31 @@ def check_duration(req: RequestView, pol: Policy) -> Verdict:
         asked = asked or parse_duration(pol.default_duration)
         maximum = parse_duration(pol.max_duration)
     except DurationError:
-        return Verdict(False, "PolicyInvalid", f"spec.duration cannot be checked: policy {pol.name!r} "
-                                               "defaultDuration or maxDuration is not a valid duration")
+        return Verdict(
+            False,
+            "PolicyInvalid",
+            f"spec.duration cannot be checked: policy {pol.name!r} "
+            "defaultDuration or maxDuration is not a valid duration",
+        )
     if asked > maximum:
         asked_text = repr(req.duration) if req.duration else f"(policy default {pol.default_duration})"
-        return Verdict(False, "DurationExceedsMax",
-                       f"spec.duration {asked_text} exceeds policy {pol.name!r} maxDuration {pol.max_duration}")
+        return Verdict(
+            False,
+            "DurationExceedsMax",
+            f"spec.duration {asked_text} exceeds policy {pol.name!r} maxDuration {pol.max_duration}",
+        )
     return Verdict(True, "DurationAllowed", f"duration {format_duration(asked)} within maxDuration {pol.max_duration}")
 
 
 def check_namespaces(req: RequestView, pol: Policy) -> Verdict:
     bad = [n for n in req.namespaces if not _matches_any(n, pol.allowed_namespaces)]
     if bad:
-        return Verdict(False, "NamespaceNotAllowed",
-                       f"spec.namespaces {bad} not allowed by policy {pol.name!r} allowedNamespaces "
-                       f"{list(pol.allowed_namespaces)}")
+        return Verdict(
+            False,
+            "NamespaceNotAllowed",
+            f"spec.namespaces {bad} not allowed by policy {pol.name!r} allowedNamespaces "
+            f"{list(pol.allowed_namespaces)}",
+        )
     if req.cluster_roles and not req.namespaces:
         return Verdict(False, "NamespacesRequired", "spec.clusterRoles needs at least one entry in spec.namespaces")
     return Verdict(True, "NamespacesAllowed", "namespaces allowed")
@@ -236,9 +279,12 @@ def check_namespaces(req: RequestView, pol: Policy) -> Verdict:
 def check_cluster_roles(req: RequestView, pol: Policy) -> Verdict:
     bad = [r for r in req.cluster_roles if r not in pol.allowed_cluster_roles]
     if bad:
-        return Verdict(False, "ClusterRoleNotAllowed",
-                       f"spec.clusterRoles {bad} not allowed by policy {pol.name!r} allowedClusterRoles "
-                       f"{list(pol.allowed_cluster_roles)}")
+        return Verdict(
+            False,
+            "ClusterRoleNotAllowed",
+            f"spec.clusterRoles {bad} not allowed by policy {pol.name!r} allowedClusterRoles "
+            f"{list(pol.allowed_cluster_roles)}",
+        )
     if req.namespaces and not req.cluster_roles:
         return Verdict(False, "ClusterRolesRequired", "spec.namespaces needs at least one entry in spec.clusterRoles")
     return Verdict(True, "ClusterRolesAllowed", "cluster roles allowed")
@@ -247,24 +293,37 @@ def check_cluster_roles(req: RequestView, pol: Policy) -> Verdict:
 def check_scopes(req: RequestView, pol: Policy) -> Verdict:
     malformed = [s for s in req.scopes if not isinstance(s, str) or not _SCOPE_RE.fullmatch(s)]
     if malformed:
-        return Verdict(False, "ScopeMalformed",
-                       f"spec.scopes {malformed} must each match {SCOPE_PATTERN} (one scope per item, no whitespace)")
+        return Verdict(
+            False,
+            "ScopeMalformed",
+            f"spec.scopes {malformed} must each match {SCOPE_PATTERN} (one scope per item, no whitespace)",
+        )
     reserved = [s for s in req.scopes if s.lower().startswith(RESERVED_SCOPE_PREFIX)]
     if reserved:
-        return Verdict(False, "ScopeNotAllowed", f"spec.scopes {reserved}: the {RESERVED_SCOPE_PREFIX!r} prefix is "
-                                               "reserved for Kubernetes grants (use spec.clusterRoles)")
+        return Verdict(
+            False,
+            "ScopeNotAllowed",
+            f"spec.scopes {reserved}: the {RESERVED_SCOPE_PREFIX!r} prefix is "
+            "reserved for Kubernetes grants (use spec.clusterRoles)",
+        )
     bad = [s for s in req.scopes if not _matches_any(s, pol.allowed_scopes)]
     if bad:
-        return Verdict(False, "ScopeNotAllowed",
-                       f"spec.scopes {bad} not allowed by policy {pol.name!r} allowedScopes {list(pol.allowed_scopes)}")
+        return Verdict(
+            False,
+            "ScopeNotAllowed",
+            f"spec.scopes {bad} not allowed by policy {pol.name!r} allowedScopes {list(pol.allowed_scopes)}",
+        )
     return Verdict(True, "ScopesAllowed", "scopes allowed")
 
 
 def check_audiences(req: RequestView, pol: Policy) -> Verdict:
     bad = [a for a in req.audiences if a not in pol.audiences]
     if bad:
-        return Verdict(False, "AudienceNotAllowed",
-                       f"spec.audiences {bad} not allowed by policy {pol.name!r} audiences {list(pol.audiences)}")
+        return Verdict(
+            False,
+            "AudienceNotAllowed",
+            f"spec.audiences {bad} not allowed by policy {pol.name!r} audiences {list(pol.audiences)}",
+        )
     return Verdict(True, "AudiencesAllowed", "audiences allowed")
 
 
@@ -274,9 +333,12 @@ def check_ticket(req: RequestView, pol: Policy) -> Verdict:
     if req.ticket and pol.ticket_pattern:
         try:
             if not re.fullmatch(pol.ticket_pattern, req.ticket):
-                return Verdict(False, "TicketPatternMismatch",
-                               f"spec.ticket {req.ticket!r} does not match policy {pol.name!r} "
-                               f"ticketPattern {pol.ticket_pattern!r}")
+                return Verdict(
+                    False,
+                    "TicketPatternMismatch",
+                    f"spec.ticket {req.ticket!r} does not match policy {pol.name!r} "
+                    f"ticketPattern {pol.ticket_pattern!r}",
+                )
         except re.error:
             return Verdict(False, "PolicyInvalid", f"policy {pol.name!r} ticketPattern is not a valid regex")
     return Verdict(True, "TicketOk", "ticket ok")
@@ -284,8 +346,11 @@ def check_ticket(req: RequestView, pol: Policy) -> Verdict:
 
 def check_emergency(req: RequestView, pol: Policy) -> Verdict:
     if req.emergency and not pol.emergency_allowed:
-        return Verdict(False, "EmergencyNotAllowed",
-                       f"spec.emergency is true but policy {pol.name!r} does not allow emergency access")
+        return Verdict(
+            False,
+            "EmergencyNotAllowed",
+            f"spec.emergency is true but policy {pol.name!r} does not allow emergency access",
+        )
     return Verdict(True, "EmergencyOk", "emergency ok")
 
 

@@ -1,4 +1,5 @@
 """Drill schedules: an interval (`6h`, `10s`) or a 5-field cron expression (minute granularity, UTC)."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -42,7 +43,7 @@ def parse_cron(expr: str) -> list[set[int]]:
     parts = expr.split()
     if len(parts) != 5:
         raise ScheduleError(f"{expr!r}: a cron expression has 5 fields (minute hour day month weekday)")
-    fields = [_field(p, lo, hi) for p, (lo, hi) in zip(parts, _RANGES)]
+    fields = [_field(p, lo, hi) for p, (lo, hi) in zip(parts, _RANGES, strict=True)]
     fields[4] = {d % 7 for d in fields[4]}
     return fields
 
@@ -67,7 +68,7 @@ def next_run(schedule: str, last: dt.datetime | None, now: dt.datetime) -> dt.da
 
 def validate(schedule: str) -> str | None:
     try:
-        next_run(schedule, None, dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc))
+        next_run(schedule, None, dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
         return None
     except (ScheduleError, DurationError) as exc:
         return str(exc)

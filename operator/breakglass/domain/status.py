@@ -4,6 +4,7 @@ and the list of changes between two statuses that deserve an Event and an audit 
 The reconciler applies its effects first (ledger, RBAC, delivery), then computes the status here
 and writes it once per pass.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -32,15 +33,23 @@ def _approval_entry(a: ApprovalView) -> dict[str, Any]:
     return entry
 
 
-def next_status(old: dict[str, Any], *, generation: int | None, outcome: Outcome,
-                grant: dict[str, Any] | None, tally: Tally | None, now: dt.datetime) -> dict[str, Any]:
+def next_status(
+    old: dict[str, Any],
+    *,
+    generation: int | None,
+    outcome: Outcome,
+    grant: dict[str, Any] | None,
+    tally: Tally | None,
+    now: dt.datetime,
+) -> dict[str, Any]:
     new = {k: v for k, v in old.items() if k not in ("secretRef",)}
     conds = old.get("conditions")
 
     def cond(type_: str, status, reason: str, message: str):
         nonlocal conds
-        conds = set_condition(conds, type=type_, status=status, reason=reason, message=message, now=now,
-                              observed_generation=generation)
+        conds = set_condition(
+            conds, type=type_, status=status, reason=reason, message=message, now=now, observed_generation=generation
+        )
 
     phase, reason, message = outcome.phase, outcome.reason, outcome.message
     approval = (grant or {}).get("approval") or {}
@@ -56,8 +65,7 @@ def next_status(old: dict[str, Any], *, generation: int | None, outcome: Outcome
     if grant is not None and approval and settled:
         cond(api.COND_APPROVED, True, approval.get("reason", "Approved"), approval.get("message", ""))
     if settled and phase == api.ACTIVE:
-        cond(api.COND_ISSUED, True, "TokenIssued",
-             f"token {grant['jti']} valid until {grant['expiresAt']}")
+        cond(api.COND_ISSUED, True, "TokenIssued", f"token {grant['jti']} valid until {grant['expiresAt']}")
         new["secretRef"] = {"namespace": grant["secret"]["namespace"], "name": grant["secret"]["name"]}
     elif settled and phase == api.EXPIRED:
         if grant is not None:
@@ -70,9 +78,16 @@ def next_status(old: dict[str, Any], *, generation: int | None, outcome: Outcome
         cond(api.COND_REVOKED, True, reason, message)
 
     if grant is not None and grant.get("activatedAt"):
-        new.update({"approvedAt": old.get("approvedAt") or grant["issuedAt"], "issuedAt": grant["issuedAt"],
-                    "expiresAt": grant["expiresAt"], "tokenId": grant["jti"], "keyId": grant["kid"],
-                    "username": grant["username"]})
+        new.update(
+            {
+                "approvedAt": old.get("approvedAt") or grant["issuedAt"],
+                "issuedAt": grant["issuedAt"],
+                "expiresAt": grant["expiresAt"],
+                "tokenId": grant["jti"],
+                "keyId": grant["kid"],
+                "username": grant["username"],
+            }
+        )
         if approval.get("emergency") and approval.get("reviewDueAt"):
             review = dict(old.get("review") or {})
             review.setdefault("required", True)
@@ -113,8 +128,11 @@ def changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     if not old.get("phase"):
         out.append("requested")
     seen = {(a.get("approver"), a.get("decision")) for a in old.get("approvals") or []}
-    out += [f"approval:{a['approver']}:{a['decision']}" for a in new.get("approvals") or []
-            if (a.get("approver"), a.get("decision")) not in seen]
+    out += [
+        f"approval:{a['approver']}:{a['decision']}"
+        for a in new.get("approvals") or []
+        if (a.get("approver"), a.get("decision")) not in seen
+    ]
     reported = set(old.get("ignoredApprovals") or [])
     out += [f"ignored:{n}" for n in new.get("ignoredApprovals") or [] if n not in reported]
     if new.get("phase") != old.get("phase") and new.get("phase") != api.PENDING:

@@ -1,9 +1,11 @@
 """The only module that calls the API server (sync kubernetes client, thread-safe)."""
+
 from __future__ import annotations
 
 import json
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import kubernetes
 from kubernetes.client.rest import ApiException
@@ -41,6 +43,7 @@ def load_config(kubeconfig: str | None = None, pool_size: int = 32) -> kubernete
     client = kubernetes.client.ApiClient(cfg)
     # The client has no default timeout: a stuck connection would hold a worker forever.
     import urllib3
+
     client.rest_client.pool_manager.connection_pool_kw["timeout"] = urllib3.Timeout(connect=5, read=45)
     return client
 
@@ -54,61 +57,74 @@ class Kube:
 
     # --- custom resources -------------------------------------------------
     def get_policy(self, name: str) -> dict[str, Any] | None:
-        return _none_on_404(lambda: self.custom.get_cluster_custom_object(
-            api.GROUP, api.VERSION, api.POLICY_PLURAL, name))
+        return _none_on_404(
+            lambda: self.custom.get_cluster_custom_object(api.GROUP, api.VERSION, api.POLICY_PLURAL, name)
+        )
 
     def list_policies(self) -> list[dict[str, Any]]:
         return self.custom.list_cluster_custom_object(api.GROUP, api.VERSION, api.POLICY_PLURAL)["items"]
 
     def patch_policy_status(self, name: str, status: dict[str, Any]) -> None:
         self.custom.patch_cluster_custom_object_status(
-            api.GROUP, api.VERSION, api.POLICY_PLURAL, name, {"status": status})
+            api.GROUP, api.VERSION, api.POLICY_PLURAL, name, {"status": status}
+        )
 
     def get_request(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return _none_on_404(lambda: self.custom.get_namespaced_custom_object(
-            api.GROUP, api.VERSION, namespace, api.REQUEST_PLURAL, name))
+        return _none_on_404(
+            lambda: self.custom.get_namespaced_custom_object(
+                api.GROUP, api.VERSION, namespace, api.REQUEST_PLURAL, name
+            )
+        )
 
     def list_requests(self, namespace: str | None = None) -> list[dict[str, Any]]:
         if namespace:
-            return self.custom.list_namespaced_custom_object(
-                api.GROUP, api.VERSION, namespace, api.REQUEST_PLURAL)["items"]
+            return self.custom.list_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.REQUEST_PLURAL)[
+                "items"
+            ]
         return self.custom.list_cluster_custom_object(api.GROUP, api.VERSION, api.REQUEST_PLURAL)["items"]
 
     def create_request(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
-        return self.custom.create_namespaced_custom_object(
-            api.GROUP, api.VERSION, namespace, api.REQUEST_PLURAL, body)
+        return self.custom.create_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.REQUEST_PLURAL, body)
 
     def patch_request(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
         return self.custom.patch_namespaced_custom_object(
-            api.GROUP, api.VERSION, namespace, api.REQUEST_PLURAL, name, patch)
+            api.GROUP, api.VERSION, namespace, api.REQUEST_PLURAL, name, patch
+        )
 
     def patch_request_status(self, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
         """Merge-patch the status subresource; `body` = {"status": ..., "metadata": {"resourceVersion": ...}}
         (with a resourceVersion the write fails with Conflict if the request changed meanwhile)."""
         try:
             return self.custom.patch_namespaced_custom_object_status(
-                api.GROUP, api.VERSION, namespace, api.REQUEST_PLURAL, name, body)
+                api.GROUP, api.VERSION, namespace, api.REQUEST_PLURAL, name, body
+            )
         except ApiException as exc:
             if exc.status == 409:
                 raise Conflict(f"request {namespace}/{name} changed meanwhile") from None
             raise
 
     def list_approvals(self, namespace: str, request_name: str) -> list[dict[str, Any]]:
-        items = self.custom.list_namespaced_custom_object(
-            api.GROUP, api.VERSION, namespace, api.APPROVAL_PLURAL)["items"]
+        items = self.custom.list_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.APPROVAL_PLURAL)[
+            "items"
+        ]
         return [a for a in items if (a.get("spec") or {}).get("request") == request_name]
 
     def get_drill(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return _none_on_404(lambda: self.custom.get_namespaced_custom_object(
-            api.GROUP, api.VERSION, namespace, api.DRILL_PLURAL, name))
+        return _none_on_404(
+            lambda: self.custom.get_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.DRILL_PLURAL, name)
+        )
 
     def patch_drill_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         self.custom.patch_namespaced_custom_object_status(
-            api.GROUP, api.VERSION, namespace, api.DRILL_PLURAL, name, {"status": status})
+            api.GROUP, api.VERSION, namespace, api.DRILL_PLURAL, name, {"status": status}
+        )
 
     def delete_request(self, namespace: str, name: str) -> None:
-        _false_on_404(lambda: self.custom.delete_namespaced_custom_object(
-            api.GROUP, api.VERSION, namespace, api.REQUEST_PLURAL, name))
+        _false_on_404(
+            lambda: self.custom.delete_namespaced_custom_object(
+                api.GROUP, api.VERSION, namespace, api.REQUEST_PLURAL, name
+            )
+        )
 
     def get_cluster_role(self, name: str) -> dict[str, Any] | None:
         return _none_on_404(lambda: self.api_client.sanitize_for_serialization(self.rbac.read_cluster_role(name)))
@@ -125,15 +141,19 @@ class Kube:
         cfg.host, cfg.ssl_ca_cert, cfg.verify_ssl = base.host, base.ssl_ca_cert, base.verify_ssl
         cfg.api_key = {"authorization": f"Bearer {token}"}
         with kubernetes.client.ApiClient(cfg) as client:
-            body = {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
-                    "spec": {"resourceAttributes": attributes}}
+            body = {
+                "apiVersion": "authorization.k8s.io/v1",
+                "kind": "SelfSubjectAccessReview",
+                "spec": {"resourceAttributes": attributes},
+            }
             out = kubernetes.client.AuthorizationV1Api(client).create_self_subject_access_review(body)
             return client.sanitize_for_serialization(out)
 
     # --- secrets ---------------------------------------------------------
     def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return _none_on_404(lambda: self.api_client.sanitize_for_serialization(
-            self.core.read_namespaced_secret(name, namespace)))
+        return _none_on_404(
+            lambda: self.api_client.sanitize_for_serialization(self.core.read_namespaced_secret(name, namespace))
+        )
 
     def create_secret_if_absent(self, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         """Create; on conflict return the existing one. (object, created?)"""
@@ -205,7 +225,8 @@ class Kube:
         meta = body["metadata"]
         try:
             return self.api_client.sanitize_for_serialization(
-                self.core.replace_namespaced_config_map(meta["name"], meta["namespace"], body))
+                self.core.replace_namespaced_config_map(meta["name"], meta["namespace"], body)
+            )
         except ApiException as exc:
             if exc.status == 409:
                 raise Conflict(f"configmap {meta['namespace']}/{meta['name']} changed meanwhile") from None
@@ -213,35 +234,45 @@ class Kube:
 
     def list_configmaps(self, namespace: str, selector: str) -> tuple[list[dict[str, Any]], str]:
         out = self.core.list_namespaced_config_map(namespace, label_selector=selector)
-        return ([self.api_client.sanitize_for_serialization(i) for i in out.items],
-                out.metadata.resource_version)
+        return ([self.api_client.sanitize_for_serialization(i) for i in out.items], out.metadata.resource_version)
 
     def watch_configmaps(self, namespace: str, selector: str, resource_version: str, timeout: int = 300):
         """Yields (type, object) from a watch; raises ApiException 410 when the version is too old."""
         import kubernetes.watch
+
         w = kubernetes.watch.Watch()
-        for ev in w.stream(self.core.list_namespaced_config_map, namespace, label_selector=selector,
-                           resource_version=resource_version, timeout_seconds=timeout,
-                           allow_watch_bookmarks=False):
+        for ev in w.stream(
+            self.core.list_namespaced_config_map,
+            namespace,
+            label_selector=selector,
+            resource_version=resource_version,
+            timeout_seconds=timeout,
+            allow_watch_bookmarks=False,
+        ):
             yield ev["type"], self.api_client.sanitize_for_serialization(ev["object"])
 
     def _verbs(self, kind: str):
         c, r = self.core, self.rbac
         return {
             "Secret": (c.create_namespaced_secret, c.read_namespaced_secret, c.delete_namespaced_secret),
-            "ConfigMap": (c.create_namespaced_config_map, c.read_namespaced_config_map,
-                          c.delete_namespaced_config_map),
+            "ConfigMap": (c.create_namespaced_config_map, c.read_namespaced_config_map, c.delete_namespaced_config_map),
             "Role": (r.create_namespaced_role, r.read_namespaced_role, r.delete_namespaced_role),
-            "RoleBinding": (r.create_namespaced_role_binding, r.read_namespaced_role_binding,
-                            r.delete_namespaced_role_binding),
+            "RoleBinding": (
+                r.create_namespaced_role_binding,
+                r.read_namespaced_role_binding,
+                r.delete_namespaced_role_binding,
+            ),
         }[kind]
 
     # --- admission webhook configurations (caBundle injection) -------------
     def get_webhook_configuration(self, kind: str, name: str) -> dict[str, Any] | None:
         """kind: "validating" or "mutating". None when absent; PermanentError when forbidden."""
         adm = kubernetes.client.AdmissionregistrationV1Api(self.api_client)
-        read = adm.read_validating_webhook_configuration if kind == "validating" \
+        read = (
+            adm.read_validating_webhook_configuration
+            if kind == "validating"
             else adm.read_mutating_webhook_configuration
+        )
         try:
             return self.api_client.sanitize_for_serialization(read(name))
         except ApiException as exc:
@@ -251,8 +282,11 @@ class Kube:
 
     def patch_webhook_hooks(self, kind: str, name: str, hooks: list[dict[str, Any]]) -> None:
         adm = kubernetes.client.AdmissionregistrationV1Api(self.api_client)
-        patch = adm.patch_validating_webhook_configuration if kind == "validating" \
+        patch = (
+            adm.patch_validating_webhook_configuration
+            if kind == "validating"
             else adm.patch_mutating_webhook_configuration
+        )
         patch(name, {"webhooks": hooks})
 
     # --- who we are -----------------------------------------------------------
@@ -267,14 +301,16 @@ class Kube:
     # --- leases (leader election) ------------------------------------------
     def get_lease(self, namespace: str, name: str) -> dict[str, Any] | None:
         coord = kubernetes.client.CoordinationV1Api(self.api_client)
-        return _none_on_404(lambda: self.api_client.sanitize_for_serialization(
-            coord.read_namespaced_lease(name, namespace)))
+        return _none_on_404(
+            lambda: self.api_client.sanitize_for_serialization(coord.read_namespaced_lease(name, namespace))
+        )
 
     def create_lease(self, body: dict[str, Any]) -> dict[str, Any]:
         coord = kubernetes.client.CoordinationV1Api(self.api_client)
         try:
             return self.api_client.sanitize_for_serialization(
-                coord.create_namespaced_lease(body["metadata"]["namespace"], body))
+                coord.create_namespaced_lease(body["metadata"]["namespace"], body)
+            )
         except ApiException as exc:
             if exc.status == 409:
                 raise Conflict("lease exists") from None
@@ -286,7 +322,8 @@ class Kube:
         meta = body["metadata"]
         try:
             return self.api_client.sanitize_for_serialization(
-                coord.replace_namespaced_lease(meta["name"], meta["namespace"], body))
+                coord.replace_namespaced_lease(meta["name"], meta["namespace"], body)
+            )
         except ApiException as exc:
             if exc.status == 409:
                 raise Conflict("lease changed meanwhile") from None
@@ -294,19 +331,28 @@ class Kube:
 
     # --- configmaps (optimistic concurrency) ------------------------------
     def get_configmap(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return _none_on_404(lambda: self.api_client.sanitize_for_serialization(
-            self.core.read_namespaced_config_map(name, namespace)))
+        return _none_on_404(
+            lambda: self.api_client.sanitize_for_serialization(self.core.read_namespaced_config_map(name, namespace))
+        )
 
-    def update_configmap(self, namespace: str, name: str,
-                         mutate: Callable[[dict[str, str]], dict[str, str]], attempts: int = 20) -> dict[str, str]:
+    def update_configmap(
+        self, namespace: str, name: str, mutate: Callable[[dict[str, str]], dict[str, str]], attempts: int = 20
+    ) -> dict[str, str]:
         """Read-modify-write with resourceVersion; retried on conflict so no update is lost."""
         for _ in range(attempts):
             cm = self.get_configmap(namespace, name)
             if cm is None:
                 data = mutate({})
-                body = {"apiVersion": "v1", "kind": "ConfigMap",
-                        "metadata": {"name": name, "namespace": namespace,
-                                     "labels": {api.MANAGED_BY_LABEL: api.MANAGED_BY}}, "data": data}
+                body = {
+                    "apiVersion": "v1",
+                    "kind": "ConfigMap",
+                    "metadata": {
+                        "name": name,
+                        "namespace": namespace,
+                        "labels": {api.MANAGED_BY_LABEL: api.MANAGED_BY},
+                    },
+                    "data": data,
+                }
                 try:
                     self.core.create_namespaced_config_map(namespace, body)
                     return data

@@ -6,6 +6,7 @@ explain says it would be rejected); 2 usage error; 3 cluster/API error; 4 not fo
 This module is the argument parser and the dispatch; the commands live in commands.py (the request
 lifecycle), verify.py, audit_verify.py and explain.py, cluster access in client.py, printing in output.py.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,12 +19,30 @@ from .errors import API_ERROR, NOT_FOUND, NOT_OK, OK, TIMEOUT, USAGE, CliError
 from .explain import cmd_explain
 from .verify import cmd_verify
 
-__all__ = ["API_ERROR", "NOT_FOUND", "NOT_OK", "OK", "TIMEOUT", "USAGE", "CliError", "build_parser",
-           "cmd_audit_verify", "main"]
+__all__ = [
+    "API_ERROR",
+    "NOT_FOUND",
+    "NOT_OK",
+    "OK",
+    "TIMEOUT",
+    "USAGE",
+    "CliError",
+    "build_parser",
+    "cmd_audit_verify",
+    "main",
+]
 
-COMMANDS = {"request": cmd_request, "approve": cmd_approve, "deny": cmd_deny, "review": cmd_review,
-            "revoke": cmd_revoke, "list": cmd_list, "status": cmd_status, "token": cmd_token,
-            "explain": cmd_explain}
+COMMANDS = {
+    "request": cmd_request,
+    "approve": cmd_approve,
+    "deny": cmd_deny,
+    "review": cmd_review,
+    "revoke": cmd_revoke,
+    "list": cmd_list,
+    "status": cmd_status,
+    "token": cmd_token,
+    "explain": cmd_explain,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,9 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("-n", "--namespace", default=d(None), help="namespace of the request (default: context's)")
         c.add_argument("-o", "--output", choices=["table", "json", "yaml"], default=d("table"), help="output format")
         return c
+
     common = common_options(True)
-    p = argparse.ArgumentParser(prog="kubectl breakglass", description="Break-glass access from kubectl.",
-                                parents=[common_options(False)])
+    p = argparse.ArgumentParser(
+        prog="kubectl breakglass", description="Break-glass access from kubectl.", parents=[common_options(False)]
+    )
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     r = sub.add_parser("request", parents=[common], help="file a BreakGlassRequest")
@@ -54,9 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--name", help="request name (default: <policy>-<timestamp>)")
     r.add_argument("--wait", action="store_true", help="wait until issued; print the Secret name")
     r.add_argument("--timeout", type=float, default=600, help="seconds --wait waits")
-    for verb, helptext in (("approve", "approve a request"), ("deny", "deny a request"),
-                           ("review", "close an emergency review"), ("revoke", "revoke a grant now"),
-                           ("status", "show one request")):
+    for verb, helptext in (
+        ("approve", "approve a request"),
+        ("deny", "deny a request"),
+        ("review", "close an emergency review"),
+        ("revoke", "revoke a grant now"),
+        ("status", "show one request"),
+    ):
         c = sub.add_parser(verb, parents=[common], help=helptext)
         c.add_argument("name")
         if verb in ("approve", "deny", "review"):
@@ -79,21 +104,35 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--operator-namespace", default=api.DEFAULT_OPERATOR_NAMESPACE)
     a = sub.add_parser("audit", help="audit log tools")
     asub = a.add_subparsers(dest="audit_command", metavar="SUBCOMMAND")
-    av = asub.add_parser("verify", parents=[common],
-                         help="verify a hash-chained audit log against the head the operator publishes; "
-                              "report the first broken link, a truncated tail or a re-sealed rewrite")
+    av = asub.add_parser(
+        "verify",
+        parents=[common],
+        help="verify a hash-chained audit log against the head the operator publishes; "
+        "report the first broken link, a truncated tail or a re-sealed rewrite",
+    )
     av.add_argument("file")
-    av.add_argument("--hmac-secret", help="HMAC key (or $BREAKGLASS_AUDIT_HMAC_SECRET; default: read the "
-                                          "operator's Secret when allowed)")
-    av.add_argument("--hmac-secret-name", default=api.AUDIT_HMAC_SECRET,
-                    help=f"Secret (key `hmac`) in the operator namespace holding the key (default "
-                         f"{api.AUDIT_HMAC_SECRET}; the chart's audit.hmacSecretName if set)")
-    av.add_argument("--operator-namespace", default=api.DEFAULT_OPERATOR_NAMESPACE,
-                    help=f"where the operator publishes the head (default {api.DEFAULT_OPERATOR_NAMESPACE})")
+    av.add_argument(
+        "--hmac-secret",
+        help="HMAC key (or $BREAKGLASS_AUDIT_HMAC_SECRET; default: read the operator's Secret when allowed)",
+    )
+    av.add_argument(
+        "--hmac-secret-name",
+        default=api.AUDIT_HMAC_SECRET,
+        help=f"Secret (key `hmac`) in the operator namespace holding the key (default "
+        f"{api.AUDIT_HMAC_SECRET}; the chart's audit.hmacSecretName if set)",
+    )
+    av.add_argument(
+        "--operator-namespace",
+        default=api.DEFAULT_OPERATOR_NAMESPACE,
+        help=f"where the operator publishes the head (default {api.DEFAULT_OPERATOR_NAMESPACE})",
+    )
     av.add_argument("--offline", action="store_true", help="do not contact the cluster: chain (and HMAC) only")
-    av.add_argument("--segment", action="store_true",
-                    help="the file is a piece of the chain (rotated log, one container's stdout): its first "
-                         "record may continue earlier ones")
+    av.add_argument(
+        "--segment",
+        action="store_true",
+        help="the file is a piece of the chain (rotated log, one container's stdout): its first "
+        "record may continue earlier ones",
+    )
     e = sub.add_parser("explain", parents=[common], help="simulate a request against the policies (creates nothing)")
     e.add_argument("-f", "--filename", required=True, help="request manifest, or - for stdin")
     e.add_argument("--as-user", help="simulate for this user instead of yourself")
@@ -103,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _client(args):
     from .client import Client  # kubernetes is loaded only by commands that talk to the cluster
+
     return Client(args)
 
 

@@ -4,6 +4,7 @@ and context, every API error mapped to a CliError with the plugin's exit code.
 kubernetes is imported when a Client is made, so `audit verify --offline` and `verify --jwks` never
 load it.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,11 +22,13 @@ class Client:
         from kubernetes.client.rest import ApiException
 
         from ..k8s.client import Kube
+
         self.ApiException = ApiException
         try:
             cfg = kubernetes.client.Configuration()
-            kubernetes.config.load_kube_config(config_file=args.kubeconfig, context=args.context,
-                                               client_configuration=cfg)
+            kubernetes.config.load_kube_config(
+                config_file=args.kubeconfig, context=args.context, client_configuration=cfg
+            )
             contexts, current = kubernetes.config.list_kube_config_contexts(config_file=args.kubeconfig)
         except Exception as exc:
             raise CliError(f"cannot load kubeconfig: {exc}", API_ERROR) from None
@@ -47,8 +50,9 @@ class Client:
 
     # --- requests and policies ------------------------------------------------
     def get_request(self, name):
-        return self._call(self.kube.get_request, self.namespace, name,
-                          what=f"BreakGlassRequest {self.namespace}/{name}")
+        return self._call(
+            self.kube.get_request, self.namespace, name, what=f"BreakGlassRequest {self.namespace}/{name}"
+        )
 
     def list_requests(self, all_namespaces=False):
         return self._call(self.kube.list_requests, None if all_namespaces else self.namespace)
@@ -60,8 +64,14 @@ class Client:
         return self._call(self.kube.patch_request, self.namespace, name, {"spec": {"revoked": True}})
 
     def create_approval(self, body):
-        return self._call(self.kube.custom.create_namespaced_custom_object, api.GROUP, api.VERSION,
-                          self.namespace, api.APPROVAL_PLURAL, body)
+        return self._call(
+            self.kube.custom.create_namespaced_custom_object,
+            api.GROUP,
+            api.VERSION,
+            self.namespace,
+            api.APPROVAL_PLURAL,
+            body,
+        )
 
     def get_policy(self, name):
         return self._call(self.kube.get_policy, name, what=f"BreakGlassPolicy {name}")
@@ -80,19 +90,30 @@ class Client:
     def whoami(self) -> tuple[str, list[str]]:
         """Ask the API server who we are: a server-side dry-run create is stamped by the mutating webhook."""
         policies = try_or(self.list_policies, [])
-        probe = {"apiVersion": api.API_VERSION, "kind": api.KIND_REQUEST,
-                 "metadata": {"generateName": "explain-", "namespace": self.namespace,
-                              "labels": {api.IDENTITY_PROBE_LABEL: "true"}},
-                 "spec": {"policy": (policies[0]["metadata"]["name"] if policies else "x"),
-                          "reason": "explain: identity probe (dry run)"}}
+        probe = {
+            "apiVersion": api.API_VERSION,
+            "kind": api.KIND_REQUEST,
+            "metadata": {
+                "generateName": "explain-",
+                "namespace": self.namespace,
+                "labels": {api.IDENTITY_PROBE_LABEL: "true"},
+            },
+            "spec": {
+                "policy": (policies[0]["metadata"]["name"] if policies else "x"),
+                "reason": "explain: identity probe (dry run)",
+            },
+        }
         try:
             created = self.kube.custom.create_namespaced_custom_object(
-                api.GROUP, api.VERSION, self.namespace, api.REQUEST_PLURAL, probe, dry_run="All")
+                api.GROUP, api.VERSION, self.namespace, api.REQUEST_PLURAL, probe, dry_run="All"
+            )
             return created["spec"]["requester"], created["spec"].get("requesterGroups", [])
         except self.ApiException as exc:
-            raise CliError("cannot determine who you are (pass --as-user/--as-group): "
-                           f"{json.loads(exc.body).get('message', exc.reason) if exc.body else exc.reason}",
-                           API_ERROR) from None
+            raise CliError(
+                "cannot determine who you are (pass --as-user/--as-group): "
+                f"{json.loads(exc.body).get('message', exc.reason) if exc.body else exc.reason}",
+                API_ERROR,
+            ) from None
 
 
 def api_error(exc, what: str = "") -> CliError:

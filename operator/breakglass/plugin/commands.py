@@ -2,6 +2,7 @@
 
 Each command takes the parsed args and a Client and returns the exit code; CliError says what failed.
 """
+
 from __future__ import annotations
 
 import base64
@@ -38,8 +39,12 @@ def request_body(args, namespace: str) -> dict[str, Any]:
         spec["audiences"] = args.audience
     if args.emergency:
         spec["emergency"] = True
-    return {"apiVersion": api.API_VERSION, "kind": api.KIND_REQUEST,
-            "metadata": {"name": name, "namespace": namespace}, "spec": spec}
+    return {
+        "apiVersion": api.API_VERSION,
+        "kind": api.KIND_REQUEST,
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": spec,
+    }
 
 
 def cmd_request(args, client) -> int:
@@ -61,8 +66,10 @@ def wait_issued(args, client, name: str) -> int:
         status = req.get("status") or {}
         phase = status.get("phase")
         if phase != last:
-            print(f"phase: {phase or 'Pending'}" + (f" ({status.get('message')})" if status.get("message") else ""),
-                  file=sys.stderr)
+            print(
+                f"phase: {phase or 'Pending'}" + (f" ({status.get('message')})" if status.get("message") else ""),
+                file=sys.stderr,
+            )
             last = phase
         if phase == api.ACTIVE and status.get("secretRef"):
             print(f"{status['secretRef']['namespace']}/{status['secretRef']['name']}")
@@ -77,9 +84,12 @@ def wait_issued(args, client, name: str) -> int:
 
 def approval_body(args, namespace: str, decision: str) -> dict[str, Any]:
     """The BreakGlassApproval approve/deny/review files (the approver is stamped by admission)."""
-    body = {"apiVersion": api.API_VERSION, "kind": api.KIND_APPROVAL,
-            "metadata": {"generateName": f"{args.name}-", "namespace": namespace},
-            "spec": {"request": args.name, "decision": decision}}
+    body = {
+        "apiVersion": api.API_VERSION,
+        "kind": api.KIND_APPROVAL,
+        "metadata": {"generateName": f"{args.name}-", "namespace": namespace},
+        "spec": {"request": args.name, "decision": decision},
+    }
     if getattr(args, "comment", None):
         body["spec"]["comment"] = args.comment
     return body
@@ -88,8 +98,10 @@ def approval_body(args, namespace: str, decision: str) -> dict[str, Any]:
 def _decide(args, client, decision: str) -> int:
     client.get_request(args.name)  # a clear "not found" before admission says it
     created = client.create_approval(approval_body(args, client.namespace, decision))
-    print(f"{decision.lower()} recorded for {client.namespace}/{args.name} "
-          f"(breakglassapproval {created['metadata']['name']}, approver {created['spec'].get('approver')})")
+    print(
+        f"{decision.lower()} recorded for {client.namespace}/{args.name} "
+        f"(breakglassapproval {created['metadata']['name']}, approver {created['spec'].get('approver')})"
+    )
     return OK
 
 

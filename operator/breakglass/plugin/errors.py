@@ -3,6 +3,7 @@
 Exit codes: 0 ok; 1 the thing asked about is not ok (rejected, invalid token, broken audit chain,
 explain says it would be rejected); 2 usage error; 3 cluster/API error; 4 not found; 5 timed out.
 """
+
 from __future__ import annotations
 
 OK, NOT_OK, USAGE, API_ERROR, NOT_FOUND, TIMEOUT = 0, 1, 2, 3, 4, 5

@@ -3,6 +3,7 @@
 The rules are the admission/operator chain (domain.policy) and the approval path is decide()'s own
 (domain.decisions.approval_path), asked with no approvals yet, so explain cannot drift from them.
 """
+
 from __future__ import annotations
 
 import sys
@@ -27,13 +28,16 @@ def approval_text(request: RequestView, policy: Policy) -> str:
         return "no approval required: issued at once"
     if path.reason == "AutoApproved":
         return "auto-approved (autoApprove group): issued at once"
-    return (f"needs {policy.required_approvals} approval(s) from users {list(policy.approver_users)} / "
-            f"groups {list(policy.approver_groups)}"
-            + ("" if policy.allow_self_approval else f"; {request.requester} may not approve it"))
+    return (
+        f"needs {policy.required_approvals} approval(s) from users {list(policy.approver_users)} / "
+        f"groups {list(policy.approver_groups)}"
+        + ("" if policy.allow_self_approval else f"; {request.requester} may not approve it")
+    )
 
 
-def explain(body: dict[str, Any], user: str, groups: list[str], namespace: str,
-            policy_body: dict[str, Any] | None) -> dict[str, Any]:
+def explain(
+    body: dict[str, Any], user: str, groups: list[str], namespace: str, policy_body: dict[str, Any] | None
+) -> dict[str, Any]:
     """The verdict on `body` filed by `user` in `groups` under `policy_body` (None: no such policy):
     {"allowed", "checks": [{"rule", "ok", "message"}], "requester", "groups"[, "approval", "duration"]}."""
     spec = dict(body.get("spec") or {})
@@ -58,13 +62,16 @@ def explain(body: dict[str, Any], user: str, groups: list[str], namespace: str,
             info["duration"] = format_duration(effective_duration(view, policy))
         except DurationError:
             pass
-    return {"allowed": all(v[1] for v in verdicts),
-            "checks": [{"rule": r, "ok": o, "message": m} for r, o, m in verdicts], **info}
+    return {
+        "allowed": all(v[1] for v in verdicts),
+        "checks": [{"rule": r, "ok": o, "message": m} for r, o, m in verdicts],
+        **info,
+    }
 
 
 def read_request(filename: str) -> dict[str, Any]:
     try:
-        with (sys.stdin if filename == "-" else open(filename)) as fh:
+        with sys.stdin if filename == "-" else open(filename) as fh:
             body = yaml.safe_load(fh)
     except (OSError, yaml.YAMLError) as exc:
         raise CliError(f"cannot read {filename}: {exc}", USAGE) from None

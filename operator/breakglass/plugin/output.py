@@ -2,11 +2,13 @@
 
 The table views are functions of plain data (and `now`), so they can be tested without a cluster.
 """
+
 from __future__ import annotations
 
 import datetime as dt
 import json
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import yaml
 
@@ -28,9 +30,13 @@ def emit(args, data: Any, table: Callable[[], None]) -> None:
 
 
 def print_table(rows: list[list[Any]], headers: list[str]) -> None:
-    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)] if rows else [len(h) for h in headers]
+    widths = (
+        [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=True)]
+        if rows
+        else [len(h) for h in headers]
+    )
     for row in [headers] + rows:
-        print("   ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip())
+        print("   ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
 
 
 def expires_in(status: dict[str, Any], now: dt.datetime) -> str:
@@ -52,19 +58,38 @@ def approvals_text(req: dict[str, Any], policies: dict[str, dict[str, Any]]) -> 
 def request_row(req: dict[str, Any], policies: dict[str, dict[str, Any]], now: dt.datetime) -> list[str]:
     """One `list` row: namespace, name, phase, requester, policy, approvals x/y, expires in."""
     st = req.get("status") or {}
-    return [req["metadata"]["namespace"], req["metadata"]["name"], st.get("phase", "Pending"),
-            req["spec"].get("requester", ""), req["spec"].get("policy", ""), approvals_text(req, policies),
-            expires_in(st, now)]
+    return [
+        req["metadata"]["namespace"],
+        req["metadata"]["name"],
+        st.get("phase", "Pending"),
+        req["spec"].get("requester", ""),
+        req["spec"].get("policy", ""),
+        approvals_text(req, policies),
+        expires_in(st, now),
+    ]
 
 
 def print_status(req: dict[str, Any], policies: dict[str, dict[str, Any]], now: dt.datetime) -> None:
     """`status NAME`: the request's row, then reason, grant, approvals, secret, review, conditions."""
     st, spec = req.get("status") or {}, req["spec"]
-    print_table([[req["metadata"]["name"], st.get("phase", "Pending"), spec.get("requester", ""),
-                  spec.get("policy", ""), approvals_text(req, policies), expires_in(st, now)]], STATUS_HEADERS)
+    print_table(
+        [
+            [
+                req["metadata"]["name"],
+                st.get("phase", "Pending"),
+                spec.get("requester", ""),
+                spec.get("policy", ""),
+                approvals_text(req, policies),
+                expires_in(st, now),
+            ]
+        ],
+        STATUS_HEADERS,
+    )
     print(f"\nreason:   {spec.get('reason')}")
-    print(f"grant:    roles {spec.get('clusterRoles', [])} in {spec.get('namespaces', [])}; "
-          f"scopes {spec.get('scopes', [])}")
+    print(
+        f"grant:    roles {spec.get('clusterRoles', [])} in {spec.get('namespaces', [])}; "
+        f"scopes {spec.get('scopes', [])}"
+    )
     if st.get("message"):
         print(f"message:  {st['message']}")
     for a in st.get("approvals") or []:
@@ -77,8 +102,9 @@ def print_status(req: dict[str, Any], policies: dict[str, dict[str, Any]], now: 
         print(f"condition {c['type']}={c['status']} ({c.get('reason')}): {c.get('message')}")
 
 
-def print_verification(ok: bool, reason: str, message: str, kid: str | None, claims: dict[str, Any] | None,
-                       remaining: str) -> None:
+def print_verification(
+    ok: bool, reason: str, message: str, kid: str | None, claims: dict[str, Any] | None, remaining: str
+) -> None:
     """`verify` as text: VALID/INVALID with the reason, then who the token is for."""
     print(f"{'VALID' if ok else 'INVALID'}: {reason}: {message}")
     if claims:

@@ -1,5 +1,6 @@
 """`kubectl breakglass verify`: check a token against the operator's JWKS and revocations and name
 the precise failure (exit 1)."""
+
 from __future__ import annotations
 
 import base64
@@ -17,6 +18,7 @@ from .output import emit, print_verification
 
 def cmd_verify(args, client_factory) -> int:
     from ..tokens.jwt_tokens import unverified_claims, verify
+
     token = args.token
     client = None
     if args.secret:
@@ -53,8 +55,7 @@ def cmd_verify(args, client_factory) -> int:
             claims = unverified_claims(token)
         except Exception:
             claims = None
-    out = {"valid": result.ok, "reason": result.reason, "message": result.message, "kid": result.kid,
-           "claims": claims}
+    out = {"valid": result.ok, "reason": result.reason, "message": result.message, "kid": result.kid, "claims": claims}
     if claims and "exp" in claims:
         out["remaining"] = format_duration(dt.timedelta(seconds=max(0, int(claims["exp"] - time.time()))))
     if args.output in ("json", "yaml"):

@@ -1,10 +1,12 @@
 """Mint and verify grant tokens. Verification gives a precise, named reason on failure."""
+
 from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import jwt
 from jwt import PyJWK
@@ -31,9 +33,16 @@ def _fail(reason: str, message: str, claims=None, kid=None) -> VerifyResult:
     return VerifyResult(False, reason, message, claims, kid)
 
 
-def verify(token: str, *, jwks: dict[str, Any], issuer: str | None, audience: str | Iterable[str] | None,
-           revoked_jtis: Iterable[str] = (), now: dt.datetime | None = None,
-           leeway: int = LEEWAY_SECONDS) -> VerifyResult:
+def verify(
+    token: str,
+    *,
+    jwks: dict[str, Any],
+    issuer: str | None,
+    audience: str | Iterable[str] | None,
+    revoked_jtis: Iterable[str] = (),
+    now: dt.datetime | None = None,
+    leeway: int = LEEWAY_SECONDS,
+) -> VerifyResult:
     """Verify signature, alg, kid, iss, aud, nbf/exp (with leeway) and revocation."""
     try:
         header = jwt.get_unverified_header(token)
@@ -53,11 +62,21 @@ def verify(token: str, *, jwks: dict[str, Any], issuer: str | None, audience: st
         key = PyJWK.from_json(json.dumps(match)).key
     except jwt.PyJWTError as exc:
         return _fail("BadKey", f"JWKS key {kid!r} unusable: {exc}", kid=kid)
-    now_ts = (now or dt.datetime.now(dt.timezone.utc)).timestamp()
+    now_ts = (now or dt.datetime.now(dt.UTC)).timestamp()
     try:
-        claims = jwt.decode(token, key, algorithms=[alg], options={
-            "verify_exp": False, "verify_nbf": False, "verify_iat": False, "verify_aud": False,
-            "verify_iss": False, "require": ["exp", "iat", "nbf", "jti", "iss", "aud", "sub"]})
+        claims = jwt.decode(
+            token,
+            key,
+            algorithms=[alg],
+            options={
+                "verify_exp": False,
+                "verify_nbf": False,
+                "verify_iat": False,
+                "verify_aud": False,
+                "verify_iss": False,
+                "require": ["exp", "iat", "nbf", "jti", "iss", "aud", "sub"],
+            },
+        )
     except jwt.InvalidSignatureError:
         return _fail("BadSignature", "signature does not verify against the JWKS key", kid=kid)
     except jwt.MissingRequiredClaimError as exc:
@@ -109,8 +128,11 @@ def claim_shape_problem(claims: Any) -> str | None:
         bg = claims["breakglass"]
         if not isinstance(bg, dict):
             return "claim breakglass is not an object"
-        if not isinstance(bg.get("uid", ""), str) or "/" not in str(bg.get("request", "/")) \
-                or not isinstance(bg.get("request", ""), str):
+        if (
+            not isinstance(bg.get("uid", ""), str)
+            or "/" not in str(bg.get("request", "/"))
+            or not isinstance(bg.get("request", ""), str)
+        ):
             return "claim breakglass.request/uid malformed"
     return None
 

@@ -3,6 +3,7 @@
 The keyring is serialised as JSON into the signing-key Secret: private keys never leave it.
 Retired keys keep their public half in the JWKS until every token they signed has expired.
 """
+
 from __future__ import annotations
 
 import base64
@@ -82,11 +83,13 @@ class SigningKey:
         return out
 
     @classmethod
-    def generate(cls, alg: str, now: dt.datetime) -> "SigningKey":
+    def generate(cls, alg: str, now: dt.datetime) -> SigningKey:
         key = generate_private_key(alg)
-        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption()).decode()
+        pem = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        ).decode()
         from ..domain.durations import to_rfc3339
+
         return cls(alg=alg, private_pem=pem, created=to_rfc3339(now), _private=key)
 
 
@@ -106,42 +109,75 @@ class Keyring:
         return {"keys": [k.jwk() for k in self.keys]}
 
     def to_json(self) -> str:
-        return json.dumps({"activeKid": self.active_kid, "keys": [
-            {"kid": k.kid, "alg": k.alg, "privateKeyPem": k.private_pem, "created": k.created,
-             "retired": k.retired} for k in self.keys]}, indent=1)
+        return json.dumps(
+            {
+                "activeKid": self.active_kid,
+                "keys": [
+                    {
+                        "kid": k.kid,
+                        "alg": k.alg,
+                        "privateKeyPem": k.private_pem,
+                        "created": k.created,
+                        "retired": k.retired,
+                    }
+                    for k in self.keys
+                ],
+            },
+            indent=1,
+        )
 
     @classmethod
-    def from_json(cls, text: str) -> "Keyring":
+    def from_json(cls, text: str) -> Keyring:
         data = json.loads(text)
-        keys = [SigningKey(alg=k["alg"], private_pem=k["privateKeyPem"], created=k["created"],
-                           retired=k.get("retired"), kid=k.get("kid", "")) for k in data["keys"]]
+        keys = [
+            SigningKey(
+                alg=k["alg"],
+                private_pem=k["privateKeyPem"],
+                created=k["created"],
+                retired=k.get("retired"),
+                kid=k.get("kid", ""),
+            )
+            for k in data["keys"]
+        ]
         return cls(active_kid=data["activeKid"], keys=keys)
 
     @classmethod
-    def new(cls, alg: str, now: dt.datetime) -> "Keyring":
+    def new(cls, alg: str, now: dt.datetime) -> Keyring:
         key = SigningKey.generate(alg, now)
         return cls(active_kid=key.kid, keys=[key])
 
-    def rotated(self, alg: str, now: dt.datetime) -> "Keyring":
+    def rotated(self, alg: str, now: dt.datetime) -> Keyring:
         from ..domain.durations import to_rfc3339
+
         new_key = SigningKey.generate(alg, now)
         keys = []
         for k in self.keys:
             if k.kid == self.active_kid and not k.retired:
-                k = SigningKey(alg=k.alg, private_pem=k.private_pem, created=k.created,
-                               retired=to_rfc3339(now), kid=k.kid)
+                k = SigningKey(
+                    alg=k.alg, private_pem=k.private_pem, created=k.created, retired=to_rfc3339(now), kid=k.kid
+                )
             keys.append(k)
         return Keyring(active_kid=new_key.kid, keys=keys + [new_key])
 
-    def pruned(self, now: dt.datetime, in_use_kids: set[str] | frozenset[str] = frozenset(),
-               grace: dt.timedelta = dt.timedelta(seconds=30)) -> "Keyring":
+    def pruned(
+        self,
+        now: dt.datetime,
+        in_use_kids: set[str] | frozenset[str] = frozenset(),
+        grace: dt.timedelta = dt.timedelta(seconds=30),
+    ) -> Keyring:
         """Drop retired keys once no live token Secret was signed by them.
 
         `grace` covers a mint that read the keyring just before rotation but has not yet
         created its Secret.
         """
         from ..domain.durations import parse_rfc3339
-        keep = [k for k in self.keys
-                if k.kid == self.active_kid or not k.retired or k.kid in in_use_kids
-                or parse_rfc3339(k.retired) + grace > now]
+
+        keep = [
+            k
+            for k in self.keys
+            if k.kid == self.active_kid
+            or not k.retired
+            or k.kid in in_use_kids
+            or parse_rfc3339(k.retired) + grace > now
+        ]
         return Keyring(active_kid=self.active_kid, keys=keep)
