@@ -8,7 +8,6 @@ next pass; a request uid never gets a second jti.
 
 from __future__ import annotations
 
-import concurrent.futures
 import datetime as dt
 import logging
 import threading
@@ -22,11 +21,11 @@ from .domain import decisions as D
 from .domain.approvals import ApprovalView, tally_approvals
 from .domain.durations import parse_rfc3339
 from .domain.policy import Policy, RequestView
-from .domain.status import Outcome, changes, next_status, review_due
+from .domain.status import Outcome, next_status, review_due
 from .grants import ACTIVE, EXPIRED, FAILED, REVOKED, CleanupIncomplete, Grants, IssueFailed
-from .k8s import builders
 from .k8s.client import Kube
 from .ledger import Ledger
+from .recording import Recorder
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -79,9 +78,7 @@ class Reconciler:
         self.policies = policies or PolicyCache(kube)
         self.settings, self.clock, self.schedule_expiry = settings, clock, schedule_expiry
         self.on_orphans: Callable[[str, str], None] | None = None  # set by the runtime (the sweeper)
-        self.on_review: Callable[[str, bool], None] | None = None  # overdue / reviewed, for the gauge
-        # One thread keeps Events in the order they were emitted.
-        self._events = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="events")
+        self.recorder = Recorder(kube=kube, audit=audit, clock=clock)
         self._own_versions: dict[tuple[str, str], list[str]] = {}
         self._own_lock = threading.Lock()
 
@@ -147,7 +144,7 @@ class Reconciler:
             return self.reconcile(namespace, name)  # read again: the finalizer is in place before any grant
         outcome, entry = self._apply(decision, req, view, policy, entry, old, now)
         new = next_status(old, generation=meta.get("generation"), outcome=outcome, grant=entry, tally=tally, now=now)
-        self._publish(req, view, old, new, entry, tally, outcome, now)
+        self.recorder.publish(req, view, old, new, entry, tally, outcome, now)
         if new != old:
             self._write_status(req, new, old)
         if new["phase"] in api.TERMINAL_PHASES and (entry is None or entry.get("cleaned")):
@@ -238,134 +235,17 @@ class Reconciler:
                 )
             finally:
                 metrics.revocations_total.labels("RequestDeleted").inc()
-                self._audit("revoked", req, view, jti=entry["jti"], reason="RequestDeleted", outcome="revoked")
+                self.recorder.audit_record(
+                    "revoked", req, view, jti=entry["jti"], reason="RequestDeleted", outcome="revoked"
+                )
         elif entry and not entry.get("cleaned"):
             self.grants.cleanup(entry)
             self.ledger.update(entry, cleaned=True)
         elif old.get("phase") not in api.TERMINAL_PHASES:
-            self._audit("revoked", req, view, reason="RequestDeleted", outcome="revoked")
+            self.recorder.audit_record("revoked", req, view, reason="RequestDeleted", outcome="revoked")
         self._remove_finalizer(req)
 
     # ------------------------------------------------------- events & audit
-    def _publish(self, req, view, old, new, entry, tally, outcome, now) -> None:
-        """Audit first (fail closed: a record that cannot be written stops the pass), then Events."""
-        ignored = {n: (who, why) for n, who, why in (tally.ignored if tally else [])}
-        drill = api.is_drill(req)
-        for change in changes(old, new):
-            kind, _, rest = change.partition(":")
-            if kind == "requested":
-                self._audit("requested", req, view, outcome="pending")
-                self._event(
-                    req,
-                    "Normal",
-                    "Requested",
-                    f"{view.requester} requested {_grant_text(view)} under "
-                    f"policy {view.policy!r} for {view.duration or 'the default duration'}: {view.reason}",
-                )
-            elif kind == "approval":
-                approver, _, decision = rest.rpartition(":")
-                self._audit(
-                    "approval",
-                    req,
-                    view,
-                    key=f"approval:{approver}:{decision}",
-                    approver=approver,
-                    decision=decision,
-                    counted=True,
-                )
-                metrics.approvals_total.labels(decision).inc()
-            elif kind == "ignored":
-                who, why = ignored.get(rest, ("?", "not counted"))
-                self._audit(
-                    "approval", req, view, key=f"ignored:{rest}", approval=rest, approver=who, counted=False, why=why
-                )
-                self._event(req, "Warning", "ApprovalIgnored", f"approval {rest} by {who or '?'} ignored: {why}")
-            elif kind == "phase":
-                self._publish_phase(req, view, new, entry, drill, outcome.reason, now)
-            elif kind in ("reviewed", "overdue") and self.on_review is not None:
-                self.on_review(req["metadata"]["uid"], kind == "overdue")
-            if kind == "reviewed":
-                reviewer = new["review"]["reviewer"]
-                self._audit("review", req, view, key="reviewed", reviewer=reviewer, outcome="reviewed")
-                self._event(req, "Normal", "Reviewed", f"emergency access reviewed by {reviewer}")
-            elif kind == "overdue":
-                self._audit("review", req, view, key="overdue", outcome="overdue")
-                self._event(
-                    req,
-                    "Warning",
-                    "ReviewOverdue",
-                    f"emergency access review was due at {new['review']['dueAt']} and has not been filed",
-                )
-
-    def _publish_phase(self, req, view, new, entry, drill, reason, now) -> None:
-        phase, cond_msg = new["phase"], new.get("message", "")
-        grant_fields = {"jti": entry["jti"], "kid": entry["kid"], "expiresAt": entry["expiresAt"]} if entry else {}
-        if phase == api.ACTIVE:
-            approval = entry.get("approval") or {}
-            self._audit(
-                "issued",
-                req,
-                view,
-                approvers=approval.get("approvers", []),
-                outcome="issued",
-                emergency=bool(approval.get("emergency")),
-                **grant_fields,
-            )
-            if approval.get("reason") in ("Approved", "AutoApproved", "NoApprovalRequired"):
-                self._event(req, "Normal", "Approved", approval.get("message", ""))
-            self._event(
-                req,
-                "Normal",
-                "Issued",
-                f"token Secret {entry['secret']['namespace']}/"
-                f"{entry['secret']['name']} issued (jti {entry['jti']}, kid {entry['kid']}) for "
-                f"{_grant_text(view)}; expires {entry['expiresAt']}",
-            )
-            if approval.get("emergency"):
-                self._event(
-                    req,
-                    "Warning",
-                    "ReviewRequired",
-                    f"emergency access issued without approval: an "
-                    f"approver of policy {view.policy!r} must file a Review by {approval.get('reviewDueAt')}",
-                )
-            created = parse_rfc3339(req["metadata"]["creationTimestamp"])
-            metrics.time_to_issue.observe(max(0.0, (now - created).total_seconds()))
-            if approval.get("reason") == "Approved":
-                metrics.time_to_approval.observe(max(0.0, (now - created).total_seconds()))
-            if not drill:
-                metrics.requests_total.labels(view.policy, "issued").inc()
-            return
-        if phase == api.EXPIRED:
-            self._audit("expired", req, view, outcome="expired", **grant_fields)
-            self._event(
-                req,
-                "Normal",
-                "Expired",
-                f"access expired at {entry['expiresAt'] if entry else '?'}; token Secret and RoleBindings deleted",
-            )
-            if entry:
-                metrics.expiry_lag.observe(max(0.0, (now - parse_rfc3339(entry["expiresAt"])).total_seconds()))
-        elif phase == api.REVOKED:
-            self._audit("revoked", req, view, reason=reason, outcome="revoked", **grant_fields)
-            self._event(
-                req, "Normal", "Revoked", cond_msg + (f" (jti {entry['jti']} no longer authenticates)" if entry else "")
-            )
-            if entry:
-                metrics.revocations_total.labels(reason).inc()
-        else:  # Denied / Failed
-            self._audit(
-                "denied" if phase == api.DENIED else "failed",
-                req,
-                view,
-                reason=reason,
-                message=cond_msg,
-                outcome=phase.lower(),
-                **grant_fields,
-            )
-            self._event(req, "Warning", "Denied" if phase == api.DENIED else "Failed", f"{phase}: {cond_msg}")
-        if not drill:
-            metrics.requests_total.labels(view.policy, phase.lower()).inc()
 
     # ---------------------------------------------------------------- writes
     def _write_status(self, req, new, old) -> None:
@@ -404,46 +284,6 @@ class Reconciler:
         """True when this watch event only echoes our own last write (nothing new to decide)."""
         with self._own_lock:
             return resource_version is not None and resource_version in self._own_versions.get((namespace, name), ())
-
-    def _event(self, req, type_, reason, message) -> None:
-        """Events are best effort (the audit log is the record): posted off the issue path."""
-        body = builders.build_event(
-            involved={**req, "kind": api.KIND_REQUEST, "apiVersion": api.API_VERSION},
-            type_=type_,
-            reason=reason,
-            message=message,
-            now=self.clock(),
-        )
-        self._events.submit(self.kube.create_event, body)
-
-    def _audit(self, event: str, req, view: RequestView, key: str | None = None, **fields) -> None:
-        """One record per (request uid, transition): `key` defaults to the event for phase-like events."""
-        meta = req["metadata"]
-        from .domain.durations import to_rfc3339
-
-        self.audit.record(
-            event,
-            key=f"{meta['uid']}:{key or event}",
-            time=to_rfc3339(self.clock()),
-            request={"namespace": meta["namespace"], "name": meta["name"], "uid": meta["uid"]},
-            policy=view.policy,
-            requester=view.requester,
-            namespaces=list(view.namespaces),
-            clusterRoles=list(view.cluster_roles),
-            scopes=list(view.scopes),
-            ticket=view.ticket or "",
-            drill=api.is_drill(req),
-            **fields,
-        )
-
-
-def _grant_text(view: RequestView) -> str:
-    parts = []
-    if view.cluster_roles:
-        parts.append(f"ClusterRoles {list(view.cluster_roles)} in {list(view.namespaces)}")
-    if view.scopes:
-        parts.append(f"scopes {list(view.scopes)}")
-    return " and ".join(parts) or "nothing"
 
 
 __all__ = ["Reconciler", "PolicyCache", "CleanupIncomplete"]

@@ -229,7 +229,7 @@ def build(settings: Settings) -> Runtime:
         on_lost=rt.on_lost_leading,
     )
     reconciler.on_orphans = sweeper.revoke_orphans_of
-    reconciler.on_review = sweeper.note_review
+    reconciler.recorder.on_review = sweeper.note_review
     holder["rt"] = rt
     log.info("operator identity %s; token namespace %s", rt.operator_username, settings.tokens_namespace)
     return rt

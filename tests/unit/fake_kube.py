@@ -494,7 +494,7 @@ class World:
 
     def settle_events(self) -> None:
         """Events are posted by one background thread, in order: wait until it caught up."""
-        self.reconciler._events.submit(lambda: None).result(timeout=5)
+        self.reconciler.recorder._events.submit(lambda: None).result(timeout=5)
 
     def status(self, name: str = "r1", namespace: str = "team-a") -> dict[str, Any] | None:
         req = self.kube.get(REQUEST, namespace, name)
