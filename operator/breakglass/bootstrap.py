@@ -11,7 +11,8 @@ import os
 import kopf
 
 from . import api
-from .audit import AuditHead, AuditLog, ensure_hmac_key
+from .audit import AuditLog
+from .audit_head import AuditHead, ensure_hmac_key
 from .domain.durations import utcnow
 from .k8s.client import Kube, PermanentError, load_config
 from .settings import Settings

@@ -4,7 +4,8 @@ import time
 
 import pytest
 
-from breakglass.audit import AuditLog, verify_lines
+from breakglass.audit import AuditLog
+from breakglass.audit_chain import verify_lines
 from breakglass.workqueue import WorkQueue
 
 

@@ -17,16 +17,9 @@ import time
 import pytest
 
 from breakglass import api
-from breakglass.audit import (
-    GENESIS,
-    AuditHead,
-    AuditLog,
-    canonical,
-    ensure_hmac_key,
-    parse_head,
-    verify_against_head,
-    verify_lines,
-)
+from breakglass.audit import AuditLog
+from breakglass.audit_chain import GENESIS, canonical, parse_head, verify_against_head, verify_lines
+from breakglass.audit_head import AuditHead, ensure_hmac_key
 from breakglass.plugin import cli
 
 NS = "breakglass-system"

@@ -64,7 +64,8 @@ def test_a_deleted_revocation_view_is_rebuilt_from_the_ledgers_revoked_grants():
 
 
 def test_a_transition_is_audited_once_even_across_a_restart_that_repeats_it(tmp_path):
-    from breakglass.audit import AuditLog, verify_lines
+    from breakglass.audit import AuditLog
+    from breakglass.audit_chain import verify_lines
 
     path = tmp_path / "audit.log"
     first = AuditLog(str(path), b"k" * 32, stream=io.StringIO())

@@ -14,7 +14,7 @@ def cmd_audit_verify(args, client_factory=None) -> int:
     """Verify the chain and HMACs of FILE and, when the cluster answers, its tail against the head the
     operator publishes (ConfigMap breakglass-audit-head): a truncated tail or a re-sealed rewrite is a
     break (exit 1). Unreachable cluster: chain (and HMAC, if a key is given) only, with a WARNING."""
-    from ..audit import chain_report, compare_head
+    from ..audit_chain import chain_report, compare_head
 
     given = args.hmac_secret or os.environ.get("BREAKGLASS_AUDIT_HMAC_SECRET")
     key = given.encode() if given else None
@@ -91,7 +91,8 @@ def cmd_audit_verify(args, client_factory=None) -> int:
 def _audit_anchor(args, client_factory, key, key_from, warnings):
     """(head or None, problem or None, key, key_from): the published head and, when no key was given,
     the operator's HMAC key from its Secret. Every way this can fail is said, never swallowed."""
-    from ..audit import hmac_key_from_secret, parse_head
+    from ..audit_chain import parse_head
+    from ..audit_head import hmac_key_from_secret
 
     head_name, secret_name = api.AUDIT_HEAD_CONFIGMAP, args.hmac_secret_name
     ns = args.operator_namespace
