@@ -12,15 +12,9 @@ import yaml
 
 from breakglass import admission, api
 from breakglass.domain.approvals import ApprovalView, tally_approvals
+from breakglass.domain.checks import evaluate_request, first_failure
 from breakglass.domain.durations import DurationError, parse_duration
-from breakglass.domain.policy import (
-    SCOPE_PATTERN,
-    Policy,
-    RequestView,
-    evaluate_request,
-    first_failure,
-    validate_policy,
-)
+from breakglass.domain.policy import SCOPE_PATTERN, Policy, RequestView, validate_policy
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 OPERATOR = "system:serviceaccount:breakglass-system:breakglass-operator"

@@ -1,6 +1,7 @@
 import pytest
 
-from breakglass.domain.policy import Policy, RequestView, evaluate_request, first_failure, validate_policy
+from breakglass.domain.checks import evaluate_request, first_failure
+from breakglass.domain.policy import Policy, RequestView, validate_policy
 
 POLICY = Policy(
     name="prod-db",

@@ -8,8 +8,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import api
+from ..domain.checks import evaluate_request, first_failure
 from ..domain.decisions import exceeds_ceiling, touches_protected
-from ..domain.policy import Policy, RequestView, Verdict, evaluate_request, first_failure, validate_policy
+from ..domain.policy import Policy, RequestView, Verdict, validate_policy
 from .changes import authorize_request_change, operator_only_metadata, validate_request_update
 from .common import MAX_REQUEST_NAME, OK, _identity
 

@@ -7,8 +7,9 @@ from dataclasses import dataclass, field, replace
 
 from .. import api
 from .approvals import Tally
+from .checks import evaluate_request, first_failure
 from .durations import DurationError, format_duration, parse_duration
-from .policy import Policy, RequestView, effective_duration, evaluate_request, first_failure, validate_policy
+from .policy import Policy, RequestView, effective_duration, validate_policy
 
 WAIT, ISSUE, DENY, FAIL, EXPIRE, REVOKE, NOTHING = "wait", "issue", "deny", "fail", "expire", "revoke", "nothing"
 ACTIVE, SETTLE = "active", "settle"  # grant live: keep it; grant ended in the ledger: bring status in line

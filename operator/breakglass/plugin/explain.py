@@ -12,9 +12,10 @@ from typing import Any
 import yaml
 
 from .. import api
+from ..domain.checks import evaluate_request
 from ..domain.decisions import approval_path
 from ..domain.durations import DurationError, format_duration
-from ..domain.policy import Policy, RequestView, effective_duration, evaluate_request, validate_policy
+from ..domain.policy import Policy, RequestView, effective_duration, validate_policy
 from .errors import NOT_OK, OK, USAGE, CliError, try_or
 from .output import emit, print_explanation
 
