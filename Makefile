@@ -12,7 +12,7 @@ help:  ## list targets
 demo: venv cluster-build  ## run the break-glass story on a local control plane
 	@hack/demo.sh
 
-test:  ## install what is missing, then run every test tier (unit, e2e)
+test:  ## install what is missing, then run every test tier (unit, e2e, chaos)
 	@hack/test.sh
 
 unit: venv  ## unit tier only (no cluster)
@@ -20,6 +20,9 @@ unit: venv  ## unit tier only (no cluster)
 
 e2e: venv cluster-build  ## e2e tier only (starts its own control plane)
 	@hack/test.sh e2e
+
+chaos: venv cluster-build  ## chaos tier only: faults injected into two real replicas and the control plane (~6 min)
+	@hack/test.sh chaos
 
 venv: $(VENV)/.installed  ## project virtualenv with the test extra
 
