@@ -1,0 +1,193 @@
+"""Kube methods for the objects a grant is made of and the operator's own state: Secrets, Roles,
+RoleBindings and ConfigMaps (create-if-absent, uid-guarded delete, resourceVersion-guarded writes),
+namespaces and Events. Mixed into `client.Kube`: still the one place that calls the API server."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from kubernetes.client.rest import ApiException
+
+from .. import api
+from .errors import Conflict, _classify, _false_on_404, _none_on_404
+
+log = logging.getLogger(__name__)
+
+
+class ObjectsMixin:
+    # --- secrets ---------------------------------------------------------
+    def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return _none_on_404(
+            lambda: self.api_client.sanitize_for_serialization(self.core.read_namespaced_secret(name, namespace))
+        )
+
+    def create_secret_if_absent(self, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        """Create; on conflict return the existing one. (object, created?)"""
+        ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
+        try:
+            created = self.core.create_namespaced_secret(ns, body)
+            return self.api_client.sanitize_for_serialization(created), True
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+        existing = self.get_secret(ns, name)
+        if existing is None:
+            raise RuntimeError(f"secret {ns}/{name} conflicted on create but cannot be read")
+        return existing, False
+
+    def replace_secret(self, body: dict[str, Any]) -> None:
+        """Guarded by metadata.resourceVersion: Conflict when someone wrote in between."""
+        try:
+            self.core.replace_namespaced_secret(body["metadata"]["name"], body["metadata"]["namespace"], body)
+        except ApiException as exc:
+            if exc.status == 409:
+                raise Conflict(f"secret {body['metadata']['namespace']}/{body['metadata']['name']} changed") from None
+            raise
+
+    def delete_secret(self, namespace: str, name: str, uid: str | None = None) -> bool:
+        """Delete; with `uid`, only if it is still that exact object (409 otherwise, reported False)."""
+        body = {"preconditions": {"uid": uid}} if uid else None
+        try:
+            return _false_on_404(lambda: self.core.delete_namespaced_secret(name, namespace, body=body))
+        except ApiException as exc:
+            if exc.status == 409 and uid:
+                return False
+            raise
+
+    # --- objects the operator creates for a grant (create-if-absent, uid-guarded delete) --------
+    def create_if_absent(self, kind: str, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        """Create `kind` (Secret, Role, RoleBinding, ConfigMap); on 409 return the existing object
+        so the caller can decide whether it is really its own. (object, created?)"""
+        ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
+        create, read = self._verbs(kind)[:2]
+        try:
+            return self.api_client.sanitize_for_serialization(create(ns, body)), True
+        except ApiException as exc:
+            if exc.status != 409:
+                raise _classify(exc, f"create {kind} {ns}/{name}") from None
+        existing = _none_on_404(lambda: self.api_client.sanitize_for_serialization(read(name, ns)))
+        if existing is None:
+            raise Conflict(f"{kind} {ns}/{name} conflicted on create but is gone")
+        return existing, False
+
+    def read(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        read = self._verbs(kind)[1]
+        return _none_on_404(lambda: self.api_client.sanitize_for_serialization(read(name, namespace)))
+
+    def delete_exact(self, kind: str, namespace: str, name: str, uid: str) -> bool:
+        """Delete only if the object is still the one with `uid` (the one we created). False if it is
+        gone or is another object now (then it is not ours to delete)."""
+        delete = self._verbs(kind)[2]
+        try:
+            delete(name, namespace, body={"preconditions": {"uid": uid}})
+            return True
+        except ApiException as exc:
+            if exc.status in (404, 409):
+                return False
+            raise
+
+    def replace_configmap(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Replace guarded by metadata.resourceVersion; Conflict when someone wrote in between."""
+        meta = body["metadata"]
+        try:
+            return self.api_client.sanitize_for_serialization(
+                self.core.replace_namespaced_config_map(meta["name"], meta["namespace"], body)
+            )
+        except ApiException as exc:
+            if exc.status == 409:
+                raise Conflict(f"configmap {meta['namespace']}/{meta['name']} changed meanwhile") from None
+            raise
+
+    def list_configmaps(self, namespace: str, selector: str) -> tuple[list[dict[str, Any]], str]:
+        out = self.core.list_namespaced_config_map(namespace, label_selector=selector)
+        return ([self.api_client.sanitize_for_serialization(i) for i in out.items], out.metadata.resource_version)
+
+    def watch_configmaps(self, namespace: str, selector: str, resource_version: str, timeout: int = 300):
+        """Yields (type, object) from a watch; raises ApiException 410 when the version is too old."""
+        import kubernetes.watch
+
+        w = kubernetes.watch.Watch()
+        for ev in w.stream(
+            self.core.list_namespaced_config_map,
+            namespace,
+            label_selector=selector,
+            resource_version=resource_version,
+            timeout_seconds=timeout,
+            allow_watch_bookmarks=False,
+        ):
+            yield ev["type"], self.api_client.sanitize_for_serialization(ev["object"])
+
+    def _verbs(self, kind: str):
+        c, r = self.core, self.rbac
+        return {
+            "Secret": (c.create_namespaced_secret, c.read_namespaced_secret, c.delete_namespaced_secret),
+            "ConfigMap": (c.create_namespaced_config_map, c.read_namespaced_config_map, c.delete_namespaced_config_map),
+            "Role": (r.create_namespaced_role, r.read_namespaced_role, r.delete_namespaced_role),
+            "RoleBinding": (
+                r.create_namespaced_role_binding,
+                r.read_namespaced_role_binding,
+                r.delete_namespaced_role_binding,
+            ),
+        }[kind]
+
+    # --- configmaps (optimistic concurrency) ------------------------------
+    def get_configmap(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return _none_on_404(
+            lambda: self.api_client.sanitize_for_serialization(self.core.read_namespaced_config_map(name, namespace))
+        )
+
+    def update_configmap(
+        self, namespace: str, name: str, mutate: Callable[[dict[str, str]], dict[str, str]], attempts: int = 20
+    ) -> dict[str, str]:
+        """Read-modify-write with resourceVersion; retried on conflict so no update is lost."""
+        for _ in range(attempts):
+            cm = self.get_configmap(namespace, name)
+            if cm is None:
+                data = mutate({})
+                body = {
+                    "apiVersion": "v1",
+                    "kind": "ConfigMap",
+                    "metadata": {
+                        "name": name,
+                        "namespace": namespace,
+                        "labels": {api.MANAGED_BY_LABEL: api.MANAGED_BY},
+                    },
+                    "data": data,
+                }
+                try:
+                    self.core.create_namespaced_config_map(namespace, body)
+                    return data
+                except ApiException as exc:
+                    if exc.status == 409:
+                        continue
+                    raise
+            data = mutate(dict(cm.get("data") or {}))
+            cm["data"] = data
+            try:
+                self.core.replace_namespaced_config_map(name, namespace, cm)
+                return data
+            except ApiException as exc:
+                if exc.status == 409:
+                    continue
+                raise
+        raise RuntimeError(f"configmap {namespace}/{name}: too many concurrent updates")
+
+    def namespace_exists(self, name: str) -> bool:
+        return _none_on_404(lambda: self.core.read_namespace(name)) is not None
+
+    def ensure_namespace(self, name: str) -> None:
+        """Create the operator namespace for local runs; in-cluster it exists (and we may not create it)."""
+        try:
+            self.core.create_namespace({"metadata": {"name": name}})
+        except ApiException as exc:
+            if exc.status not in (403, 409):
+                raise
+
+    # --- events -----------------------------------------------------------
+    def create_event(self, body: dict[str, Any]) -> None:
+        try:
+            self.core.create_namespaced_event(body["metadata"]["namespace"], body)
+        except ApiException as exc:  # events are best effort; the audit log is the record
+            log.warning("could not post event %s: %s", body.get("reason"), exc.reason)
