@@ -97,14 +97,20 @@ class LeaderElector:
     # ------------------------------------------------------------------ loop
     def _run(self) -> None:
         while not self._stop.is_set():
+            # The deadline counts from *before* the call: the lease we write says renewTime = now, so
+            # a call that blocked (etcd paused) must not buy us time the lease itself did not get.
+            attempt = time.monotonic()
             try:
                 ours = self._try_acquire_or_renew()
             except Exception as exc:  # noqa: BLE001
                 ours = False
                 log.warning("leader election: %s", error_text(exc))
             now = time.monotonic()
+            if ours and now - attempt > self.lease_seconds - self.renew_deadline:
+                ours = False  # renewed too late to trust: the lease may already look expired to others
+                log.warning("leader lease renewal took %.1fs: treated as failed", now - attempt)
             if ours:
-                self._last_renew = now
+                self._last_renew = attempt
                 if not self.leading.is_set():
                     self.leading.set()
                     metrics.leader.set(1)

@@ -10,6 +10,10 @@ from kubernetes.client.rest import ApiException
 
 from .errors import Conflict, _classify, _none_on_404
 
+# A lease call must fail fast: a leader blocked in one for longer than its renew deadline would
+# believe it still leads while the lease it holds runs out.
+LEASE_CALL_TIMEOUT = 2.0
+
 
 class PlatformMixin:
     # --- admission webhook configurations (caBundle injection) -------------
@@ -50,14 +54,16 @@ class PlatformMixin:
     def get_lease(self, namespace: str, name: str) -> dict[str, Any] | None:
         coord = kubernetes.client.CoordinationV1Api(self.api_client)
         return _none_on_404(
-            lambda: self.api_client.sanitize_for_serialization(coord.read_namespaced_lease(name, namespace))
+            lambda: self.api_client.sanitize_for_serialization(
+                coord.read_namespaced_lease(name, namespace, _request_timeout=LEASE_CALL_TIMEOUT)
+            )
         )
 
     def create_lease(self, body: dict[str, Any]) -> dict[str, Any]:
         coord = kubernetes.client.CoordinationV1Api(self.api_client)
         try:
             return self.api_client.sanitize_for_serialization(
-                coord.create_namespaced_lease(body["metadata"]["namespace"], body)
+                coord.create_namespaced_lease(body["metadata"]["namespace"], body, _request_timeout=LEASE_CALL_TIMEOUT)
             )
         except ApiException as exc:
             if exc.status == 409:
@@ -70,7 +76,9 @@ class PlatformMixin:
         meta = body["metadata"]
         try:
             return self.api_client.sanitize_for_serialization(
-                coord.replace_namespaced_lease(meta["name"], meta["namespace"], body)
+                coord.replace_namespaced_lease(
+                    meta["name"], meta["namespace"], body, _request_timeout=LEASE_CALL_TIMEOUT
+                )
             )
         except ApiException as exc:
             if exc.status == 409:
