@@ -28,6 +28,7 @@ from collections.abc import Callable
 from typing import IO, Any
 
 from .audit_chain import GENESIS, parse_head, seal
+from .audit_head import ChainForked
 
 OnAppend = Callable[[int, str], None]
 
@@ -58,8 +59,11 @@ class AuditLog:
         stream: IO[str] | None = None,
         on_append: OnAppend | None = None,
         head: dict[str, Any] | None = None,
+        on_seal: Callable[[dict[str, Any], list[str]], None] | None = None,
     ):
         self.path, self.hmac_key, self.on_append = path, hmac_key, on_append
+        # on_seal(record, recent keys): AuditHead.seal_record — the head is stored before the write.
+        self.on_seal = on_seal
         self.stream = stream if stream is not None else sys.stdout
         self._lock = threading.Lock()
         self._prev, self._seq = GENESIS, 0
@@ -68,6 +72,7 @@ class AuditLog:
         # Transition keys already recorded (request uid + transition): a retried or resumed pass
         # after a crash never writes a second record for the same transition. Seeded from the file.
         self._seen: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._last_written: str | None = None  # hash of the last record this log wrote (or its file ends with)
         file_last = None
         if path and os.path.exists(path):
             for key in _recent_keys(path):
@@ -77,9 +82,18 @@ class AuditLog:
                 rec = json.loads(last)
                 file_last = (rec["seq"], rec["hash"])
                 self._prev, self._seq = rec["hash"], rec["seq"] + 1
+                self._last_written = rec["hash"]
         if head is not None:
-            head = parse_head(head)
-            self._resume(file_last, head)
+            sealed = head.get("record") if isinstance(head, dict) else None
+            if file_last and _is_next(sealed, head, file_last[1]):
+                # Sealed in the cluster, then the process died before writing it: write it now.
+                self._write_line(json.dumps(sealed, sort_keys=True, separators=(",", ":"), ensure_ascii=False))
+                file_last = (sealed["seq"], sealed["hash"])
+                self._prev, self._seq = sealed["hash"], sealed["seq"] + 1
+                self._last_written = sealed["hash"]
+            for key in (head.get("keys") or []) if isinstance(head, dict) else []:
+                self._remember(key)
+            self._resume(file_last, parse_head(head))
 
     def _resume(self, file_last: tuple[int, str] | None, head: dict[str, Any]) -> None:
         hseq, hhash = head["seq"], head["hash"]
@@ -108,14 +122,43 @@ class AuditLog:
         self._prev, self._seq = hhash, hseq + 1
 
     def follow_head(self, head: dict[str, Any] | None) -> None:
-        """A replica that becomes leader continues the one chain where the previous leader left it
-        (its own file then holds only its own leadership segments; `audit verify --segment`)."""
+        """A replica that becomes leader continues the one chain where the previous leader left it:
+        it re-emits the last sealed record (which that leader may have died before writing; an
+        identical duplicate otherwise) and remembers its recent transition keys."""
+        with self._lock:
+            self._follow_locked(head)
+
+    def _follow_locked(self, head: dict[str, Any] | None) -> None:
         if head is None:
             return
-        head = parse_head(head)
-        with self._lock:
-            if head["seq"] + 1 > self._seq:
-                self._prev, self._seq = head["hash"], head["seq"] + 1
+        parsed = parse_head(head)
+        if parsed["seq"] + 1 < self._seq:
+            return
+        sealed = head.get("record")
+        if (
+            isinstance(sealed, dict)
+            and sealed.get("seq") == parsed["seq"]
+            and sealed.get("hash") == parsed["hash"]
+            and sealed["hash"] != self._last_written
+        ):
+            self._write_line(json.dumps(sealed, sort_keys=True, separators=(",", ":"), ensure_ascii=False))
+            self._last_written = sealed["hash"]
+        for key in head.get("keys") or []:
+            self._remember(key)
+        self._prev, self._seq = parsed["hash"], parsed["seq"] + 1
+
+    def _write_line(self, line: str) -> None:
+        if self.path:
+            # Fail closed: a record we cannot persist raises, and the caller does not proceed.
+            with open(self.path, "a", encoding="utf-8") as fh:
+                fh.write(line + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+        try:
+            self.stream.write(line + "\n")
+            self.stream.flush()
+        except Exception:  # noqa: BLE001 — stdout is a copy; the file and the head are the record
+            pass
 
     def _remember(self, key: str) -> None:
         self._seen[key] = None
@@ -129,19 +172,19 @@ class AuditLog:
                 if key in self._seen:
                     return None
                 fields["key"] = key
-            rec = seal({"kind": "breakglass.audit", "event": event, **fields}, self._prev, self._seq, self.hmac_key)
-            line = json.dumps(rec, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-            if self.path:
-                # Fail closed: a record we cannot persist raises, and the caller does not proceed.
-                with open(self.path, "a", encoding="utf-8") as fh:
-                    fh.write(line + "\n")
-                    fh.flush()
-                    os.fsync(fh.fileno())
-            try:
-                self.stream.write(line + "\n")
-                self.stream.flush()
-            except Exception:
-                pass
+            body = {"kind": "breakglass.audit", "event": event, **fields}
+            rec = seal(body, self._prev, self._seq, self.hmac_key)
+            if self.on_seal is not None:
+                keys = list(self._seen)[-64:] + ([key] if key else [])
+                try:
+                    self.on_seal(rec, keys)
+                except ChainForked:
+                    # Another leader sealed this seq: continue after its head and seal once more.
+                    self._follow_locked(self.read_head())
+                    rec = seal(body, self._prev, self._seq, self.hmac_key)
+                    self.on_seal(rec, keys)
+            self._write_line(json.dumps(rec, sort_keys=True, separators=(",", ":"), ensure_ascii=False))
+            self._last_written = rec["hash"]
             self._prev, self._seq = rec["hash"], self._seq + 1
             if key is not None:
                 self._remember(key)
@@ -149,6 +192,15 @@ class AuditLog:
             # Outside the lock: a slow API call does not serialize every append; AuditHead groups them.
             self.on_append(rec["seq"], rec["hash"])
         return rec
+
+
+def _is_next(sealed: Any, head: dict[str, Any], last_hash: str) -> bool:
+    return (
+        isinstance(sealed, dict)
+        and sealed.get("prev") == last_hash
+        and sealed.get("seq") == head.get("seq")
+        and sealed.get("hash") == head.get("hash")
+    )
 
 
 SEEN_KEYS = 200_000

@@ -17,6 +17,11 @@ from .audit_chain import parse_head
 
 HEAD_KEY = "head.json"
 HMAC_KEY = "hmac"
+RECENT_KEYS = 64  # transition keys carried in the head, so a new leader does not repeat a record
+
+
+class ChainForked(Exception):
+    """Another writer (a leader that took over) sealed this seq first: catch up and seal again."""
 
 
 class AuditHead:
@@ -58,6 +63,41 @@ class AuditHead:
         if raw is None:
             return None
         return parse_head(raw)
+
+    def read_full(self) -> dict[str, Any] | None:
+        """The stored head with the last sealed record and recent keys (None when never published)."""
+        cm = self._get(self.namespace, self.name)
+        raw = ((cm or {}).get("data") or {}).get(HEAD_KEY)
+        if raw is None:
+            return None
+        full = json.loads(raw)
+        parse_head(full)  # validates; ValueError when malformed
+        return full
+
+    def seal_record(self, rec: dict[str, Any], keys: list[str]) -> None:
+        """Seal-before-write: the head (with the record itself) is stored *before* the record is
+        written anywhere, and only if nobody sealed this seq yet (compare-and-swap). So a writer that
+        dies after sealing loses nothing (the next leader re-emits the record from the head) and
+        two writers can never fork the chain (the second gets ChainForked)."""
+        stamp = self._clock().astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        body = json.dumps(
+            {"seq": rec["seq"], "hash": rec["hash"], "time": stamp, "record": rec, "keys": keys[-RECENT_KEYS:]},
+            sort_keys=True,
+            separators=(",", ":"),
+        )
+
+        def mutate(data: dict[str, str]) -> dict[str, str]:
+            try:
+                current = parse_head(data[HEAD_KEY]) if HEAD_KEY in data else None
+            except ValueError:
+                current = None  # a malformed head is overwritten by a good one
+            if current is not None and current["seq"] >= rec["seq"]:
+                raise ChainForked(f"audit seq {rec['seq']} was already sealed (head is seq {current['seq']})")
+            return dict(data, **{HEAD_KEY: body})
+
+        self._update(self.namespace, self.name, mutate)
+        with self._cond:
+            self._published = max(self._published, rec["seq"])
 
     def publish(self, seq: int, digest: str) -> None:
         with self._cond:

@@ -142,8 +142,10 @@ def build_audit(settings: Settings, kube: Kube) -> AuditLog:
     hmac_key = (
         given.encode() if given else ensure_hmac_key(settings.namespace, kube.get_secret, kube.create_secret_if_absent)
     )
-    audit = AuditLog(settings.audit_log, hmac_key, on_append=head.publish, head=head.read())
-    audit.read_head = head.read  # a new leader continues the chain from the published head
+    # Seal-before-write: every record's head (with the record) is stored in the cluster before the
+    # record is written, so a dying leader loses nothing and two leaders can never fork the chain.
+    audit = AuditLog(settings.audit_log, hmac_key, on_seal=head.seal_record, head=head.read_full())
+    audit.read_head = head.read_full  # a new leader continues the chain from the published head
     if audit.discrepancy:
         log.error("audit: %s", audit.discrepancy)  # recorded in the chain once this replica leads
     return audit
