@@ -109,14 +109,20 @@ class Grants:
         return entry
 
     # ----------------------------------------------------------------- issue
-    def issue(self, entry: dict[str, Any]) -> dict[str, Any]:
-        """Create every planned object, then mark the grant Active. Raises IssueFailed after a rollback."""
+    def issue(
+        self, entry: dict[str, Any], before_delivery: Callable[[dict[str, Any]], None] | None = None
+    ) -> dict[str, Any]:
+        """Create every planned object, then mark the grant Active. Raises IssueFailed after a rollback.
+        `before_delivery(entry)` runs right before the token Secret is created (the `issued` audit
+        record: recorded before the token exists anywhere a user can read it)."""
         if entry["state"] != ISSUING:
             return entry
         objects = [dict(ref) for ref in entry["objects"]]
         for ref in objects:
             if ref.get("uid"):
                 continue
+            if ref["kind"] == "Secret" and before_delivery is not None:
+                before_delivery(entry)
             try:
                 wanted = self._manifest(ref, entry, with_token=True)
                 found, created = self.kube.create_if_absent(ref["kind"], wanted)

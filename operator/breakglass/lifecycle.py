@@ -142,9 +142,18 @@ class Reconciler:
                 )
             )
             return self.reconcile(namespace, name)  # read again: the finalizer is in place before any grant
+        recorded = old
+        if decision.action == D.ISSUE and old.get("phase") in (None, api.PENDING):
+            # Causal order in the audit log: `requested` and the approvals before `issued` (which the
+            # issue records right before delivery).
+            waiting = Outcome(api.PENDING, decision.reason, decision.message)
+            recorded = next_status(
+                old, generation=meta.get("generation"), outcome=waiting, grant=None, tally=tally, now=now
+            )
+            self.recorder.publish(req, view, old, recorded, None, tally, waiting, now)
         outcome, entry = self._apply(decision, req, view, policy, entry, old, now)
         new = next_status(old, generation=meta.get("generation"), outcome=outcome, grant=entry, tally=tally, now=now)
-        self.recorder.publish(req, view, old, new, entry, tally, outcome, now)
+        self.recorder.publish(req, view, recorded, new, entry, tally, outcome, now)
         if new != old:
             self._write_status(req, new, old)
         if new["phase"] in api.TERMINAL_PHASES and (entry is None or entry.get("cleaned")):
@@ -194,7 +203,7 @@ class Reconciler:
             if entry is None:
                 entry, _ = self.ledger.create(self.grants.plan(req, view, policy, decision, now))
             try:
-                entry = self.grants.issue(entry)
+                entry = self.grants.issue(entry, before_delivery=lambda e: self.recorder.issued(req, view, e))
             except IssueFailed as failed:
                 return Outcome(api.FAILED, failed.reason, failed.message), failed.entry
         if action in (D.ISSUE, D.ACTIVE):

@@ -75,20 +75,27 @@ class Recorder:
                     f"emergency access review was due at {new['review']['dueAt']} and has not been filed",
                 )
 
+    def issued(self, req, view, entry) -> None:
+        """The `issued` record, once per request uid (its key), written before the token is delivered."""
+        approval = entry.get("approval") or {}
+        self.audit_record(
+            "issued",
+            req,
+            view,
+            approvers=approval.get("approvers", []),
+            outcome="issued",
+            emergency=bool(approval.get("emergency")),
+            jti=entry["jti"],
+            kid=entry["kid"],
+            expiresAt=entry["expiresAt"],
+        )
+
     def publish_phase(self, req, view, new, entry, drill, reason, now) -> None:
         phase, cond_msg = new["phase"], new.get("message", "")
         grant_fields = {"jti": entry["jti"], "kid": entry["kid"], "expiresAt": entry["expiresAt"]} if entry else {}
         if phase == api.ACTIVE:
             approval = entry.get("approval") or {}
-            self.audit_record(
-                "issued",
-                req,
-                view,
-                approvers=approval.get("approvers", []),
-                outcome="issued",
-                emergency=bool(approval.get("emergency")),
-                **grant_fields,
-            )
+            self.issued(req, view, entry)  # already recorded before delivery: the key makes this a no-op
             if approval.get("reason") in ("Approved", "AutoApproved", "NoApprovalRequired"):
                 self.event(req, "Normal", "Approved", approval.get("message", ""))
             self.event(
