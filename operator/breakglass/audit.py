@@ -59,11 +59,15 @@ class AuditLog:
         stream: IO[str] | None = None,
         on_append: OnAppend | None = None,
         head: dict[str, Any] | None = None,
-        on_seal: Callable[[dict[str, Any], list[str]], None] | None = None,
+        on_seal: Callable[..., None] | None = None,
+        writer: str = "",
     ):
         self.path, self.hmac_key, self.on_append = path, hmac_key, on_append
         # on_seal(record, recent keys): AuditHead.seal_record — the head is stored before the write.
         self.on_seal = on_seal
+        # Who writes this copy of the chain (host + file): a head sealed by another writer (a replica
+        # that led meanwhile) explains a file that stops short; one sealed by us does not.
+        self.writer = writer
         self.stream = stream if stream is not None else sys.stdout
         self._lock = threading.Lock()
         self._prev, self._seq = GENESIS, 0
@@ -93,15 +97,19 @@ class AuditLog:
                 self._last_written = sealed["hash"]
             for key in (head.get("keys") or []) if isinstance(head, dict) else []:
                 self._remember(key)
-            self._resume(file_last, parse_head(head))
+            sealed_by = head.get("writer") if isinstance(head, dict) else None
+            self._resume(file_last, parse_head(head), other_writer=bool(sealed_by) and sealed_by != writer)
 
-    def _resume(self, file_last: tuple[int, str] | None, head: dict[str, Any]) -> None:
+    def _resume(self, file_last: tuple[int, str] | None, head: dict[str, Any], other_writer: bool = False) -> None:
         hseq, hhash = head["seq"], head["hash"]
         if file_last is not None:
             fseq, fhash = file_last
             at = fhash if fseq == hseq else (_hash_at(self.path, hseq) if fseq > hseq else None)
             if at == hhash:
                 return  # the file holds the sealed head (and maybe records whose publish failed): go on
+            if fseq < hseq and other_writer:
+                self._prev, self._seq = hhash, hseq + 1  # another replica led meanwhile: its records are its own
+                return
             if fseq < hseq:
                 self.discrepancy = (
                     f"audit file {self.path} ends at seq {fseq} but the cluster's head is seq "
@@ -177,12 +185,12 @@ class AuditLog:
             if self.on_seal is not None:
                 keys = list(self._seen)[-64:] + ([key] if key else [])
                 try:
-                    self.on_seal(rec, keys)
+                    self.on_seal(rec, keys, self.writer)
                 except ChainForked:
                     # Another leader sealed this seq: continue after its head and seal once more.
                     self._follow_locked(self.read_head())
                     rec = seal(body, self._prev, self._seq, self.hmac_key)
-                    self.on_seal(rec, keys)
+                    self.on_seal(rec, keys, self.writer)
             self._write_line(json.dumps(rec, sort_keys=True, separators=(",", ":"), ensure_ascii=False))
             self._last_written = rec["hash"]
             self._prev, self._seq = rec["hash"], self._seq + 1

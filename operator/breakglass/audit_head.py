@@ -74,14 +74,21 @@ class AuditHead:
         parse_head(full)  # validates; ValueError when malformed
         return full
 
-    def seal_record(self, rec: dict[str, Any], keys: list[str]) -> None:
+    def seal_record(self, rec: dict[str, Any], keys: list[str], writer: str = "") -> None:
         """Seal-before-write: the head (with the record itself) is stored *before* the record is
         written anywhere, and only if nobody sealed this seq yet (compare-and-swap). So a writer that
         dies after sealing loses nothing (the next leader re-emits the record from the head) and
         two writers can never fork the chain (the second gets ChainForked)."""
         stamp = self._clock().astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         body = json.dumps(
-            {"seq": rec["seq"], "hash": rec["hash"], "time": stamp, "record": rec, "keys": keys[-RECENT_KEYS:]},
+            {
+                "seq": rec["seq"],
+                "hash": rec["hash"],
+                "time": stamp,
+                "record": rec,
+                "keys": keys[-RECENT_KEYS:],
+                "writer": writer,
+            },
             sort_keys=True,
             separators=(",", ":"),
         )

@@ -144,7 +144,10 @@ def build_audit(settings: Settings, kube: Kube) -> AuditLog:
     )
     # Seal-before-write: every record's head (with the record) is stored in the cluster before the
     # record is written, so a dying leader loses nothing and two leaders can never fork the chain.
-    audit = AuditLog(settings.audit_log, hmac_key, on_seal=head.seal_record, head=head.read_full())
+    import socket
+
+    writer = f"{socket.gethostname()}:{settings.audit_log or '-'}"
+    audit = AuditLog(settings.audit_log, hmac_key, on_seal=head.seal_record, head=head.read_full(), writer=writer)
     audit.read_head = head.read_full  # a new leader continues the chain from the published head
     if audit.discrepancy:
         log.error("audit: %s", audit.discrepancy)  # recorded in the chain once this replica leads

@@ -86,3 +86,23 @@ def test_a_new_leader_re_emits_the_last_sealed_record_and_does_not_repeat_its_tr
     merged = _lines(dead, successor)
     assert [json.loads(x)["event"] for x in merged] == ["issued", "expired"]
     assert verify_lines(merged, KEY)[1] is None
+
+
+def test_a_file_that_stops_short_because_another_replica_led_is_no_discrepancy_but_our_own_gap_is(tmp_path):
+    cms = ConfigMaps()
+    mine, theirs = tmp_path / "a.log", tmp_path / "b.log"
+    head = AuditHead("ns", cms.get, cms.update)
+
+    def log(path, writer):
+        out = AuditLog(
+            str(path), KEY, stream=io.StringIO(), on_seal=head.seal_record, head=head.read_full(), writer=writer
+        )
+        out.read_head = head.read_full
+        return out
+
+    log(mine, "a").record("requested", key="u:requested")
+    log(theirs, "b").record("issued", key="u:issued")  # replica b led meanwhile
+    assert log(mine, "a").discrepancy is None
+    lines = theirs.read_text().splitlines()
+    theirs.write_text("")  # b's own file lost its record: that is a discrepancy
+    assert lines and log(theirs, "b").discrepancy is not None
