@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: help demo test unit e2e chaos lint venv cluster-build cluster-up cluster-down crds deploy bench clean
+.PHONY: help demo test lint fmt unit e2e chaos venv cluster-build cluster-up cluster-down crds deploy bench clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -12,8 +12,16 @@ help:  ## list targets
 demo: venv cluster-build  ## run the break-glass story on a local control plane
 	@hack/demo.sh
 
-test:  ## install what is missing, then run every test tier (unit, e2e, chaos)
+test:  ## install what is missing, then run every test tier (lint, unit, e2e, chaos)
 	@hack/test.sh
+
+lint: venv  ## ruff check + ruff format --check (config: ruff.toml); `make fmt` fixes what it can
+	$(VENV)/bin/ruff check operator hack bench tests
+	$(VENV)/bin/ruff format --check operator hack bench tests
+
+fmt: venv  ## apply ruff's fixes and formatting
+	$(VENV)/bin/ruff check --fix operator hack bench tests
+	$(VENV)/bin/ruff format operator hack bench tests
 
 unit: venv  ## unit tier only (no cluster)
 	$(PY) -m pytest tests/unit -q

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every test tier, with phase timings. Leaves no control-plane or operator process behind.
-#   hack/test.sh        unit + e2e + chaos
+#   hack/test.sh        lint + unit + e2e + chaos
 #   hack/test.sh e2e    e2e only
 #   hack/test.sh chaos  chaos only (one control plane and two operator replicas per module, in sequence)
 set -euo pipefail
@@ -26,6 +26,8 @@ trap cleanup EXIT INT TERM
 
 rc=0
 if [ "$ONLY" = all ]; then
+  make --no-print-directory lint || rc=$?
+  phase "lint"
   .venv/bin/python -m pytest tests/unit -q -p no:cacheprovider || rc=$?
   phase "unit tier"
 fi
