@@ -511,14 +511,20 @@ class ChaosEnv:
 
     # ---------------------------------------------------------------- audit
     def audit_records(self) -> list[dict]:
-        """Every replica's audit file, concatenated and ordered by (seq, time)."""
-        out = []
+        """Every replica's audit file, concatenated and ordered by (seq, time). A sealed record that a
+        new leader re-emitted from the cluster's head (its writer may have died before writing it) is
+        the same record (same seq and hash) and counts once; two different records at one seq stay
+        (a fork, which verify reports)."""
+        out, seen = [], set()
         for r in self.replicas:
             if not r.op.audit_log.exists():
                 continue
             for line in r.op.audit_log.read_text(errors="replace").splitlines():
                 if line.strip():
                     rec = json.loads(line)
+                    if (rec.get("seq"), rec.get("hash")) in seen:
+                        continue
+                    seen.add((rec.get("seq"), rec.get("hash")))
                     rec["_replica"] = r.name
                     out.append(rec)
         out.sort(key=lambda rec: (rec.get("seq", 0), rec.get("time", ""), rec["_replica"]))
