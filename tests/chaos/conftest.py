@@ -1,4 +1,4 @@
-"""Chaos tier (issue 11): per module, its own control plane and two operator replicas behind TCP
+"""Chaos tier: per module, its own control plane and two operator replicas behind TCP
 load balancers; faults are injected into the real processes and invariants checked afterwards.
 
 Run one module at a time on a small machine (`make chaos` runs them in sequence)."""

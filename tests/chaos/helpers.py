@@ -735,7 +735,7 @@ def check_invariants(
     all_terminal: bool = False,
     settle_timeout: float = 60,
 ) -> Check:
-    """The invariants of issue 11's chaos tier, after a scenario; every violation is named."""
+    """The chaos tier's invariants, after a scenario; every violation is named."""
     api = env.admin
     c = Check()
 
@@ -832,7 +832,7 @@ def check_invariants(
             f"{len(c.audit_duplicated)} jti(s) with more than one `issued` record: "
             f"{dict(list(c.audit_duplicated.items())[:5])}"
         )
-    # ... and every ended grant exactly one terminal record (issue 11: one record per transition)
+    # ... and every ended grant exactly one terminal record (one record per transition)
     terminal = collections.Counter(r.get("jti") for r in records if r.get("event") in ("revoked", "expired"))
     for e in ledger.values():
         if e.get("activatedAt") and e["state"] in ("Revoked", "Expired"):

@@ -1,7 +1,7 @@
 """(e) Leader failover time: SIGKILL the leader, and stop it gracefully (SIGTERM, lease released).
 
 Measured from the signal: until the other replica's breakglass_leader is 1, and until a request
-created right after the signal is Active (issue 11: SIGKILL <= 15 s, graceful <= 2 s)."""
+created right after the signal is Active (SIGKILL <= 15 s, graceful <= 2 s)."""
 
 from __future__ import annotations
 

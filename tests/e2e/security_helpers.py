@@ -1,4 +1,4 @@
-"""Helpers for the attacker tests (issue 9): ledger and audit readers, TokenReviews, forged tokens,
+"""Helpers for the attacker tests: ledger and audit readers, TokenReviews, forged tokens,
 and a way to know the operator's housekeeping has run."""
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def rbac_forbidden(proc: subprocess.CompletedProcess) -> bool:
 
 # ------------------------------------------------------------------ tenants
 def make_namespace_admin(cluster: Cluster, user: str, namespace: str) -> None:
-    """What issue 9 lets some attackers have: `admin` of their own namespace (bound by the real admin)."""
+    """What some attackers are given: `admin` of their own namespace (bound by the real admin)."""
     cluster.apply(
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",

@@ -1,4 +1,4 @@
-"""Issue 6: the rendered chart applies to the real apiserver, and a full lifecycle runs with the
+"""The rendered chart applies to the real apiserver, and a full lifecycle runs with the
 operator authenticated as the chart's ServiceAccount under the chart's RBAC (no admin rights)."""
 
 from __future__ import annotations

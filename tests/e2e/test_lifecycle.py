@@ -1,4 +1,4 @@
-"""Issue 3 acceptance: the request lifecycle against the real control plane."""
+"""The request lifecycle against the real control plane."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 5 acceptance: metrics move, the audit chain verifies and catches tampering, drills run,
+"""Metrics move, the audit chain verifies and catches tampering, drills run,
 overdue reviews are flagged."""
 
 from __future__ import annotations

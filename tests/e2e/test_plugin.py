@@ -1,4 +1,4 @@
-"""Issue 6: `kubectl breakglass` as alice/bob/mallory against the real control plane, and `explain`
+"""`kubectl breakglass` as alice/bob/mallory against the real control plane, and `explain`
 agreeing with what admission and the operator then actually do."""
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
-"""Issue 9: the operator's promises, attacked with only the chart's requester/approver rights.
+"""The operator's security promises, attacked with only the chart's requester/approver rights.
 
 Attackers are the e2e users (alice, dave: requesters in group sre; bob, carol: approvers in
-sre-leads; mallory: contractors, neither). Where issue 9 says so, an attacker is also `admin` of
+sre-leads; mallory: contractors, neither). Where the attack needs it, an attacker is also `admin` of
 their own namespace, bound by the real admin. `admin` (system:masters) otherwise only sets the
 stage (policies, namespaces, bystander objects) and never does the attacker's part.
 

@@ -1,4 +1,4 @@
-"""Issue 4 acceptance (TokenReview webhook path): the token is a working, exactly-scoped credential."""
+"""On the TokenReview webhook path the token is a working, exactly-scoped credential."""
 
 from __future__ import annotations
 

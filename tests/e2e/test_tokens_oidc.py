@@ -1,8 +1,8 @@
-"""Issue 4, second scenario: kube-apiserver's own OIDC authenticator trusts the operator's issuer.
+"""kube-apiserver's own OIDC authenticator trusts the operator's issuer.
 
 The apiserver maps the token to the same user as the webhook (claims k8s_user / k8s_groups, both
 prefixed `breakglass:` by --oidc-username-prefix / --oidc-groups-prefix, so no token the operator's
-key signs can name a `system:` user or group; issue 9, invariant 11) and enforces exp itself, so an
+key signs can name a `system:` user or group) and enforces exp itself, so an
 expired token fails even with the operator stopped.
 """
 

@@ -1,4 +1,4 @@
-"""Admission and input rules of issue 9, acting as each kind of caller (pure functions, no cluster)."""
+"""Admission and input rules, acting as each kind of caller (pure functions, no cluster)."""
 
 from __future__ import annotations
 

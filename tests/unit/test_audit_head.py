@@ -1,4 +1,4 @@
-"""Issue 9, invariant 10: the audit chain proves itself — its head is published in the cluster after
+"""The audit chain proves itself — its head is published in the cluster after
 every append, `audit verify` compares a file against it, and an HMAC key exists by default.
 
 Real files on disk; the ConfigMap and Secret APIs are in-memory fakes with the Kube signatures."""

@@ -195,7 +195,7 @@ def test_a_client_ca_secret_locks_authenticate_to_the_apiserver():
     assert {"name": "client-ca", "secret": {"secretName": "apiserver-client-ca"}} in pod["volumes"]
 
 
-# ---------------------------------------------------------------- least privilege (issue 9, invariant 8)
+# ---------------------------------------------------------------- least privilege
 def operator_rules(docs, namespace=None):
     """Rules the operator's ServiceAccount holds: cluster-wide (namespace None) or in one namespace."""
     bindings = [
