@@ -27,12 +27,12 @@ import time
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "operator"))
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "hack"))
 
 import kubernetes  # noqa: E402
+from harness import Operator, operator_ports, start_control_plane, stop_cluster, wait_for  # noqa: E402
 
 from breakglass import tls  # noqa: E402
-from tests.e2e.harness import Operator, operator_ports, start_cluster, stop_cluster, wait_for  # noqa: E402
 
 
 def client_for(cluster, user):
@@ -146,14 +146,10 @@ def main():
     work = pathlib.Path(tempfile.mkdtemp(prefix="breakglass-bench-"))
     ports = operator_ports()
     certs = tls.generate(str(work / "tls"), ["127.0.0.1"])
-    cluster = start_cluster(work / "cluster", [])
+    cluster = start_control_plane(work / "cluster", [])
     op = None
     results = {"grants": n, "concurrency": conc}
     try:
-        cluster.kubectl("apply", "-f", str(ROOT / "crds"))
-        for crd in ("breakglasspolicies", "breakglassrequests", "breakglassapprovals"):
-            cluster.kubectl("wait", "--for=condition=Established", f"crd/{crd}.breakglass.dev")
-        cluster.kubectl("apply", "-f", str(ROOT / "tests/e2e/manifests/users-rbac.yaml"))
         op = Operator.on_ports(cluster, work / "operator", ports, certs)
         op.start()
         time.sleep(2)

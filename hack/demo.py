@@ -25,19 +25,19 @@ import time
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "operator"))
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "hack"))
 
 
-from breakglass import tls  # noqa: E402
-from tests.e2e.harness import (  # noqa: E402
+from harness import (  # noqa: E402
     Operator,
-    install_crds,
     operator_ports,
-    start_cluster,
+    start_control_plane,
     stop_cluster,
     wait_for,
     write_tokenreview_webhook_config,
 )
+
+from breakglass import tls  # noqa: E402
 
 BOLD, DIM, RESET = ("\033[1m", "\033[2m", "\033[0m") if sys.stdout.isatty() else ("", "", "")
 
@@ -60,10 +60,8 @@ def main() -> int:
     try:
         step(1, "Start the local control plane (etcd + kube-apiserver + kube-controller-manager, Kubernetes 1.20.2)")
         flags = write_tokenreview_webhook_config(work / "tokenreview.kubeconfig", ports["https"], certs.ca_file)
-        cluster = start_cluster(cluster_dir, flags)
+        cluster = start_control_plane(cluster_dir, flags)
         show("kubectl version --short", cluster.kubectl("version", "--short").stdout)
-        install_crds(cluster)
-        cluster.kubectl("apply", "-f", str(ROOT / "tests/e2e/manifests/users-rbac.yaml"))
         cluster.kubectl("create", "namespace", "team-db")
         cluster.kubectl("create", "namespace", "payments")
 

@@ -30,23 +30,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
+from harness import (
+    ROOT,
+    Cluster,
+    Operator,
+    operator_ports,
+    start_control_plane,
+    stop_cluster,
+    wait_for,
+    write_tokenreview_webhook_config,
+)
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes import watch as k8s_watch
 from kubernetes.client.rest import ApiException
 
 from breakglass import tls
-from tests.e2e.harness import (
-    ROOT,
-    Cluster,
-    Operator,
-    install_crds,
-    operator_ports,
-    start_cluster,
-    stop_cluster,
-    wait_for,
-    write_tokenreview_webhook_config,
-)
 from tests.e2e.tokens_helpers import forbidden, unauthorized, with_token
 
 from .lb import TcpBalancer
@@ -246,9 +245,7 @@ class ChaosEnv:
         flags = write_tokenreview_webhook_config(
             self.base / "tokenreview.kubeconfig", self.lb_https.port, self.certs.ca_file, client=self.client_cert
         )
-        self.cluster = start_cluster(self.base / "cluster", flags)
-        install_crds(self.cluster)
-        self.cluster.kubectl("apply", "-f", str(ROOT / "tests" / "e2e" / "manifests" / "users-rbac.yaml"))
+        self.cluster = start_control_plane(self.base / "cluster", flags)
         self._apply_webhook_configurations()
         self.admin = Api(self.cluster)
         self.alice = Api(self.cluster, "alice")

@@ -6,7 +6,8 @@ import concurrent.futures
 import random
 import time
 
-from tests.e2e.harness import wait_for
+from harness import wait_for
+
 from tests.e2e.scenario import policy, request, unique
 
 from .helpers import TokenWatcher, assert_clean, check_invariants, report, retrying

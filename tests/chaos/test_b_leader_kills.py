@@ -7,7 +7,8 @@ import random
 import threading
 import time
 
-from tests.e2e.harness import wait_for
+from harness import wait_for
+
 from tests.e2e.scenario import policy, request, unique
 
 from .helpers import (

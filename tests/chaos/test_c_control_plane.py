@@ -6,7 +6,8 @@ from __future__ import annotations
 import concurrent.futures
 import time
 
-from tests.e2e.harness import wait_for
+from harness import wait_for
+
 from tests.e2e.scenario import policy, request, unique
 
 from .helpers import (

@@ -10,7 +10,8 @@ import base64
 import json
 import time
 
-from tests.e2e.harness import wait_for
+from harness import wait_for
+
 from tests.e2e.scenario import policy, request, unique
 from tests.e2e.tokens_helpers import with_token
 

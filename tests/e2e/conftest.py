@@ -8,18 +8,14 @@ import shutil
 import tempfile
 
 import pytest
-
-from breakglass import tls
-
-from .harness import (
-    ROOT,
+from harness import (
     Operator,
-    install_crds,
+    control_plane,
     operator_ports,
-    start_cluster,
-    stop_cluster,
     write_tokenreview_webhook_config,
 )
+
+from breakglass import tls
 
 pytestmark = pytest.mark.e2e
 
@@ -57,14 +53,8 @@ def cluster(e2e_dir, ports, operator_tls, apiserver_client_cert):
     flags = write_tokenreview_webhook_config(
         e2e_dir / "tokenreview-webhook.kubeconfig", ports["https"], operator_tls.ca_file, client=apiserver_client_cert
     )
-    state = e2e_dir / "cluster"
-    try:
-        c = start_cluster(state, flags)
-        install_crds(c)
-        c.kubectl("apply", "-f", str(ROOT / "tests" / "e2e" / "manifests" / "users-rbac.yaml"))
+    with control_plane(e2e_dir / "cluster", flags) as c:
         yield c
-    finally:
-        stop_cluster(state)
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from .harness import Cluster, wait_for
+from harness import Cluster, wait_for
 
 API = "breakglass.dev/v1alpha1"
 

@@ -13,11 +13,10 @@ import urllib.request
 from typing import Any
 
 import yaml
+from harness import ROOT, Cluster, Operator, wait_for
 
 from breakglass.tokens.jwt_tokens import mint
 from breakglass.tokens.keys import Keyring, SigningKey
-
-from .harness import ROOT, Cluster, Operator, wait_for
 
 OPERATOR_NS = "breakglass-system"
 TOKEN_SECRET_TYPE = "breakglass.dev/token"

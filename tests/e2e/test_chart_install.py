@@ -9,20 +9,20 @@ import sys
 
 import pytest
 import yaml
-
-from breakglass import tls
-
-from .harness import (
+from harness import (
     ROOT,
     Operator,
-    install_crds,
     operator_ports,
     secret_token,
-    start_cluster,
+    start_control_plane,
     stop_cluster,
     wait_for,
     write_tokenreview_webhook_config,
 )
+from harness import kubeconfig as harness_kubeconfig  # noqa: I001
+
+from breakglass import tls
+
 from .scenario import approve, policy, request, token_secret, token_secret_ref, unique, wait_phase
 from .tokens_helpers import forbidden, unauthorized, with_token
 
@@ -99,10 +99,9 @@ def chart_env(e2e_dir):
     ports = operator_ports()
     certs = tls.generate(str(base / "tls"), ["127.0.0.1", "localhost"])
     flags = write_tokenreview_webhook_config(base / "tokenreview.kubeconfig", ports["https"], certs.ca_file)
-    cluster = start_cluster(base / "cluster", flags)
+    cluster = start_control_plane(base / "cluster", flags, ROOT / "charts" / "breakglass-operator" / "crds")
     op = None
     try:
-        install_crds(cluster, ROOT / "charts" / "breakglass-operator" / "crds")
         values = {
             "webhook": {"url": f"https://127.0.0.1:{ports['webhook']}"},
             **OLD_PDB,
@@ -122,20 +121,7 @@ def chart_env(e2e_dir):
         secret = wait_for(sa_token, 30, "the ServiceAccount token Secret")
         token = base64.b64decode(secret["data"]["token"]).decode()
         kubeconfig = base / "operator-sa.kubeconfig"
-        kubeconfig.write_text(
-            yaml.safe_dump(
-                {
-                    "apiVersion": "v1",
-                    "kind": "Config",
-                    "clusters": [
-                        {"name": "c", "cluster": {"server": cluster.server, "certificate-authority": cluster.ca_file}}
-                    ],
-                    "users": [{"name": "sa", "user": {"token": token}}],
-                    "contexts": [{"name": "c", "context": {"cluster": "c", "user": "sa"}}],
-                    "current-context": "c",
-                }
-            )
-        )
+        kubeconfig.write_text(harness_kubeconfig(cluster.server, cluster.ca_file, {"token": token}))
         op = Operator.on_ports(
             cluster,
             base / "operator",

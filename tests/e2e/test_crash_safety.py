@@ -9,8 +9,8 @@ import threading
 import time
 
 import yaml
+from harness import wait_for
 
-from .harness import wait_for
 from .scenario import approval, policy, request, unique
 
 

@@ -8,8 +8,8 @@ import time
 import urllib.request
 
 import jwt as pyjwt
+from harness import secret_token, wait_for
 
-from .harness import secret_token, wait_for
 from .scenario import (
     approval,
     approve,

@@ -9,7 +9,8 @@ import re
 import subprocess
 import sys
 
-from .harness import ROOT, wait_for
+from harness import ROOT, wait_for
+
 from .scenario import approve, condition, event_reasons, policy, request, unique, wait_phase
 
 

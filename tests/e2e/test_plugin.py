@@ -10,8 +10,8 @@ import sys
 
 import pytest
 import yaml
+from harness import ROOT
 
-from .harness import ROOT
 from .scenario import policy, request, unique, wait_phase
 
 

@@ -20,8 +20,8 @@ import uuid
 
 import jwt as pyjwt
 import yaml
+from harness import ROOT, wait_for
 
-from .harness import ROOT, wait_for
 from .scenario import approval, approve, policy, request, unique, wait_phase
 from .security_helpers import (
     OPERATOR_NS,

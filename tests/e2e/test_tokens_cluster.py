@@ -12,10 +12,10 @@ import time
 
 import jwt as pyjwt
 import pytest
+from harness import ROOT, secret_token, wait_for
 
 from breakglass.tokens.keys import SigningKey
 
-from .harness import ROOT, secret_token, wait_for
 from .scenario import policy, request, token_secret, token_secret_ref, unique, wait_phase
 from .tokens_helpers import forbidden, secret_kubeconfig, unauthorized, with_kubeconfig, with_token
 

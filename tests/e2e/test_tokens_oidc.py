@@ -14,12 +14,12 @@ import uuid
 
 import jwt as pyjwt
 import pytest
+from harness import Operator, operator_ports, secret_token, start_control_plane, stop_cluster, wait_for
 
 from breakglass import tls
 from breakglass.tokens.jwt_tokens import mint
 from breakglass.tokens.keys import Keyring
 
-from .harness import ROOT, Operator, install_crds, operator_ports, secret_token, start_cluster, stop_cluster, wait_for
 from .scenario import policy, request, unique, wait_phase
 from .tokens_helpers import forbidden, unauthorized, with_token
 
@@ -31,7 +31,7 @@ def oidc_env(e2e_dir):
     ports = operator_ports()
     certs = tls.generate(str(base / "tls"), ["127.0.0.1", "localhost"])
     issuer = f"https://127.0.0.1:{ports['https']}"
-    cluster = start_cluster(
+    cluster = start_control_plane(
         base / "cluster",
         [
             f"--oidc-issuer-url={issuer}",
@@ -46,8 +46,6 @@ def oidc_env(e2e_dir):
     )
     op = None
     try:
-        install_crds(cluster)
-        cluster.kubectl("apply", "-f", str(ROOT / "tests/e2e/manifests/users-rbac.yaml"))
         op = Operator.on_ports(cluster, base / "operator", ports, certs)
         op.start()
         yield cluster, op

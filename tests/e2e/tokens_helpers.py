@@ -7,27 +7,13 @@ import pathlib
 import subprocess
 import tempfile
 
-import yaml
-
-from .harness import Cluster
+from harness import Cluster, kubeconfig
 
 
 def kubeconfig_for(cluster: Cluster, token: str) -> str:
     fd, path = tempfile.mkstemp(prefix="grant-", suffix=".kubeconfig")
     with open(fd, "w") as fh:
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [
-                    {"name": "c", "cluster": {"server": cluster.server, "certificate-authority": cluster.ca_file}}
-                ],
-                "users": [{"name": "u", "user": {"token": token}}],
-                "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
-                "current-context": "c",
-            },
-            fh,
-        )
+        fh.write(kubeconfig(cluster.server, cluster.ca_file, {"token": token}))
     return path
 
 

@@ -1,8 +1,10 @@
-"""Real control plane + real operator process for e2e tests. Waits are polls with deadlines."""
+"""Real control plane + real operator processes, shared by the e2e and chaos tiers, the demo and the
+bench (none of them imports another's code). Waits are polls with deadlines; SIGUSR1 thread dumps."""
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import pathlib
@@ -18,7 +20,7 @@ from typing import Any
 
 import yaml
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 CLUSTER_SH = ROOT / "hack" / "cluster.sh"
 USERS = ("admin", "alice", "dave", "bob", "carol", "mallory")
 
@@ -321,32 +323,63 @@ def install_crds(cluster: Cluster, crd_dir: pathlib.Path | None = None) -> None:
         cluster.kubectl("wait", "--for=condition=Established", f"crd/{crd}.breakglass.dev", "--timeout=60s")
 
 
+def kubeconfig(server: str, ca_file: str | None, user: dict | None = None) -> str:
+    """The one kubeconfig builder: a server (with its CA file) and one user (token or client cert)."""
+    cluster = {"server": server}
+    if ca_file:
+        cluster["certificate-authority"] = ca_file
+    return yaml.safe_dump(
+        {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "c", "cluster": cluster}],
+            "users": [{"name": "u", "user": user or {}}],
+            "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
+            "current-context": "c",
+        }
+    )
+
+
 def write_tokenreview_webhook_config(path: pathlib.Path, https_port: int, ca_file: str, client=None) -> list[str]:
     """The kubeconfig kube-apiserver uses to call the operator's /authenticate (optionally with a
     client certificate, `client` being tls.generate_client()'s files); returns the flags."""
     user = {"client-certificate": client.cert_file, "client-key": client.key_file} if client else {}
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [
-                    {
-                        "name": "breakglass",
-                        "cluster": {
-                            "server": f"https://127.0.0.1:{https_port}/authenticate",
-                            "certificate-authority": ca_file,
-                        },
-                    }
-                ],
-                "users": [{"name": "kube-apiserver", "user": user}],
-                "contexts": [{"name": "webhook", "context": {"cluster": "breakglass", "user": "kube-apiserver"}}],
-                "current-context": "webhook",
-            }
-        )
-    )
+    path.write_text(kubeconfig(f"https://127.0.0.1:{https_port}/authenticate", ca_file, user))
     return [
         f"--authentication-token-webhook-config-file={path}",
         "--authentication-token-webhook-cache-ttl=1s",
         "--authentication-token-webhook-version=v1",
     ]
+
+
+@contextlib.contextmanager
+def control_plane(
+    state_dir: pathlib.Path,
+    apiserver_flags: list[str] | None = None,
+    crd_dir: pathlib.Path | None = None,
+    users: bool = True,
+):
+    """The one control-plane fixture: etcd + kube-apiserver + controller-manager started, the CRDs
+    established and (by default) the test users' RBAC applied; always stopped afterwards."""
+    try:
+        yield start_control_plane(state_dir, apiserver_flags, crd_dir, users)
+    finally:
+        stop_cluster(state_dir)
+
+
+def start_control_plane(
+    state_dir: pathlib.Path,
+    apiserver_flags: list[str] | None = None,
+    crd_dir: pathlib.Path | None = None,
+    users: bool = True,
+) -> Cluster:
+    """Start and prepare a control plane (for callers that stop it themselves with stop_cluster)."""
+    cluster = start_cluster(state_dir, list(apiserver_flags or []))
+    try:
+        install_crds(cluster, crd_dir)
+        if users:
+            cluster.kubectl("apply", "-f", str(ROOT / "tests" / "e2e" / "manifests" / "users-rbac.yaml"))
+    except BaseException:
+        stop_cluster(state_dir)
+        raise
+    return cluster
