@@ -99,7 +99,9 @@ def chart_env(e2e_dir):
     ports = operator_ports()
     certs = tls.generate(str(base / "tls"), ["127.0.0.1", "localhost"])
     flags = write_tokenreview_webhook_config(base / "tokenreview.kubeconfig", ports["https"], certs.ca_file)
-    cluster = start_control_plane(base / "cluster", flags, ROOT / "charts" / "breakglass-operator" / "crds")
+    cluster = start_control_plane(
+        base / "cluster", flags, ROOT / "charts" / "breakglass-operator" / "crds", users=False
+    )
     op = None
     try:
         values = {
