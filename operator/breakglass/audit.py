@@ -187,8 +187,11 @@ class AuditLog:
                 try:
                     self.on_seal(rec, keys, self.writer)
                 except ChainForked:
-                    # Another leader sealed this seq: continue after its head and seal once more.
+                    # Another leader sealed this seq: continue after its head and seal once more —
+                    # unless the head shows this very transition was already recorded.
                     self._follow_locked(self.read_head())
+                    if key is not None and key in self._seen:
+                        return None
                     rec = seal(body, self._prev, self._seq, self.hmac_key)
                     self.on_seal(rec, keys, self.writer)
             self._write_line(json.dumps(rec, sort_keys=True, separators=(",", ":"), ensure_ascii=False))

@@ -117,6 +117,10 @@ class Grants:
         record: recorded before the token exists anywhere a user can read it)."""
         if entry["state"] != ISSUING:
             return entry
+        fresh = self.ledger.fetch(entry["request"]["uid"])  # never re-create objects of a grant that ended
+        if fresh is None or fresh["state"] != ISSUING:
+            return fresh or entry
+        entry = fresh
         objects = [dict(ref) for ref in entry["objects"]]
         for ref in objects:
             if ref.get("uid"):

@@ -116,7 +116,14 @@ class LeaderElector:
                     metrics.leader.set(1)
                     metrics.leader_changes_total.inc()
                     log.info("became leader (lease %s/%s, identity %s)", self.namespace, self.name, self.identity)
-                    self.on_started()
+                    try:
+                        self.on_started()
+                    except Exception as exc:  # noqa: BLE001 — a half-started leader must not stay
+                        log.error("could not start leading (%s): stopping", error_text(exc))
+                        self.leading.clear()
+                        metrics.leader.set(0)
+                        self.on_lost()
+                        return
             elif self.leading.is_set() and now - self._last_renew > self.renew_deadline:
                 self.leading.clear()
                 metrics.leader.set(0)

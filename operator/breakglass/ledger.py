@@ -193,8 +193,8 @@ class Ledger:
                 backoff = 0.5
             except Exception as exc:  # 410 Gone, connection loss: list again
                 status = getattr(exc, "status", None)
-                self.synced.clear()  # a stale allow-list must not authenticate: fail closed until relisted
-                if status != 410:
+                if status != 410:  # a routine 410 (compaction) relists at once and keeps readiness
+                    self.synced.clear()  # a stale allow-list must not authenticate: fail closed until relisted
                     metrics.errors_total.labels("ledger-watch").inc()
                     log.warning("ledger watch failed (%s); listing again", error_text(exc))
                     time.sleep(backoff)
@@ -202,4 +202,4 @@ class Ledger:
                 rv = None
 
     def _stream(self, rv: str) -> Iterator[tuple[str, dict[str, Any]]]:
-        return self.kube.watch_configmaps(self.namespace, SELECTOR, rv)
+        return self.kube.watch_configmaps(self.namespace, SELECTOR, rv, timeout=60)

@@ -94,6 +94,8 @@ class Reconciler:
         meta, old = req["metadata"], dict(req.get("status") or {})
         view = RequestView.from_resource(req)
         entry = self.ledger.get(meta["uid"])
+        if entry is None and old.get("phase") == api.ACTIVE:
+            entry = self.ledger.fetch(meta["uid"])  # the view may lag another writer: never revoke on a lag
         if meta.get("deletionTimestamp"):
             self._on_delete(req, view, entry, old)
             return None

@@ -95,12 +95,14 @@ def _reconcile_if_not_marked(rt: Runtime, req: dict) -> None:
 
 
 async def stop(rt: Runtime) -> None:
-    if rt.elector is not None:  # hand the lease over first: a successor leads within one retry period
-        await asyncio.get_running_loop().run_in_executor(None, rt.elector.stop)
+    # Stop writing first (housekeeping, reconciles, expiries, drills; each queue waits briefly for
+    # its in-flight pass), then hand the lease over: a successor leads within one retry period and
+    # never overlaps with this replica's writes.
     for t in rt.tasks:
         t.cancel()
-    rt.queue.stop()
-    rt.drill_queue.stop()
-    rt.expiry.stop()
+    loop = asyncio.get_running_loop()
+    await asyncio.gather(*(loop.run_in_executor(None, q.stop) for q in (rt.queue, rt.drill_queue, rt.expiry)))
+    if rt.elector is not None:
+        await loop.run_in_executor(None, rt.elector.stop)
     rt.ledger.stop()
     await rt.endpoints.stop()

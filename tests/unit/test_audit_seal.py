@@ -106,3 +106,28 @@ def test_a_file_that_stops_short_because_another_replica_led_is_no_discrepancy_b
     lines = theirs.read_text().splitlines()
     theirs.write_text("")  # b's own file lost its record: that is a discrepancy
     assert lines and log(theirs, "b").discrepancy is not None
+
+
+def test_a_seal_whose_answer_was_lost_is_not_recorded_twice_on_retry():
+    cms = ConfigMaps()
+    log = _log(cms)
+    real_update = cms.update
+    calls = []
+
+    def lossy_update(namespace, name, mutate):
+        out = real_update(namespace, name, mutate)
+        if not calls:
+            calls.append(1)
+            raise TimeoutError("the head was stored, but the answer never came back")
+        return out
+
+    log.on_seal.__self__._update = lossy_update
+    try:
+        log.record("issued", key="u:issued", jti="j1")
+    except TimeoutError:
+        pass
+    assert log.record("issued", key="u:issued", jti="j1") is None  # the retried pass
+    log.record("expired", key="u:expired")
+    merged = _lines(log)
+    assert [json.loads(x)["event"] for x in merged] == ["issued", "expired"]
+    assert verify_lines(merged, KEY)[1] is None

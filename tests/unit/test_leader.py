@@ -106,3 +106,25 @@ def test_a_dead_leaders_lease_is_taken_over_only_after_it_expires():
     now[0] += dt.timedelta(seconds=2)
     assert b._try_acquire_or_renew() and store.lease["spec"]["leaseTransitions"] == 1
     assert not a._try_acquire_or_renew()  # the old leader finds the lease taken
+
+
+def test_a_leader_that_cannot_start_its_work_steps_down_instead_of_holding_the_lease():
+    store, events, now = FakeLeases(), [], [NOW]
+
+    def broken_start():
+        raise TimeoutError("apiserver slow")
+
+    elector = LeaderElector(
+        store,
+        namespace="ns",
+        name="lease",
+        identity="a",
+        lease_seconds=10,
+        renew_deadline=7,
+        retry_period=0.01,
+        clock=lambda: now[0],
+        on_started=broken_start,
+        on_lost=lambda: events.append("lost"),
+    )
+    elector._run()  # returns once it stepped down
+    assert events == ["lost"] and not elector.leading.is_set()

@@ -114,6 +114,7 @@ class ObjectsMixin:
             namespace,
             label_selector=selector,
             resource_version=resource_version,
+            _request_timeout=(5, timeout + 15),  # a half-open connection must not freeze the view
             timeout_seconds=timeout,
             allow_watch_bookmarks=False,
         ):
