@@ -30,6 +30,9 @@ def discovery_document(issuer: str) -> dict[str, Any]:
     }
 
 
+CLAIMS_MISMATCH = "ClaimsMismatch"
+
+
 def live_grant_check(result, entry: dict[str, Any] | None, now) -> tuple[bool, str, str]:
     """A verified token authenticates only while the ledger holds its jti as a live grant of the same
     request uid and key (an allow-list bounded by the active grants; revocation removes it)."""
@@ -38,20 +41,23 @@ def live_grant_check(result, entry: dict[str, Any] | None, now) -> tuple[bool, s
     claims = result.claims
     if entry is None:
         return False, "UnknownGrant", f"token {claims['jti']} is not a grant the operator issued"
+    if claims != entry.get("claims"):
+        # Signed by our key over claims we never minted for this jti (a stolen key can at most re-mint
+        # the exact grant, never widen it): malformed, whatever the grant's state.
+        return False, CLAIMS_MISMATCH, "token claims differ from the grant the ledger recorded"
     if entry.get("state") != "Active" or not is_live(entry, now):
         return False, entry.get("state") or "NotLive", f"token {claims['jti']} grant is {entry.get('state')}"
-    if entry.get("kid") != result.kid or claims != entry.get("claims"):
-        # Signed by our key but not the token we minted for this jti: refuse it (a stolen key can at
-        # most re-mint the exact grant, never widen it).
+    if entry.get("kid") != result.kid:
         return False, "GrantMismatch", "token does not match the grant the ledger recorded"
     return True, "Valid", result.message
 
 
 def token_review_response(
-    result, entry: dict[str, Any] | None, now, api_version: str = "authentication.k8s.io/v1"
+    result, entry: dict[str, Any] | None, now, api_version: str = "authentication.k8s.io/v1", verdict=None
 ) -> dict[str, Any]:
-    """Build the TokenReview answer (pure). The identity comes from the ledger, not from the token."""
-    ok, reason, message = live_grant_check(result, entry, now)
+    """Build the TokenReview answer (pure). The identity comes from the ledger, not from the token.
+    `verdict`: live_grant_check's answer when the caller already has it."""
+    ok, reason, message = verdict or live_grant_check(result, entry, now)
     if not ok:
         return {
             "apiVersion": api_version,
@@ -218,9 +224,10 @@ class Endpoints:
         if result.reason in ("MalformedClaims", "MissingClaim"):  # signed but malformed: 401, never a 500
             return malformed()
         entry = self.ledger.by_jti(result.claims["jti"]) if result.ok else None
-        if result.ok and entry is not None and result.claims != entry.get("claims"):
-            return malformed()  # our signature over claims we never minted: malformed, 401
-        answer = token_review_response(result, entry, self.clock(), api_version)
+        verdict = live_grant_check(result, entry, self.clock())
+        if verdict[1] == CLAIMS_MISMATCH:
+            return malformed()
+        answer = token_review_response(result, entry, self.clock(), api_version, verdict=verdict)
         ok = answer["status"]["authenticated"]
         label = "authenticated" if ok else (answer["status"]["error"].split(":")[0].lower())
         metrics.token_reviews_total.labels(label).inc()

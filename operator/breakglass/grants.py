@@ -160,9 +160,7 @@ class Grants:
             # what we created after their cleanup is known only here, so delete it now, by uid.
             fresh = self.ledger.fetch(entry["request"]["uid"])
             if fresh is None or fresh["state"] != ISSUING:
-                for ref in objects:
-                    if ref.get("uid"):
-                        self.kube.delete_exact(ref["kind"], ref["namespace"], ref["name"], ref["uid"])
+                self.cleanup(dict(entry, objects=objects))
             raise
 
     def _manifest(self, ref: dict[str, Any], entry: dict[str, Any], with_token: bool = False) -> dict[str, Any]:

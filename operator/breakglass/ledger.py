@@ -86,8 +86,7 @@ class Ledger:
             with self._lock:
                 entry = self._by_uid.get(uid)
                 return copy.deepcopy(entry) if entry else None
-        cm = self.kube.read("ConfigMap", self.namespace, api.ledger_name(uid))
-        return entry_from_configmap(cm) if cm else None
+        return self.fetch(uid)
 
     def fetch(self, uid: str) -> dict[str, Any] | None:
         """Straight from the API server (for decisions that must not trust a lagging view)."""

@@ -131,15 +131,13 @@ class Recorder:
             )
             if entry:
                 metrics.expiry_lag.observe(max(0.0, (now - parse_rfc3339(entry["expiresAt"])).total_seconds()))
-        elif phase == api.REVOKED and reason == "SigningKeyLost":  # the keyring alarm, on every affected grant
-            self.event(req, "Warning", "SigningKeyLost", cond_msg)
-            self.audit_record("revoked", req, view, reason=reason, outcome="revoked", **grant_fields)
-            metrics.revocations_total.labels(reason).inc()
         elif phase == api.REVOKED:
             self.audit_record("revoked", req, view, reason=reason, outcome="revoked", **grant_fields)
-            self.event(
-                req, "Normal", "Revoked", cond_msg + (f" (jti {entry['jti']} no longer authenticates)" if entry else "")
-            )
+            if reason == "SigningKeyLost":  # the keyring alarm, on every affected grant
+                self.event(req, "Warning", "SigningKeyLost", cond_msg)
+            else:
+                suffix = f" (jti {entry['jti']} no longer authenticates)" if entry else ""
+                self.event(req, "Normal", "Revoked", cond_msg + suffix)
             if entry:
                 metrics.revocations_total.labels(reason).inc()
         else:  # Denied / Failed

@@ -19,23 +19,11 @@ log = logging.getLogger(__name__)
 class ObjectsMixin:
     # --- secrets ---------------------------------------------------------
     def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return _none_on_404(
-            lambda: self.api_client.sanitize_for_serialization(self.core.read_namespaced_secret(name, namespace))
-        )
+        return self.read("Secret", namespace, name)
 
     def create_secret_if_absent(self, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         """Create; on conflict return the existing one. (object, created?)"""
-        ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
-        try:
-            created = self.core.create_namespaced_secret(ns, body)
-            return self.api_client.sanitize_for_serialization(created), True
-        except ApiException as exc:
-            if exc.status != 409:
-                raise
-        existing = self.get_secret(ns, name)
-        if existing is None:
-            raise RuntimeError(f"secret {ns}/{name} conflicted on create but cannot be read")
-        return existing, False
+        return self.create_if_absent("Secret", body)
 
     def replace_secret(self, body: dict[str, Any]) -> None:
         """Guarded by metadata.resourceVersion: Conflict when someone wrote in between."""
