@@ -20,6 +20,7 @@ Two things a hash chain alone cannot show, and what closes them (issue 9, invari
 from __future__ import annotations
 
 import collections
+import itertools
 import json
 import os
 import sys
@@ -27,8 +28,10 @@ import threading
 from collections.abc import Callable
 from typing import IO, Any
 
-from .audit_chain import GENESIS, parse_head, seal
-from .audit_head import ChainForked
+from .audit_batch import SEAL_OVERHEAD_BYTES, GroupCommit, Pending
+from .audit_chain import GENESIS, head_records, parse_head, refuse_credentials, seal
+from .audit_file import hash_at, last_line, recent_keys
+from .audit_head import RECENT_KEYS, ChainForked
 
 OnAppend = Callable[[int, str], None]
 
@@ -36,12 +39,18 @@ OnAppend = Callable[[int, str], None]
 class AuditLog:
     """Thread-safe appender. Writes to `stream` (stdout) and, when configured, a file (fsync'd).
 
-    Order of one append, under the lock: seal, write + fsync the file, write the stream, advance the
-    chain. Then, outside the lock, `on_append(seq, hash)` (e.g. `AuditHead.publish`). Every failure
-    raises to the caller, which must not go on with the transition (fail closed): a record that
-    cannot be written, or whose head cannot be sealed in the cluster. After a publish failure the
-    record is still in the file and the chain has advanced past it; the next successful publish
-    covers it (the head lags by at most the failed records meanwhile).
+    Appends are group-committed (`audit_batch`): concurrent `record` calls are chained in the order
+    they were made and committed together. Order of one commit, under the chain lock: seal the batch
+    (contiguous seqs), store it in the cluster head with one write (`on_seal(records, recent keys,
+    writer)`, e.g. `AuditHead.seal_batch`), write + fsync the file once, write the stream, advance the
+    chain. Each caller then returns its own record, and, outside the lock, calls `on_append(seq,
+    hash)` (e.g. `AuditHead.publish`). Every failure raises to every caller of the batch, which must
+    not go on with its transition (fail closed): records that cannot be written, or whose head cannot
+    be sealed in the cluster. A batch whose head write failed is not written and the chain does not
+    advance (if the write was stored after all, its answer lost, the next commit finds the records in
+    the head and writes them, see ChainForked). After a publish failure the record is still in the
+    file and the chain has advanced past it; the next successful publish covers it (the head lags by
+    at most the failed records meanwhile).
 
     `head` (the published head, from `AuditHead.read()`) resumes the chain where the cluster says it
     is when that is further on than the file: without a file (stdout only) or with a lost or
@@ -63,13 +72,15 @@ class AuditLog:
         writer: str = "",
     ):
         self.path, self.hmac_key, self.on_append = path, hmac_key, on_append
-        # on_seal(record, recent keys): AuditHead.seal_record — the head is stored before the write.
+        # on_seal(records, recent keys, writer): AuditHead.seal_batch — the head, with the batch of
+        # records, is stored before they are written.
         self.on_seal = on_seal
         # Who writes this copy of the chain (host + file): a head sealed by another writer (a replica
         # that led meanwhile) explains a file that stops short; one sealed by us does not.
         self.writer = writer
         self.stream = stream if stream is not None else sys.stdout
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the chain: one commit (or follow_head) at a time
+        self._commits = GroupCommit(self._commit)
         self._prev, self._seq = GENESIS, 0
         self.discrepancy: str | None = None
         self.read_head: Callable[[], dict[str, Any] | None] = lambda: None
@@ -79,22 +90,23 @@ class AuditLog:
         self._last_written: str | None = None  # hash of the last record this log wrote (or its file ends with)
         file_last = None
         if path and os.path.exists(path):
-            for key in _recent_keys(path):
+            for key in recent_keys(path):
                 self._remember(key)
-            last = _last_line(path)
+            last = last_line(path)
             if last:
                 rec = json.loads(last)
                 file_last = (rec["seq"], rec["hash"])
                 self._prev, self._seq = rec["hash"], rec["seq"] + 1
                 self._last_written = rec["hash"]
         if head is not None:
-            sealed = head.get("record") if isinstance(head, dict) else None
-            if file_last and _is_next(sealed, head, file_last[1]):
-                # Sealed in the cluster, then the process died before writing it: write it now.
-                self._write_line(json.dumps(sealed, sort_keys=True, separators=(",", ":"), ensure_ascii=False))
-                file_last = (sealed["seq"], sealed["hash"])
-                self._prev, self._seq = sealed["hash"], sealed["seq"] + 1
-                self._last_written = sealed["hash"]
+            unwritten = _after(head_records(head) if isinstance(head, dict) else [], file_last)
+            if unwritten:
+                # Sealed in the cluster, then the process died before writing (all of) them: write now.
+                self._write_lines([_line(rec) for rec in unwritten])
+                last = unwritten[-1]
+                file_last = (last["seq"], last["hash"])
+                self._prev, self._seq = last["hash"], last["seq"] + 1
+                self._last_written = last["hash"]
             for key in (head.get("keys") or []) if isinstance(head, dict) else []:
                 self._remember(key)
             sealed_by = head.get("writer") if isinstance(head, dict) else None
@@ -104,7 +116,7 @@ class AuditLog:
         hseq, hhash = head["seq"], head["hash"]
         if file_last is not None:
             fseq, fhash = file_last
-            at = fhash if fseq == hseq else (_hash_at(self.path, hseq) if fseq > hseq else None)
+            at = fhash if fseq == hseq else (hash_at(self.path, hseq) if fseq > hseq else None)
             if at == hhash:
                 return  # the file holds the sealed head (and maybe records whose publish failed): go on
             if fseq < hseq and other_writer:
@@ -131,8 +143,8 @@ class AuditLog:
 
     def follow_head(self, head: dict[str, Any] | None) -> None:
         """A replica that becomes leader continues the one chain where the previous leader left it:
-        it re-emits the last sealed record (which that leader may have died before writing; an
-        identical duplicate otherwise) and remembers its recent transition keys."""
+        it re-emits the records of the last sealed batch (which that leader may have died before
+        writing; identical duplicates otherwise) and remembers its recent transition keys."""
         with self._lock:
             self._follow_locked(head)
 
@@ -142,28 +154,27 @@ class AuditLog:
         parsed = parse_head(head)
         if parsed["seq"] + 1 < self._seq:
             return
-        sealed = head.get("record")
-        if (
-            isinstance(sealed, dict)
-            and sealed.get("seq") == parsed["seq"]
-            and sealed.get("hash") == parsed["hash"]
-            and sealed["hash"] != self._last_written
-        ):
-            self._write_line(json.dumps(sealed, sort_keys=True, separators=(",", ":"), ensure_ascii=False))
-            self._last_written = sealed["hash"]
+        batch = head_records(head)
+        hashes = [rec["hash"] for rec in batch]
+        if self._last_written in hashes:
+            batch = batch[hashes.index(self._last_written) + 1 :]  # what we wrote ourselves is not repeated
+        if batch:
+            self._write_lines([_line(rec) for rec in batch])
+            self._last_written = batch[-1]["hash"]
         for key in head.get("keys") or []:
             self._remember(key)
         self._prev, self._seq = parsed["hash"], parsed["seq"] + 1
 
-    def _write_line(self, line: str) -> None:
+    def _write_lines(self, lines: list[str]) -> None:
+        text = "".join(line + "\n" for line in lines)
         if self.path:
-            # Fail closed: a record we cannot persist raises, and the caller does not proceed.
+            # Fail closed: records we cannot persist raise, and their callers do not proceed.
             with open(self.path, "a", encoding="utf-8") as fh:
-                fh.write(line + "\n")
+                fh.write(text)
                 fh.flush()
                 os.fsync(fh.fileno())
         try:
-            self.stream.write(line + "\n")
+            self.stream.write(text)
             self.stream.flush()
         except Exception:  # noqa: BLE001 — stdout is a copy; the file and the head are the record
             pass
@@ -174,87 +185,82 @@ class AuditLog:
             self._seen.popitem(last=False)
 
     def record(self, event: str, key: str | None = None, **fields: Any) -> dict[str, Any] | None:
-        """Append one record; with `key`, at most once per key (None when it was already recorded)."""
-        with self._lock:
-            if key is not None:
-                if key in self._seen:
-                    return None
-                fields["key"] = key
-            body = {"kind": "breakglass.audit", "event": event, **fields}
-            rec = seal(body, self._prev, self._seq, self.hmac_key)
-            if self.on_seal is not None:
-                keys = list(self._seen)[-64:] + ([key] if key else [])
-                try:
-                    self.on_seal(rec, keys, self.writer)
-                except ChainForked:
-                    # Another leader sealed this seq: continue after its head and seal once more —
-                    # unless the head shows this very transition was already recorded.
-                    self._follow_locked(self.read_head())
-                    if key is not None and key in self._seen:
-                        return None
-                    rec = seal(body, self._prev, self._seq, self.hmac_key)
-                    self.on_seal(rec, keys, self.writer)
-            self._write_line(json.dumps(rec, sort_keys=True, separators=(",", ":"), ensure_ascii=False))
-            self._last_written = rec["hash"]
-            self._prev, self._seq = rec["hash"], self._seq + 1
-            if key is not None:
-                self._remember(key)
-        if self.on_append is not None:
+        """Append one record; with `key`, at most once per key (None when it was already recorded).
+
+        Returns once this record is sealed in the cluster head and written; concurrent calls share
+        that work (group commit). Raises whatever stopped its batch."""
+        if key is not None:
+            if key in self._seen:
+                return None  # recorded before (keys are only ever added, or forgotten when very old)
+            fields["key"] = key
+        body = {"kind": "breakglass.audit", "event": event, **fields}
+        # Checked here, not in the batch: a bad record fails its own caller only.
+        refuse_credentials(body)
+        size = len(json.dumps(body, sort_keys=True, separators=(",", ":"))) + SEAL_OVERHEAD_BYTES
+        rec = self._commits.submit(Pending(body, key, size)).record
+        if rec is not None and self.on_append is not None:
             # Outside the lock: a slow API call does not serialize every append; AuditHead groups them.
             self.on_append(rec["seq"], rec["hash"])
         return rec
 
+    def _commit(self, batch: list[Pending]) -> None:
+        """Seal `batch` in order, store it in the head with one write, write it with one fsync."""
+        with self._lock:
+            records = self._seal_in_order(batch)
+            if records and self.on_seal is not None:
+                try:
+                    self.on_seal(records, self._head_keys(batch), self.writer)
+                except ChainForked:
+                    # Another leader sealed these seqs: continue after its head and seal the batch once
+                    # more — without the transitions the head shows were already recorded.
+                    self._follow_locked(self.read_head())
+                    records = self._seal_in_order(batch)
+                    if records:
+                        self.on_seal(records, self._head_keys(batch), self.writer)
+            if not records:
+                return
+            self._write_lines([_line(rec) for rec in records])
+            last = records[-1]
+            self._last_written = last["hash"]
+            self._prev, self._seq = last["hash"], last["seq"] + 1
+            for pending in batch:
+                if pending.record is not None and pending.key is not None:
+                    self._remember(pending.key)
 
-def _is_next(sealed: Any, head: dict[str, Any], last_hash: str) -> bool:
-    return (
-        isinstance(sealed, dict)
-        and sealed.get("prev") == last_hash
-        and sealed.get("seq") == head.get("seq")
-        and sealed.get("hash") == head.get("hash")
-    )
+    def _seal_in_order(self, batch: list[Pending]) -> list[dict[str, Any]]:
+        """Seal every Pending after the chain's end, contiguously; a key recorded before, or earlier
+        in the batch, gets no record (None)."""
+        prev, seq, batch_keys, records = self._prev, self._seq, set(), []
+        for pending in batch:
+            if pending.key is not None and (pending.key in self._seen or pending.key in batch_keys):
+                pending.record = None
+                continue
+            pending.record = rec = seal(pending.body, prev, seq, self.hmac_key)
+            records.append(rec)
+            prev, seq = rec["hash"], seq + 1
+            if pending.key is not None:
+                batch_keys.add(pending.key)
+        return records
+
+    def _head_keys(self, batch: list[Pending]) -> list[str]:
+        """The recent transition keys the head carries, this batch's last, so a new leader skips them."""
+        recent = list(itertools.islice(reversed(self._seen), RECENT_KEYS))[::-1]
+        sealed = [p.key for p in batch if p.record is not None and p.key is not None]
+        return (recent + sealed)[-RECENT_KEYS:]
+
+
+def _line(rec: dict[str, Any]) -> str:
+    return json.dumps(rec, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _after(sealed: list[dict[str, Any]], file_last: tuple[int, str] | None) -> list[dict[str, Any]]:
+    """The sealed records that follow the file's last one (the rest of a batch a crash cut short)."""
+    if file_last is None:
+        return []
+    for i, rec in enumerate(sealed):
+        if rec.get("prev") == file_last[1] and rec.get("seq") == file_last[0] + 1:
+            return sealed[i:]
+    return []
 
 
 SEEN_KEYS = 200_000
-_TAIL_BYTES = 32 * 1024 * 1024
-
-
-def _recent_keys(path: str) -> list[str]:
-    """Transition keys of the file's last records (its tail, bounded)."""
-    keys = []
-    with open(path, "rb") as fh:
-        fh.seek(0, os.SEEK_END)
-        fh.seek(max(0, fh.tell() - _TAIL_BYTES))
-        for raw in fh:
-            if b'"key":' not in raw:
-                continue
-            try:
-                key = json.loads(raw).get("key")
-            except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-                continue
-            if isinstance(key, str):
-                keys.append(key)
-    return keys
-
-
-def _last_line(path: str) -> str | None:
-    with open(path, "rb") as fh:
-        fh.seek(0, os.SEEK_END)
-        size = fh.tell()
-        block = min(size, 65536)
-        fh.seek(size - block)
-        lines = [ln for ln in fh.read().decode("utf-8", "replace").splitlines() if ln.strip()]
-        return lines[-1] if lines else None
-
-
-def _hash_at(path: str, seq: int) -> str | None:
-    with open(path, encoding="utf-8", errors="replace") as fh:
-        for line in fh:
-            if f'"seq":{seq},' not in line and f'"seq":{seq}}}' not in line:
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if rec.get("seq") == seq:
-                return rec.get("hash")
-    return None

@@ -20,9 +20,13 @@ def canonical(record: dict[str, Any]) -> bytes:
     return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def seal(record: dict[str, Any], prev_hash: str, seq: int, hmac_key: bytes | None) -> dict[str, Any]:
+def refuse_credentials(record: dict[str, Any]) -> None:
     if _FORBIDDEN_KEYS & set(record):
         raise ValueError("audit records never carry credentials")
+
+
+def seal(record: dict[str, Any], prev_hash: str, seq: int, hmac_key: bytes | None) -> dict[str, Any]:
+    refuse_credentials(record)
     out = dict(record, seq=seq, prev=prev_hash)
     digest = hashlib.sha256(canonical(out)).hexdigest()
     out["hash"] = digest
@@ -168,3 +172,32 @@ def parse_head(raw: dict[str, Any] | str) -> dict[str, Any]:
     if not isinstance(digest, str) or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
         raise ValueError("audit head hash is not a SHA-256 hex digest")
     return {"seq": seq, "hash": digest, "time": obj.get("time")}
+
+
+def head_records(head: dict[str, Any]) -> list[dict[str, Any]]:
+    """The records sealed by a head's last write, oldest first, ending with the head's own record.
+
+    A group commit seals a batch of contiguous records in one write: `records` holds the batch and
+    `record` its last one. A head written one record at a time has only `record`. Anything that does
+    not chain up to the head's seq and hash is ignored ([] when nothing usable is there)."""
+    try:
+        parsed = parse_head(head)
+    except ValueError:
+        return []
+    last = head.get("record")
+    if not _ends_at(last, parsed):
+        return []
+    batch = head.get("records")
+    if isinstance(batch, list) and batch and all(isinstance(r, dict) for r in batch) and batch[-1] == last:
+        if all(_links(earlier, later) for earlier, later in zip(batch, batch[1:], strict=False)):
+            return batch
+    return [last]
+
+
+def _ends_at(record: Any, parsed: dict[str, Any]) -> bool:
+    return isinstance(record, dict) and record.get("seq") == parsed["seq"] and record.get("hash") == parsed["hash"]
+
+
+def _links(earlier: dict[str, Any], later: dict[str, Any]) -> bool:
+    seq = earlier.get("seq")
+    return isinstance(seq, int) and later.get("seq") == seq + 1 and later.get("prev") == earlier.get("hash")

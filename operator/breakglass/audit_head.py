@@ -65,7 +65,7 @@ class AuditHead:
         return parse_head(raw)
 
     def read_full(self) -> dict[str, Any] | None:
-        """The stored head with the last sealed record and recent keys (None when never published)."""
+        """The stored head with the last sealed record(s) and recent keys (None when never published)."""
         cm = self._get(self.namespace, self.name)
         raw = ((cm or {}).get("data") or {}).get(HEAD_KEY)
         if raw is None:
@@ -75,36 +75,44 @@ class AuditHead:
         return full
 
     def seal_record(self, rec: dict[str, Any], keys: list[str], writer: str = "") -> None:
-        """Seal-before-write: the head (with the record itself) is stored *before* the record is
-        written anywhere, and only if nobody sealed this seq yet (compare-and-swap). So a writer that
-        dies after sealing loses nothing (the next leader re-emits the record from the head) and
-        two writers can never fork the chain (the second gets ChainForked)."""
+        """`seal_batch` of one record."""
+        self.seal_batch([rec], keys, writer)
+
+    def seal_batch(self, records: list[dict[str, Any]], keys: list[str], writer: str = "") -> None:
+        """Seal-before-write: the head (with the records themselves) is stored *before* the records
+        are written anywhere, and only if nobody sealed their seqs yet (compare-and-swap). So a writer
+        that dies after sealing loses nothing (the next leader re-emits the records from the head)
+        and two writers can never fork the chain (the second gets ChainForked).
+
+        `records` are contiguous (a group commit); `record` stays the last one, so readers of a
+        one-record head keep working, and `records` holds the whole batch when it has more than one
+        (`audit_chain.head_records` reads both). The caller bounds the batch in count and bytes."""
+        first, last = records[0], records[-1]
         stamp = self._clock().astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        body = json.dumps(
-            {
-                "seq": rec["seq"],
-                "hash": rec["hash"],
-                "time": stamp,
-                "record": rec,
-                "keys": keys[-RECENT_KEYS:],
-                "writer": writer,
-            },
-            sort_keys=True,
-            separators=(",", ":"),
-        )
+        head = {
+            "seq": last["seq"],
+            "hash": last["hash"],
+            "time": stamp,
+            "record": last,
+            "keys": keys[-RECENT_KEYS:],
+            "writer": writer,
+        }
+        if len(records) > 1:
+            head["records"] = records
+        body = json.dumps(head, sort_keys=True, separators=(",", ":"))
 
         def mutate(data: dict[str, str]) -> dict[str, str]:
             try:
                 current = parse_head(data[HEAD_KEY]) if HEAD_KEY in data else None
             except ValueError:
                 current = None  # a malformed head is overwritten by a good one
-            if current is not None and current["seq"] >= rec["seq"]:
-                raise ChainForked(f"audit seq {rec['seq']} was already sealed (head is seq {current['seq']})")
+            if current is not None and current["seq"] >= first["seq"]:
+                raise ChainForked(f"audit seq {first['seq']} was already sealed (head is seq {current['seq']})")
             return dict(data, **{HEAD_KEY: body})
 
         self._update(self.namespace, self.name, mutate)
         with self._cond:
-            self._published = max(self._published, rec["seq"])
+            self._published = max(self._published, last["seq"])
 
     def publish(self, seq: int, digest: str) -> None:
         with self._cond:

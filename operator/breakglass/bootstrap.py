@@ -147,7 +147,7 @@ def build_audit(settings: Settings, kube: Kube) -> AuditLog:
     import socket
 
     writer = f"{socket.gethostname()}:{settings.audit_log or '-'}"
-    audit = AuditLog(settings.audit_log, hmac_key, on_seal=head.seal_record, head=head.read_full(), writer=writer)
+    audit = AuditLog(settings.audit_log, hmac_key, on_seal=head.seal_batch, head=head.read_full(), writer=writer)
     audit.read_head = head.read_full  # a new leader continues the chain from the published head
     if audit.discrepancy:
         log.error("audit: %s", audit.discrepancy)  # recorded in the chain once this replica leads

@@ -28,7 +28,7 @@ class ConfigMaps:
 def _log(cms, path=None, **kw):
     head = AuditHead("ns", cms.get, cms.update)
     log = AuditLog(
-        str(path) if path else None, KEY, stream=io.StringIO(), on_seal=head.seal_record, head=head.read_full(), **kw
+        str(path) if path else None, KEY, stream=io.StringIO(), on_seal=head.seal_batch, head=head.read_full(), **kw
     )
     log.read_head = head.read_full
     return log
@@ -95,7 +95,7 @@ def test_a_file_that_stops_short_because_another_replica_led_is_no_discrepancy_b
 
     def log(path, writer):
         out = AuditLog(
-            str(path), KEY, stream=io.StringIO(), on_seal=head.seal_record, head=head.read_full(), writer=writer
+            str(path), KEY, stream=io.StringIO(), on_seal=head.seal_batch, head=head.read_full(), writer=writer
         )
         out.read_head = head.read_full
         return out
