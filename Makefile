@@ -38,6 +38,10 @@ $(VENV)/.installed: pyproject.toml
 	@hack/venv.sh $(PYTHON) $(VENV)
 	@touch $@
 
+.PHONY: rules
+rules: venv  ## promtool check + unit-test the chart's alerts (tests/rules/); installs Debian's prometheus (cached)
+	@hack/monitoring.sh rules
+
 cluster-build:  ## install etcd/Go and build kube-apiserver, kube-controller-manager, kubectl (cached)
 	@hack/cluster.sh build
 

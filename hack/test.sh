@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every test tier, with phase timings. Leaves no control-plane or operator process behind.
-#   hack/test.sh        lint + unit + e2e + chaos
+#   hack/test.sh        lint + alert rules (promtool) + unit + e2e + chaos
 #   hack/test.sh e2e    e2e only
 #   hack/test.sh chaos  chaos only (one control plane and two operator replicas per module, in sequence)
 set -euo pipefail
@@ -14,6 +14,11 @@ make --no-print-directory venv
 phase "python environment"
 hack/cluster.sh build
 phase "control plane binaries"
+hack/monitoring.sh install
+# tests/e2e/test_monitoring.py fails (instead of skipping) when this is set and Prometheus is missing.
+BREAKGLASS_MONITORING_BIN=$(hack/monitoring.sh bin)
+export BREAKGLASS_MONITORING_BIN
+phase "prometheus binaries"
 
 E2E_DIR=$(mktemp -d /tmp/breakglass-e2e.XXXXXX)
 cleanup() {
@@ -28,6 +33,8 @@ rc=0
 if [ "$ONLY" = all ]; then
   make --no-print-directory lint || rc=$?
   phase "lint"
+  hack/monitoring.sh rules || rc=$?
+  phase "alert rules (promtool)"
   .venv/bin/python -m pytest tests/unit -q -p no:cacheprovider || rc=$?
   phase "unit tier"
 fi
