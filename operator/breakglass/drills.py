@@ -208,14 +208,14 @@ class DrillRunner:
         published = {k.get("kid") for k in jwks.get("keys", [])}
         lost = [
             e
-            for e in (self.ledger.entries() if self.ledger else [])
-            if e.get("state") == "Active" and e.get("kid") not in published
+            for e in (self.ledger.summaries() if self.ledger else [])
+            if e.state == "Active" and e.kid not in published
         ]
         if lost:  # a deleted or replaced keyring: live grants can no longer authenticate
             raise StepFailed(
                 "",
                 f"{len(lost)} live grant(s) were signed by keys no longer in the published JWKS "
-                f"(e.g. kid {lost[0]['kid']}): the signing keyring was deleted or replaced",
+                f"(e.g. kid {lost[0].kid}): the signing keyring was deleted or replaced",
             )
         return result.claims
 

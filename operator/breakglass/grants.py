@@ -110,17 +110,22 @@ class Grants:
 
     # ----------------------------------------------------------------- issue
     def issue(
-        self, entry: dict[str, Any], before_delivery: Callable[[dict[str, Any]], None] | None = None
+        self,
+        entry: dict[str, Any],
+        before_delivery: Callable[[dict[str, Any]], None] | None = None,
+        just_created: bool = False,
     ) -> dict[str, Any]:
         """Create every planned object, then mark the grant Active. Raises IssueFailed after a rollback.
         `before_delivery(entry)` runs right before the token Secret is created (the `issued` audit
-        record: recorded before the token exists anywhere a user can read it)."""
+        record: recorded before the token exists anywhere a user can read it). `just_created`: this
+        pass created the entry (it is the stored version; no re-read needed)."""
         if entry["state"] != ISSUING:
             return entry
-        fresh = self.ledger.fetch(entry["request"]["uid"])  # never re-create objects of a grant that ended
-        if fresh is None or fresh["state"] != ISSUING:
-            return fresh or entry
-        entry = fresh
+        if not just_created:  # never re-create objects of a grant that ended (the view may lag)
+            fresh = self.ledger.fetch(entry["request"]["uid"])
+            if fresh is None or fresh["state"] != ISSUING:
+                return fresh or entry
+            entry = fresh
         objects = [dict(ref) for ref in entry["objects"]]
         for ref in objects:
             if ref.get("uid"):

@@ -42,11 +42,8 @@ async def stop_operator(memo: kopf.Memo, **_):
 
 # --- watches: every event becomes "reconcile that request" -------------------------------
 @kopf.on.event(api.GROUP, api.VERSION, api.REQUEST_PLURAL)
-def request_changed(name, namespace, meta, type, memo: kopf.Memo, **_):
-    own = memo.rt.reconciler.is_own_write(namespace, name, meta.get("resourceVersion"))
-    log.debug("request event %s rv=%s own=%s", type, meta.get("resourceVersion"), own)
-    if not own:
-        memo.rt.enqueue(namespace, name)
+def request_changed(body, type, memo: kopf.Memo, **_):
+    memo.rt.on_request_event(type, dict(body))
 
 
 @kopf.on.event(api.GROUP, api.VERSION, api.APPROVAL_PLURAL)
@@ -72,10 +69,14 @@ def policy_changed(body, type, memo: kopf.Memo, **_):
 @kopf.on.mutate(
     api.GROUP, api.VERSION, api.REQUEST_PLURAL, id="stamp-requester", operations=["CREATE"], persistent=True
 )
-def stamp_requester(spec, userinfo, patch, **_):
+def stamp_requester(spec, meta, userinfo, patch, **_):
     verdict, fields = admission.stamp_request_identity(dict(spec), userinfo)
     _reject("BreakGlassRequest", verdict)
     patch.spec.update(fields)
+    # The revoke-on-delete finalizer from birth: no separate write before the first grant.
+    finalizers = list(meta.get("finalizers") or [])
+    if api.FINALIZER not in finalizers:
+        patch.metadata["finalizers"] = finalizers + [api.FINALIZER]
 
 
 # DELETE is routed here too: kopf then passes the stored object as both `body` and `old` (new is None).

@@ -6,19 +6,22 @@ the operator's ServiceAccount. It is written *before* anything is delivered, cre
 guard, and is the only source of truth for "issued". Nothing in a tenant namespace is ever taken as
 proof of anything; the operator deletes only objects listed here (by uid, or by the grant's nonce).
 
-A watch keeps an in-memory view (only the fields we need) for the TokenReview allow-list, key
-pinning and the sweeper; the process's own writes update it at once.
+A watch keeps an in-memory view for the TokenReview allow-list, key pinning and the sweeper; the
+process's own writes update it at once. The view is compact (memory per grant is what bounds an
+operator with 10,000 live grants): each entry is kept as its stored JSON text plus a small
+`Summary` of the fields housekeeping scans, parsed into a dict only when a caller needs the whole
+entry.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 from . import api, metrics
 from .domain.durations import parse_rfc3339
@@ -31,9 +34,48 @@ LIVE_STATES = frozenset({ISSUING, ACTIVE})
 SELECTOR = f"{api.MANAGED_BY_LABEL}={api.MANAGED_BY},{api.LEDGER_LABEL}=grant"
 
 
+class Summary(NamedTuple):
+    """What housekeeping scans for every grant, without parsing the whole entry."""
+
+    uid: str
+    namespace: str
+    name: str
+    state: str
+    jti: str
+    kid: str
+    policy: str
+    expires: float  # exp as a POSIX timestamp
+    drill: bool
+    cleaned: bool
+    resource_version: str
+    secret: tuple[str, str, str]  # the token Secret's namespace, name, uid (expiry deletes it by uid)
+
+    def get(self, key: str, default: Any = None) -> Any:  # dict-style reads in older callers
+        return {"state": self.state, "kid": self.kid, "jti": self.jti, "policy": self.policy}.get(key, default)
+
+
+def summarize(entry: dict[str, Any]) -> Summary:
+    req, secret = entry["request"], entry.get("secret") or {}
+    return Summary(
+        uid=req["uid"],
+        namespace=req["namespace"],
+        name=req["name"],
+        state=entry.get("state", ""),
+        jti=entry.get("jti", ""),
+        kid=entry.get("kid", ""),
+        policy=entry.get("policy", ""),
+        expires=parse_rfc3339(entry["expiresAt"]).timestamp(),
+        drill=bool(entry.get("drill")),
+        cleaned=bool(entry.get("cleaned")),
+        resource_version=entry.get("resourceVersion") or "",
+        secret=(secret.get("namespace", ""), secret.get("name", ""), secret.get("uid", "")),
+    )
+
+
 def entry_from_configmap(cm: dict[str, Any]) -> dict[str, Any] | None:
     try:
         entry = json.loads((cm.get("data") or {})[api.LEDGER_KEY])
+        entry["request"]["uid"], entry["expiresAt"]  # noqa: B018 — a valid entry names both
     except (KeyError, TypeError, json.JSONDecodeError):
         return None
     entry["resourceVersion"] = cm["metadata"].get("resourceVersion")
@@ -62,6 +104,9 @@ def is_live(entry: dict[str, Any] | None, now) -> bool:
     return bool(entry) and entry.get("state") == ACTIVE and parse_rfc3339(entry["expiresAt"]) > now
 
 
+PARSED_CACHE = 1024
+
+
 def _rv(value: str | None) -> int:
     try:
         return int(value or 0)
@@ -73,8 +118,10 @@ class Ledger:
     def __init__(self, kube: Kube, namespace: str):
         self.kube, self.namespace = kube, namespace
         self._lock = threading.Lock()
-        self._by_uid: dict[str, dict[str, Any]] = {}
+        self._text: dict[str, str] = {}  # uid -> the entry as stored (JSON text, resourceVersion included)
+        self._summary: dict[str, Summary] = {}
         self._by_jti: dict[str, str] = {}
+        self._parsed: OrderedDict[str, dict[str, Any]] = OrderedDict()  # a few hot entries (TokenReview)
         self.synced = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -84,8 +131,8 @@ class Ledger:
         """From the watch-fed view once synced; before that, from the API server (never a false miss)."""
         if self.synced.is_set():
             with self._lock:
-                entry = self._by_uid.get(uid)
-                return copy.deepcopy(entry) if entry else None
+                text = self._text.get(uid)
+            return json.loads(text) if text else None
         return self.fetch(uid)
 
     def fetch(self, uid: str) -> dict[str, Any] | None:
@@ -94,13 +141,40 @@ class Ledger:
         return entry_from_configmap(cm) if cm else None
 
     def by_jti(self, jti: str) -> dict[str, Any] | None:
+        """The whole entry of a jti (read-only: shared with other readers)."""
         with self._lock:
             uid = self._by_jti.get(jti)
-            return self._by_uid.get(uid) if uid else None
+            text = self._text.get(uid) if uid else None
+            if text is None:
+                return None
+            hit = self._parsed.get(uid)
+            if hit is not None and hit.get("resourceVersion") == self._summary[uid].resource_version:
+                self._parsed.move_to_end(uid)
+                return hit
+        entry = json.loads(text)
+        with self._lock:
+            self._parsed[uid] = entry
+            while len(self._parsed) > PARSED_CACHE:
+                self._parsed.popitem(last=False)
+        return entry
+
+    def summary(self, uid: str) -> Summary | None:
+        with self._lock:
+            return self._summary.get(uid)
+
+    def summaries(self) -> list[Summary]:
+        """Every grant's summary (cheap: no copies, no parsing)."""
+        with self._lock:
+            return list(self._summary.values())
 
     def entries(self) -> list[dict[str, Any]]:
+        """Every entry, parsed (costly at scale: housekeeping uses `summaries`)."""
         with self._lock:
-            return [copy.deepcopy(e) for e in self._by_uid.values()]
+            texts = list(self._text.values())
+        return [json.loads(t) for t in texts]
+
+    def __len__(self) -> int:
+        return len(self._summary)
 
     # ------------------------------------------------------------ writes
     def create(self, entry: dict[str, Any]) -> tuple[dict[str, Any], bool]:
@@ -128,27 +202,34 @@ class Ledger:
 
     # ------------------------------------------------------------ the view
     def _remember(self, entry: dict[str, Any]) -> None:
-        uid = entry["request"]["uid"]
+        summary, text = summarize(entry), json.dumps(entry, separators=(",", ":"))
         with self._lock:
-            old = self._by_uid.get(uid)
-            if old and _rv(old.get("resourceVersion")) > _rv(entry.get("resourceVersion")):
+            old = self._summary.get(summary.uid)
+            if old and _rv(old.resource_version) > _rv(summary.resource_version):
                 return  # a stale watch event must not roll back our own newer write
-            if old and old.get("jti") and old.get("jti") != entry.get("jti"):
-                self._by_jti.pop(old["jti"], None)
-            self._by_uid[uid] = entry
-            if entry.get("jti"):
-                self._by_jti[entry["jti"]] = uid
+            self._put_locked(summary, text)
         self._gauge()
+
+    def _put_locked(self, summary: Summary, text: str) -> None:
+        old = self._summary.get(summary.uid)
+        if old and old.jti and old.jti != summary.jti:
+            self._by_jti.pop(old.jti, None)
+        self._summary[summary.uid], self._text[summary.uid] = summary, text
+        self._parsed.pop(summary.uid, None)
+        if summary.jti:
+            self._by_jti[summary.jti] = summary.uid
 
     def _forget(self, uid: str) -> None:
         with self._lock:
-            old = self._by_uid.pop(uid, None)
-            if old and old.get("jti"):
-                self._by_jti.pop(old["jti"], None)
+            old = self._summary.pop(uid, None)
+            self._text.pop(uid, None)
+            self._parsed.pop(uid, None)
+            if old and old.jti:
+                self._by_jti.pop(old.jti, None)
         self._gauge()
 
     def _gauge(self) -> None:
-        metrics.ledger_entries.set(len(self._by_uid))
+        metrics.ledger_entries.set(len(self._summary))
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="ledger-watch", daemon=True)
@@ -161,15 +242,20 @@ class Ledger:
         return self.synced.wait(timeout)
 
     def _relist(self) -> str:
-        items, rv = self.kube.list_configmaps(self.namespace, SELECTOR)
-        fresh = {}
-        for cm in items:
-            entry = entry_from_configmap(cm)
-            if entry:
-                fresh[entry["request"]["uid"]] = entry
+        """One paged LIST (pages of 500: memory stays bounded however many grants there are)."""
+        summaries: dict[str, Summary] = {}
+        texts: dict[str, str] = {}
+        rv = ""
+        for items, page_version in self.kube.iter_configmap_pages(self.namespace, SELECTOR):
+            rv = page_version
+            for cm in items:
+                entry = entry_from_configmap(cm)
+                if entry:
+                    summary = summarize(entry)
+                    summaries[summary.uid], texts[summary.uid] = summary, json.dumps(entry, separators=(",", ":"))
         with self._lock:
-            self._by_uid = fresh
-            self._by_jti = {e["jti"]: uid for uid, e in fresh.items() if e.get("jti")}
+            self._summary, self._text, self._parsed = summaries, texts, OrderedDict()
+            self._by_jti = {s.jti: uid for uid, s in summaries.items() if s.jti}
         self._gauge()
         self.synced.set()
         return rv
@@ -183,6 +269,8 @@ class Ledger:
                     rv = self._relist()
                 for type_, cm in self._stream(rv):
                     rv = cm["metadata"].get("resourceVersion") or rv
+                    if type_ == "BOOKMARK":  # keeps rv fresh while idle: no 410, no relist
+                        continue
                     entry = entry_from_configmap(cm)
                     if type_ == "DELETED":
                         uid = cm["metadata"]["name"].removeprefix("breakglass-grant-")

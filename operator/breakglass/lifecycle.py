@@ -56,6 +56,11 @@ class PolicyCache:
         with self._lock:
             self._items[body["metadata"]["name"]] = (time.monotonic(), body)
 
+    def names(self) -> list[str]:
+        """Every policy the watch has shown (the gauges list each, even with no grants)."""
+        with self._lock:
+            return list(self._items)
+
     def forget(self, name: str) -> None:
         with self._lock:
             self._items.pop(name, None)
@@ -104,7 +109,8 @@ class Reconciler:
         created = parse_rfc3339(meta["creationTimestamp"])
         tally = self._tally(req, view, policy, entry, old, created)
         grant = D.Grant(entry["state"], parse_rfc3339(entry["expiresAt"]), entry.get("reason", "")) if entry else None
-        secret_present = self.grants.secret_present(entry) if entry and entry["state"] == ACTIVE else True
+        live = entry and entry["state"] == ACTIVE and parse_rfc3339(entry["expiresAt"]) > now
+        secret_present = self.grants.secret_present(entry) if live else True  # one GET, only when it matters
         decision = D.decide(
             request=view,
             phase=old.get("phase"),
@@ -202,10 +208,13 @@ class Reconciler:
         if action in (D.DENY, D.FAIL):
             return Outcome(api.DENIED if action == D.DENY else api.FAILED, decision.reason, decision.message), None
         if action == D.ISSUE:
+            created = False
             if entry is None:
-                entry, _ = self.ledger.create(self.grants.plan(req, view, policy, decision, now))
+                entry, created = self.ledger.create(self.grants.plan(req, view, policy, decision, now))
             try:
-                entry = self.grants.issue(entry, before_delivery=lambda e: self.recorder.issued(req, view, e))
+                entry = self.grants.issue(
+                    entry, before_delivery=lambda e: self.recorder.issued(req, view, e), just_created=created
+                )
             except IssueFailed as failed:
                 return Outcome(api.FAILED, failed.reason, failed.message), failed.entry
         if action in (D.ISSUE, D.ACTIVE):

@@ -6,12 +6,14 @@ import asyncio
 import datetime as dt
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import api, metrics
 from .audit import AuditLog
 from .bootstrap import build_audit, tls_files, whoami
+from .domain.catchup import RequestSummary, needs_reconcile, wake_at
 from .domain.durations import utcnow
 from .drills import DrillRunner
 from .endpoints import Endpoints
@@ -22,6 +24,7 @@ from .leader import LeaderElector
 from .ledger import Ledger
 from .lifecycle import Reconciler
 from .policies import reconcile_policy
+from .request_index import RequestIndex
 from .settings import Settings
 from .stores import KeyStore, RevocationStore
 from .sweeper import Sweeper
@@ -49,6 +52,7 @@ class Runtime:
     ledger: Ledger
     grants: Grants
     operator_username: str
+    requests: RequestIndex = field(default_factory=RequestIndex)
     elector: LeaderElector | None = None
     tasks: list[asyncio.Task] = field(default_factory=list)
 
@@ -68,9 +72,57 @@ class Runtime:
         self.drill_queue.start()
         self.expiry.start()
         try:
-            self.sweeper.resync_all()
-        except Exception as exc:  # the housekeeping resync catches up later
-            log.warning("catch-up resync failed: %s", error_text(exc))
+            self.catch_up()
+        except Exception as exc:  # the slow resync catches up later
+            log.warning("catch-up list of requests failed: %s", error_text(exc))
+
+    def catch_up(self, periodic: bool = False) -> int:
+        """One paged LIST of every request (start of leadership, then the slow safety resync):
+        refresh the index, reconcile only what is not settled, arm timers for the rest from the
+        ledger. Returns how many requests were queued for a reconcile."""
+        started = time.monotonic()
+        summaries, behind = self.requests.replace_all(body for page in self.kube.iter_request_pages() for body in page)
+        queued = 0
+        for req in summaries:
+            was_queued = self.queue.queued(req.key)
+            why = self.route(req)
+            if why and periodic and req.key in behind and not was_queued:
+                log.warning("resync picked up %s/%s (%s): a watch event never reached the operator", *req.key, why)
+            queued += bool(why)
+        log.info(
+            "caught up on %d request(s) in %.1fs: %d to reconcile, the rest settled per the ledger",
+            len(summaries),
+            time.monotonic() - started,
+            queued,
+        )
+        return queued
+
+    def route(self, req: RequestSummary) -> str | None:
+        """Reconcile what needs it; for a settled request only (re)arm its timers, with no API call."""
+        grant = self.ledger.summary(req.uid)
+        now = time.time()
+        why = needs_reconcile(req, grant, now, self.keys.has_kid)
+        if why:
+            self.enqueue(*req.key)
+            return why
+        if grant is not None and grant.state == "Active" and req.phase == api.ACTIVE:
+            self.expiry.schedule(req.key, *grant.secret, grant.expires)
+            self.queue.add_at(req.key, grant.expires)  # the reconcile that ends it, if the fast path misses
+        due = wake_at(req, now)
+        if due is not None:
+            self.queue.add_at(req.key, due)
+        return None
+
+    def on_request_event(self, event_type: str | None, body: dict[str, Any]) -> None:
+        """Every request watch event: index it; when leading, route it (our own writes' echoes and
+        settled requests cost nothing)."""
+        req = self.requests.observe(event_type, body)
+        if not self.leading or self.reconciler.is_own_write(req.namespace, req.name, req.resource_version):
+            return
+        if event_type == "DELETED":
+            self.enqueue(*req.key)  # the reconcile finds it gone and revokes what is left, by uid
+            return
+        self.route(req)
 
     def on_lost_leading(self) -> None:
         """A leader that could not renew must stop writing at once: exit (the pod restarts as follower)."""
@@ -82,12 +134,9 @@ class Runtime:
         self.queue.add((namespace, name))
 
     def enqueue_pending_for_policy(self, policy: str) -> None:
-        for req in self.kube.list_requests():
-            if (req.get("spec") or {}).get("policy") == policy and (req.get("status") or {}).get("phase") in (
-                None,
-                api.PENDING,
-            ):
-                self.enqueue(req["metadata"]["namespace"], req["metadata"]["name"])
+        for req in self.requests.all():
+            if req.policy == policy and req.phase in ("", api.PENDING):
+                self.enqueue(*req.key)
 
     def reconcile_key(self, key) -> dt.datetime | None:
         namespace, name = key
@@ -178,6 +227,8 @@ def build(settings: Settings) -> Runtime:
         lambda ns, n: queue.add((ns, n)),
         utcnow,
         settings.key_rotation_interval,
+        index=None,
+        policy_names=lambda: holder["rt"].policies.names(),
     )
     endpoints = Endpoints(
         keys=keys,
@@ -228,6 +279,7 @@ def build(settings: Settings) -> Runtime:
         on_started=rt.on_started_leading,
         on_lost=rt.on_lost_leading,
     )
+    sweeper.index = rt.requests
     reconciler.on_orphans = sweeper.revoke_orphans_of
     reconciler.recorder.on_review = sweeper.note_review
     holder["rt"] = rt

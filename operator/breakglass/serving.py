@@ -11,7 +11,7 @@ import logging
 
 import kopf
 
-from . import api, metrics
+from . import metrics
 from .bootstrap import inject_ca_bundle
 from .runtime import Runtime
 
@@ -78,20 +78,29 @@ async def _start_queues_when_serving(rt: Runtime, timeout: float = 30.0) -> None
 
 
 async def _housekeeping(rt: Runtime, interval: float = 5.0) -> None:
+    """Every `interval` on the leader: a pass over in-memory state (no LIST). Every
+    --resync-interval: the slow safety resync, one paged LIST of requests."""
     loop = asyncio.get_running_loop()
+    last_resync = loop.time()
     while True:
         if not rt.leading:
+            last_resync = loop.time()  # leadership starts with its own catch-up list
             await asyncio.sleep(interval)
             continue
-        await loop.run_in_executor(None, rt.sweeper.housekeeping, lambda req, _now: _reconcile_if_not_marked(rt, req))
+        if loop.time() - last_resync >= rt.settings.resync_interval.total_seconds():
+            last_resync = loop.time()
+            await loop.run_in_executor(None, _safe_resync, rt)
+        # An overdue review not yet marked on the request: its reconcile sets the condition.
+        await loop.run_in_executor(None, rt.sweeper.housekeeping, lambda req, _now: rt.enqueue(*req.key))
         await asyncio.sleep(interval)
 
 
-def _reconcile_if_not_marked(rt: Runtime, req: dict) -> None:
-    """An overdue review not yet marked on the request: its reconcile sets the condition."""
-    conds = (req.get("status") or {}).get("conditions") or []
-    if not any(c.get("type") == api.COND_REVIEW_OVERDUE and c.get("status") == "True" for c in conds):
-        rt.enqueue(req["metadata"]["namespace"], req["metadata"]["name"])
+def _safe_resync(rt: Runtime) -> None:
+    try:
+        rt.catch_up(periodic=True)
+    except Exception as exc:  # the next interval tries again; the watches keep working meanwhile
+        metrics.errors_total.labels("resync").inc()
+        log.warning("safety resync failed: %s", type(exc).__name__)
 
 
 async def stop(rt: Runtime) -> None:

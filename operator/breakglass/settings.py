@@ -53,6 +53,8 @@ class Settings:
     lease_duration: dt.timedelta = dt.timedelta(seconds=10)
     lease_renew_deadline: dt.timedelta = dt.timedelta(seconds=7)
     lease_retry_period: dt.timedelta = dt.timedelta(seconds=1)
+    # The slow safety net behind the watches: one paged LIST of requests this often (leader only).
+    resync_interval: dt.timedelta = dt.timedelta(minutes=10)
 
     @property
     def tokens_namespace(self) -> str:
@@ -126,6 +128,12 @@ _OPTIONS = [
         str,
     ),
     ("--lease-retry-period", "LEASE_RETRY_PERIOD", "how often replicas try to acquire or renew the lease", str),
+    (
+        "--resync-interval",
+        "RESYNC_INTERVAL",
+        "how often the leader re-lists every request as a safety net behind the watches (e.g. 10m)",
+        str,
+    ),
     ("--token-audiences", "TOKEN_AUDIENCES", "comma-separated audiences /authenticate accepts", str),
     (
         "--debug-loggers",
@@ -182,6 +190,7 @@ def from_args(ns: argparse.Namespace) -> Settings:
         "lease_duration",
         "lease_renew_deadline",
         "lease_retry_period",
+        "resync_interval",
     ):
         if key in values:
             try:

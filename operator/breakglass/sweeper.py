@@ -6,7 +6,12 @@
 * An ended entry whose objects are not all deleted yet is cleaned up; once past its exp (plus a
   retention) and settled in its request's status, it is removed, so the ledger stays bounded by
   the grants that are live or recently ended.
-* Gauges are rebuilt from the cluster, never from memory, so they are right after a restart.
+* Gauges are rebuilt from the ledger view and the request index (both watch-fed, relisted on
+  start), so they are right after a restart and cost no API call.
+
+Nothing here lists requests, Secrets or RoleBindings: a pass scans in-memory summaries only, so an
+idle operator with 10,000 grants costs (almost) nothing. The request index is refreshed by the slow
+safety resync (`Runtime.catch_up`).
 """
 
 from __future__ import annotations
@@ -20,16 +25,19 @@ from .audit import AuditLog
 from .domain.durations import parse_rfc3339, to_rfc3339
 from .grants import REVOKED, Grants
 from .k8s.client import Kube, error_text
-from .ledger import LIVE_STATES, Ledger
+from .ledger import LIVE_STATES, Ledger, Summary
+from .request_index import RequestIndex
 from .stores import KeyStore, RevocationStore
 
 log = logging.getLogger(__name__)
 RETENTION = dt.timedelta(minutes=10)
-LIST_EVERY = 6  # housekeeping passes (5 s each) between full request lists: 30 s
+RESYNC_PENDING_EVERY = 6  # passes (5 s each): undecided requests are looked at again every 30 s
 
 
-def request_keys(requests: list[dict]) -> dict[str, dict]:
-    return {r["metadata"]["uid"]: r for r in requests}
+def index_of(requests: list[dict]) -> RequestIndex:
+    index = RequestIndex()
+    index.replace_all(requests)
+    return index
 
 
 class Sweeper:
@@ -44,57 +52,57 @@ class Sweeper:
         enqueue: Callable[[str, str], None],
         clock: Callable[[], dt.datetime],
         rotation_interval: dt.timedelta | None = None,
+        index: RequestIndex | None = None,
+        policy_names: Callable[[], list[str]] = list,
     ):
         self.kube, self.ledger, self.grants, self.keys, self.revocations = kube, ledger, grants, keys, revocations
         self.audit, self.enqueue, self.clock, self.rotation_interval = audit, enqueue, clock, rotation_interval
+        self.index, self.policy_names = index, policy_names
+        self._overdue: set[str] = set()
         self._passes = 0
-        self._overdue: dict[str, bool] = {}
 
-    def sweep_ledger(self, requests: list[dict]) -> int:
-        """Revoke orphans, finish cleanups, drop settled entries. `requests` is a fresh full list."""
-        now, by_uid, acted = self.clock(), request_keys(requests), 0
-        for entry in self.ledger.entries():
-            req = by_uid.get(entry["request"]["uid"])
-            exp = parse_rfc3339(entry["expiresAt"])
+    def sweep_ledger(self, requests: list[dict] | None = None) -> int:
+        """Revoke orphans, finish cleanups, drop settled entries. The request index tells which
+        requests exist (`requests`: a full list instead, as in tests)."""
+        index = index_of(requests) if requests is not None else self.index
+        now, acted = self.clock(), 0
+        stamp = now.timestamp()
+        for s in self.ledger.summaries():
+            req = index.by_uid(s.uid)
             try:
-                if entry["state"] in LIVE_STATES and req is None and self._really_gone(entry):
-                    self._revoke_orphan(entry, now)
+                if s.state in LIVE_STATES and req is None and self._really_gone(s):
+                    self._revoke_orphan(self.ledger.get(s.uid), now)
                     acted += 1
-                elif entry["state"] in LIVE_STATES:
-                    if exp <= now:
-                        self.enqueue(req["metadata"]["namespace"], req["metadata"]["name"])
-                elif not entry.get("cleaned"):
+                elif s.state in LIVE_STATES:
+                    if s.expires <= stamp and req is not None:
+                        self.enqueue(req.namespace, req.name)
+                elif not s.cleaned:
+                    entry = self.ledger.get(s.uid)
                     self.grants.cleanup(entry)
                     self.ledger.update(entry, cleaned=True)
                     acted += 1
-                elif now > exp + RETENTION and (
-                    req is None or (req.get("status") or {}).get("phase") in api.TERMINAL_PHASES
+                elif stamp > s.expires + RETENTION.total_seconds() and (
+                    req is None or req.phase in api.TERMINAL_PHASES
                 ):
-                    self.ledger.delete(entry)
+                    self.ledger.delete({"request": {"uid": s.uid}, "resourceVersion": s.resource_version})
             except Exception as exc:  # one entry must not stop the others
                 metrics.errors_total.labels("sweep").inc()
-                log.warning("ledger sweep of grant %s failed: %s", entry["request"]["uid"], error_text(exc))
+                log.warning("ledger sweep of grant %s failed: %s", s.uid, error_text(exc))
         return acted
 
     def revoke_orphans_of(self, namespace: str, name: str) -> int:
         """The request `namespace/name` is gone: revoke any live grant recorded for it (by uid check)."""
         now, n = self.clock(), 0
-        for entry in self.ledger.entries():
-            req = entry["request"]
-            if (
-                (req["namespace"], req["name"]) == (namespace, name)
-                and entry["state"] in LIVE_STATES
-                and self._really_gone(entry)
-            ):
-                self._revoke_orphan(entry, now)
+        for s in self.ledger.summaries():
+            if (s.namespace, s.name) == (namespace, name) and s.state in LIVE_STATES and self._really_gone(s):
+                self._revoke_orphan(self.ledger.get(s.uid), now)
                 n += 1
         return n
 
-    def _really_gone(self, entry: dict) -> bool:
-        """The list may predate the request: ask the API server, by name, and compare uids."""
-        req = entry["request"]
-        live = self.kube.get_request(req["namespace"], req["name"])
-        return live is None or live["metadata"]["uid"] != req["uid"]
+    def _really_gone(self, s: Summary) -> bool:
+        """The index may lag the request's creation: ask the API server, by name, and compare uids."""
+        live = self.kube.get_request(s.namespace, s.name)
+        return live is None or live["metadata"]["uid"] != s.uid
 
     def _revoke_orphan(self, entry: dict, now: dt.datetime) -> None:
         req = entry["request"]
@@ -124,125 +132,80 @@ class Sweeper:
         )
         metrics.revocations_total.labels("RequestDeleted").inc()
 
-    def lost_keys(self) -> list[dict]:
+    def lost_keys(self) -> list[Summary]:
         """Live grants whose signing key is no longer in the keyring (keyring deleted or replaced)."""
-        lost = [e for e in self.ledger.entries() if e.get("state") in LIVE_STATES and not self.keys.has_kid(e["kid"])]
+        lost = [s for s in self.ledger.summaries() if s.state in LIVE_STATES and not self.keys.has_kid(s.kid)]
         metrics.grants_key_lost.set(len(lost))
-        for e in lost:
-            self.enqueue(e["request"]["namespace"], e["request"]["name"])  # its reconcile revokes it
+        for s in lost:
+            self.enqueue(s.namespace, s.name)  # its reconcile revokes it
         return lost
 
     def kids_in_use(self) -> set[str]:
         """Keys that signed a live grant not yet past its exp stay in the JWKS (ledger entries only)."""
-        now = self.clock()
-        return {
-            e["kid"]
-            for e in self.ledger.entries()
-            if e.get("kid")
-            and e.get("state") in LIVE_STATES
-            and parse_rfc3339(e["expiresAt"]) > now - dt.timedelta(minutes=1)
-        }
-
-    def resync_all(self) -> None:
-        """Enqueue every non-terminal request (start-up: catch up on anything missed)."""
-        for req in self.kube.list_requests():
-            if (req.get("status") or {}).get("phase") not in api.TERMINAL_PHASES or api.FINALIZER in (
-                req["metadata"].get("finalizers") or []
-            ):
-                self.enqueue(req["metadata"]["namespace"], req["metadata"]["name"])
+        horizon = self.clock().timestamp() - 60
+        return {s.kid for s in self.ledger.summaries() if s.kid and s.state in LIVE_STATES and s.expires > horizon}
 
     def resync_stale(self, requests: list[dict] | None = None) -> None:
-        """Enqueue requests a missed watch event could leave behind: never seen (no status), still
-        Pending (an approval event may be the one missed), spec changed since (observedGeneration
-        behind, e.g. revoked), or being deleted. Active grants need no polling: expiry is timed."""
-        now = self.clock()
-        for req in self.kube.list_requests() if requests is None else requests:
-            meta, status = req["metadata"], req.get("status") or {}
-            if (
-                not status.get("phase")
-                and meta.get("creationTimestamp")
-                and (now - parse_rfc3339(meta["creationTimestamp"])).total_seconds() > 5
-            ):
-                log.warning(
-                    "resync picked up %s/%s: no watch event reached the operator for it",
-                    meta.get("namespace"),
-                    meta.get("name"),
-                )
-            if (
-                status.get("phase") in (None, api.PENDING)
-                or status.get("observedGeneration") != meta.get("generation")
-                or meta.get("deletionTimestamp")
-            ):
-                self.enqueue(meta["namespace"], meta["name"])
-
-    def note_review(self, uid: str, overdue: bool) -> None:
-        """The reconciler reports a review turning overdue or done: the gauge moves at once."""
-        self._overdue[uid] = overdue
-        metrics.reviews_overdue.set(sum(self._overdue.values()))
+        """Enqueue requests a missed approval event could leave behind: still Pending or undecided, a
+        spec change not decided yet, or being deleted (from the index; the slow full list catches
+        missed request events)."""
+        index = index_of(requests) if requests is not None else self.index
+        for req in index.all():
+            if req.phase in ("", api.PENDING) or req.deleting or req.observed_generation != req.generation:
+                self.enqueue(req.namespace, req.name)
 
     def refresh_gauges(self, check_overdue: Callable | None = None, requests: list[dict] | None = None) -> None:
-        """Every pass from the ledger (no LIST of requests); overdue reviews are rebuilt from a full
-        request list when one is given (the 30 s safety net) and moved by the reconciler in between."""
+        """From the ledger view and the request index: no API call."""
+        index = index_of(requests) if requests is not None else self.index
         now = self.clock()
-        if requests is not None:
-            overdue: dict[str, bool] = {}
-            for req in requests:
-                review = (req.get("status") or {}).get("review") or {}
-                if (
-                    review.get("required")
-                    and not review.get("reviewedAt")
-                    and review.get("dueAt")
-                    and parse_rfc3339(review["dueAt"]) <= now
-                ):
-                    overdue[req["metadata"]["uid"]] = True
-                    if check_overdue:
-                        check_overdue(req, now)
-            self._overdue = overdue
-        active: dict[str, int] = {}
-        for entry in self.ledger.entries():
-            if entry.get("state") == "Active" and not entry.get("drill") and parse_rfc3339(entry["expiresAt"]) > now:
-                active[entry["policy"]] = active.get(entry["policy"], 0) + 1
-        for policy_body in self.kube.list_policies():
-            active.setdefault(policy_body["metadata"]["name"], 0)
+        stamp = now.timestamp()
+        overdue: set[str] = set()
+        for req in index.all() if index is not None else ():
+            if req.review_due is not None and req.review_due <= stamp:
+                overdue.add(req.uid)
+                if check_overdue and not req.overdue_marked:
+                    check_overdue(req, now)
+        self._overdue = overdue
+        active: dict[str, int] = dict.fromkeys(self.policy_names(), 0)
+        for s in self.ledger.summaries():
+            if s.state == "Active" and not s.drill and s.expires > stamp:
+                active[s.policy] = active.get(s.policy, 0) + 1
         metrics.grants_active.clear()
         for policy, n in active.items():
             metrics.grants_active.labels(policy).set(n)
-        metrics.reviews_overdue.set(sum(self._overdue.values()))
+        metrics.reviews_overdue.set(len(self._overdue))
         ring = self.keys.current()
         metrics.signing_key_age.set((now - parse_rfc3339(ring.active.created)).total_seconds())
 
+    def note_review(self, uid: str, overdue: bool) -> None:
+        """The reconciler reports a review turning overdue or done: the gauge moves at once."""
+        (self._overdue.add if overdue else self._overdue.discard)(uid)
+        metrics.reviews_overdue.set(len(self._overdue))
+
+    def revoked_entries(self) -> list[dict]:
+        stamp = self.clock().timestamp()
+        out = []
+        for s in self.ledger.summaries():
+            if s.state == REVOKED and s.expires > stamp:
+                entry = self.ledger.get(s.uid)
+                if entry:
+                    out.append(entry)
+        return out
+
     def housekeeping(self, check_overdue: Callable | None = None) -> None:
-        # resync: the level-triggered safety net (like an informer resync) for any watch event that
-        # never arrived; a request is decided from cluster state, so extra reconciles are harmless.
-        # Resync and gauges share one list of requests per pass; without it both are skipped
-        # (gauges must never drop to zero because a list failed).
+        """One pass over in-memory state (every 5 s on the leader). Ledger steps wait for a synced
+        view (key pruning must never see an empty one); request steps for the first full list."""
         steps: list[tuple[str, Callable[[], object]]] = []
-        # The full request list is the slow safety net (every LIST_EVERY passes): watch events drive
-        # reconciles (the work queue no longer loses wake-ups) and a deleted request's grant is revoked
-        # from its DELETED event; ledger-only steps below run every pass.
+        requests_known = self.index is not None and self.index.synced.is_set()
         self._passes += 1
-        requests = self._run_step("list", self.kube.list_requests) if self._passes % LIST_EVERY == 1 else None
-        if requests is not None and self.ledger.synced.is_set():
-            steps += [("sweep", lambda: self.sweep_ledger(requests))]
-        if requests is not None:
-            steps += [("resync", lambda: self.resync_stale(requests))]
-        if self.ledger.synced.is_set():
-            steps += [("gauges", lambda: self.refresh_gauges(check_overdue, requests))]
+        if self.ledger.synced.is_set() and requests_known:
+            steps += [("sweep", self.sweep_ledger)]
+        if requests_known and self._passes % RESYNC_PENDING_EVERY == 0:
+            steps += [("resync", self.resync_stale)]
+        if self.ledger.synced.is_set() and requests_known:
+            steps += [("gauges", lambda: self.refresh_gauges(check_overdue))]
         if self.ledger.synced.is_set():  # the published view follows the ledger (rebuilt if deleted)
-            steps += [
-                (
-                    "revocations",
-                    lambda: self.revocations.sync(
-                        [
-                            e
-                            for e in self.ledger.entries()
-                            if e.get("state") == REVOKED and parse_rfc3339(e["expiresAt"]) > self.clock()
-                        ],
-                        self.clock(),
-                    ),
-                )
-            ]
-        if self.ledger.synced.is_set():  # key pruning needs the full ledger view, never an empty one
+            steps += [("revocations", lambda: self.revocations.sync(self.revoked_entries(), self.clock()))]
             steps += [("keys", self._keys), ("lost-keys", self.lost_keys)]
         for step, fn in steps:
             self._run_step(step, fn)

@@ -109,6 +109,11 @@ class WorkQueue:
             if self._heap[0][1] == self._seq:
                 self._timer_cv.notify()  # the earliest due time moved earlier: re-arm the timer
 
+    def queued(self, key: Hashable) -> bool:
+        """Waiting for a pass or being processed (a resync need not add or warn about it)."""
+        with self._lock:
+            return key in self._dirty or key in self._processing
+
     def idle(self) -> bool:
         with self._lock:
             return not (self._ready or self._processing)

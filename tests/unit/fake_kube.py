@@ -289,6 +289,11 @@ class FakeKube:
             self._fault("replace", "ConfigMap", name, after=True)
             return copy.deepcopy(stored)
 
+    def iter_configmap_pages(self, namespace: str, selector: str, limit: int = 500):
+        items, rv = self.list_configmaps(namespace, selector)
+        for i in range(0, max(len(items), 1), limit):
+            yield items[i : i + limit], rv
+
     def list_configmaps(self, namespace: str, selector: str) -> tuple[list[dict[str, Any]], str]:
         with self._lock:
             self._record("list", "ConfigMap", namespace, selector)

@@ -76,6 +76,22 @@ class Kube(ObjectsMixin, PlatformMixin):
             ]
         return self.custom.list_cluster_custom_object(api.GROUP, api.VERSION, api.REQUEST_PLURAL)["items"]
 
+    def iter_request_pages(self, limit: int = 500):
+        """Yields pages of every request (plain JSON, paged: memory bounded at any scale)."""
+        import json
+
+        token = None
+        while True:
+            kwargs: dict[str, Any] = {"limit": limit, "_preload_content": False}
+            if token:
+                kwargs["_continue"] = token
+            resp = self.custom.list_cluster_custom_object(api.GROUP, api.VERSION, api.REQUEST_PLURAL, **kwargs)
+            page = json.loads(resp.data)
+            yield page.get("items") or []
+            token = (page.get("metadata") or {}).get("continue")
+            if not token:
+                return
+
     def create_request(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
         return self.custom.create_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.REQUEST_PLURAL, body)
 

@@ -4,6 +4,7 @@ namespaces and Events. Mixed into `client.Kube`: still the one place that calls 
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -88,25 +89,56 @@ class ObjectsMixin:
                 raise Conflict(f"configmap {meta['namespace']}/{meta['name']} changed meanwhile") from None
             raise
 
+    def iter_configmap_pages(self, namespace: str, selector: str, limit: int = 500):
+        """Yields (items, resourceVersion) per page of a paged LIST, as plain JSON (no model objects:
+        decoding 10,000 ConfigMaps through the client's models costs seconds of CPU)."""
+        token = None
+        while True:
+            kwargs = {"label_selector": selector, "limit": limit, "_preload_content": False}
+            if token:
+                kwargs["_continue"] = token
+            page = json.loads(self.core.list_namespaced_config_map(namespace, **kwargs).data)
+            meta = page.get("metadata") or {}
+            yield page.get("items") or [], meta.get("resourceVersion", "")
+            token = meta.get("continue")
+            if not token:
+                return
+
     def list_configmaps(self, namespace: str, selector: str) -> tuple[list[dict[str, Any]], str]:
-        out = self.core.list_namespaced_config_map(namespace, label_selector=selector)
-        return ([self.api_client.sanitize_for_serialization(i) for i in out.items], out.metadata.resource_version)
+        items, version = [], ""
+        for page, page_version in self.iter_configmap_pages(namespace, selector):
+            items.extend(page)
+            version = page_version
+        return items, version
 
     def watch_configmaps(self, namespace: str, selector: str, resource_version: str, timeout: int = 300):
-        """Yields (type, object) from a watch; raises ApiException 410 when the version is too old."""
-        import kubernetes.watch
-
-        w = kubernetes.watch.Watch()
-        for ev in w.stream(
-            self.core.list_namespaced_config_map,
+        """Yields (type, object) from a watch as plain JSON (BOOKMARK events keep the version fresh
+        while idle); raises ApiException (410 when the version is too old)."""
+        resp = self.core.list_namespaced_config_map(
             namespace,
             label_selector=selector,
             resource_version=resource_version,
-            _request_timeout=(5, timeout + 15),  # a half-open connection must not freeze the view
+            watch=True,
+            allow_watch_bookmarks=True,
             timeout_seconds=timeout,
-            allow_watch_bookmarks=False,
-        ):
-            yield ev["type"], self.api_client.sanitize_for_serialization(ev["object"])
+            _request_timeout=(5, timeout + 15),  # a half-open connection must not freeze the view
+            _preload_content=False,
+        )
+        try:
+            pending = b""
+            for chunk in resp.stream(amt=None, decode_content=False):  # per chunk as it arrives
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    if not line.strip():
+                        continue
+                    ev = json.loads(line)
+                    if ev.get("type") == "ERROR":
+                        obj = ev.get("object") or {}
+                        raise ApiException(status=obj.get("code"), reason=obj.get("message"))
+                    yield ev["type"], ev["object"]
+        finally:
+            resp.release_conn()
 
     def _verbs(self, kind: str):
         c, r = self.core, self.rbac
