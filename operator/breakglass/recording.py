@@ -5,7 +5,6 @@ order, off the issue path) and metrics. Driven by `domain.status.changes(old, ne
 
 from __future__ import annotations
 
-import concurrent.futures
 import datetime as dt
 from collections.abc import Callable
 
@@ -14,6 +13,7 @@ from .audit import AuditLog
 from .domain.durations import parse_rfc3339, to_rfc3339
 from .domain.policy import RequestView
 from .domain.status import changes
+from .event_poster import EventPoster
 from .k8s import builders
 from .k8s.client import Kube
 
@@ -21,8 +21,8 @@ from .k8s.client import Kube
 class Recorder:
     def __init__(self, *, kube: Kube, audit: AuditLog, clock: Callable[[], dt.datetime]):
         self.kube, self.audit, self.clock = kube, audit, clock
-        # One thread keeps Events in the order they were emitted.
-        self._events = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="events")
+        # A small pool, in order per request (one shard per request uid), bounded.
+        self._events = EventPoster(self.kube.create_event)
         self.on_review: Callable[[str, bool], None] | None = None  # overdue / reviewed, for the gauge
 
     def publish(self, req, view, old, new, entry, tally, outcome, now) -> None:
@@ -58,8 +58,10 @@ class Recorder:
                     "approval", req, view, key=f"ignored:{rest}", approval=rest, approver=who, counted=False, why=why
                 )
                 self.event(req, "Warning", "ApprovalIgnored", f"approval {rest} by {who or '?'} ignored: {why}")
+            elif kind == "phase" and new["phase"] == api.SCHEDULED:
+                self.publish_scheduled(req, view, new, outcome, now)
             elif kind == "phase":
-                self.publish_phase(req, view, new, entry, drill, outcome.reason, now)
+                self.publish_phase(req, view, new, entry, drill, outcome.reason, now, was=old.get("phase"))
             elif kind in ("reviewed", "overdue") and self.on_review is not None:
                 self.on_review(req["metadata"]["uid"], kind == "overdue")
             if kind == "reviewed":
@@ -90,13 +92,32 @@ class Recorder:
             expiresAt=entry["expiresAt"],
         )
 
-    def publish_phase(self, req, view, new, entry, drill, reason, now) -> None:
+    def publish_scheduled(self, req, view, new, outcome, now) -> None:
+        """Approved before spec.startAt: recorded now; `issued` follows at startAt."""
+        self.audit_record(
+            "scheduled",
+            req,
+            view,
+            outcome="scheduled",
+            startAt=view.start_at,
+            approval=outcome.approval_reason,
+            approvers=[a["approver"] for a in new.get("approvals") or [] if a.get("decision") == "Approve"],
+        )
+        if outcome.approval_reason in ("Approved", "AutoApproved", "NoApprovalRequired"):
+            self.event(req, "Normal", "Approved", outcome.approval_message)
+        self.event(req, "Normal", "Scheduled", f"{_grant_text(view)} will be issued at {view.start_at} (spec.startAt)")
+        if outcome.approval_reason == "Approved":
+            created = parse_rfc3339(req["metadata"]["creationTimestamp"])
+            metrics.time_to_approval.observe(max(0.0, (now - created).total_seconds()))
+
+    def publish_phase(self, req, view, new, entry, drill, reason, now, was=None) -> None:
         phase, cond_msg = new["phase"], new.get("message", "")
+        scheduled = was == api.SCHEDULED  # approval already published; the wait is not time-to-issue
         grant_fields = {"jti": entry["jti"], "kid": entry["kid"], "expiresAt": entry["expiresAt"]} if entry else {}
         if phase == api.ACTIVE:
             approval = entry.get("approval") or {}
             self.issued(req, view, entry)  # already recorded before delivery: the key makes this a no-op
-            if approval.get("reason") in ("Approved", "AutoApproved", "NoApprovalRequired"):
+            if approval.get("reason") in ("Approved", "AutoApproved", "NoApprovalRequired") and not scheduled:
                 self.event(req, "Normal", "Approved", approval.get("message", ""))
             self.event(
                 req,
@@ -115,8 +136,9 @@ class Recorder:
                     f"approver of policy {view.policy!r} must file a Review by {approval.get('reviewDueAt')}",
                 )
             created = parse_rfc3339(req["metadata"]["creationTimestamp"])
-            metrics.time_to_issue.observe(max(0.0, (now - created).total_seconds()))
-            if approval.get("reason") == "Approved":
+            if not scheduled:
+                metrics.time_to_issue.observe(max(0.0, (now - created).total_seconds()))
+            if approval.get("reason") == "Approved" and not scheduled:
                 metrics.time_to_approval.observe(max(0.0, (now - created).total_seconds()))
             if not drill:
                 metrics.requests_total.labels(view.policy, "issued").inc()
@@ -163,7 +185,7 @@ class Recorder:
             message=message,
             now=self.clock(),
         )
-        self._events.submit(self.kube.create_event, body)
+        self._events.submit(req["metadata"].get("uid", ""), body)
 
     def audit_record(self, event: str, req, view: RequestView, key: str | None = None, **fields) -> None:
         """One record per (request uid, transition): `key` defaults to the event for phase-like events."""

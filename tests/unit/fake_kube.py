@@ -498,8 +498,8 @@ class World:
             self.settle_events()
 
     def settle_events(self) -> None:
-        """Events are posted by one background thread, in order: wait until it caught up."""
-        self.reconciler.recorder._events.submit(lambda: None).result(timeout=5)
+        """Events are posted by background threads, in order per request: wait until they caught up."""
+        self.reconciler.recorder._events.flush()
 
     def status(self, name: str = "r1", namespace: str = "team-a") -> dict[str, Any] | None:
         req = self.kube.get(REQUEST, namespace, name)
