@@ -121,6 +121,9 @@ POLICY_SPEC = obj(
         "defaultDuration": d("Grant duration when a request names none (<n>h<n>m<n>s).", "15m"),
         "maxDuration": d("Longest grant a request may ask for.", "1h"),
         "approvalTimeout": d("How long a request may stay Pending before it is Denied (ApprovalTimeout).", "30m"),
+        "maxScheduleAhead": d(
+            "How far after its creation a request's spec.startAt may be (default 168h = 7 days).", "168h"
+        ),
         "requireTicket": {"type": "boolean", "default": False, "description": "Whether spec.ticket is mandatory."},
         "ticketPattern": s("Regular expression a ticket must fully match.", maxLength=512),
         "autoApprove": obj(
@@ -185,6 +188,12 @@ REQUEST_SPEC = obj(
             "default": False,
             "description": "Issue at once without approval (policy must allow it); a review is then required.",
         },
+        "startAt": s(
+            "Scheduled start, RFC 3339 with an offset (e.g. 2026-11-28T22:00:00Z), at most the policy's "
+            "maxScheduleAhead after creation. Approvals may come before it; the request then waits in phase "
+            "Scheduled and the token is issued at startAt, valid until startAt + duration. Checked by admission.",
+            maxLength=64,
+        ),
         "revoked": {
             "type": "boolean",
             "default": False,
@@ -204,8 +213,8 @@ REQUEST_STATUS = obj(
     "Observed state of the request.",
     {
         "phase": s(
-            "Pending, Active, Expired, Revoked, Denied or Failed.",
-            enum=["Pending", "Active", "Expired", "Revoked", "Denied", "Failed"],
+            "Pending, Scheduled (approved, waiting for spec.startAt), Active, Expired, Revoked, Denied or Failed.",
+            enum=["Pending", "Scheduled", "Active", "Expired", "Revoked", "Denied", "Failed"],
         ),
         "message": s("Human-readable summary of the phase."),
         "conditions": conditions(),
@@ -393,6 +402,7 @@ CRDS = {
             {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
             {"name": "Requester", "type": "string", "jsonPath": ".spec.requester"},
             {"name": "Policy", "type": "string", "jsonPath": ".spec.policy"},
+            {"name": "Starts", "type": "string", "priority": 1, "jsonPath": ".spec.startAt"},
             {"name": "Expires", "type": "string", "jsonPath": ".status.expiresAt"},
             {"name": "Token", "type": "string", "priority": 1, "jsonPath": ".status.tokenId"},
             {"name": "Message", "type": "string", "priority": 1, "jsonPath": ".status.message"},

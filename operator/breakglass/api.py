@@ -35,6 +35,8 @@ DEFAULT_OPERATOR_NAMESPACE = "breakglass-system"
 
 # Phases (for humans) and condition types (for machines).
 PENDING, ACTIVE, EXPIRED, REVOKED, DENIED, FAILED = ("Pending", "Active", "Expired", "Revoked", "Denied", "Failed")
+SCHEDULED = "Scheduled"  # approved, waiting for spec.startAt (not terminal)
+PHASES = (PENDING, SCHEDULED, ACTIVE, EXPIRED, REVOKED, DENIED, FAILED)
 TERMINAL_PHASES = frozenset({EXPIRED, REVOKED, DENIED, FAILED})
 COND_APPROVED, COND_ISSUED, COND_EXPIRED, COND_REVOKED = "Approved", "Issued", "Expired", "Revoked"
 COND_READY = "Ready"

@@ -71,7 +71,7 @@ class Grants:
             request_uid=uid,
             issuer=self.settings.issuer,
             approvers=decision.approvers,
-            issued_at=now,
+            issued_at=decision.starts_at or now,  # a scheduled grant: iat = nbf = startAt, exp = startAt + duration
             duration=effective_duration(view, policy),
             jti=jti,
             emergency=decision.emergency,

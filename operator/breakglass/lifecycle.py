@@ -136,7 +136,7 @@ class Reconciler:
             decision = D.Decision(
                 D.REVOKE, "LedgerEntryMissing", "the grant ledger has no entry for this request; access is revoked"
             )
-        if decision.action in (D.ISSUE, D.WAIT) and api.FINALIZER not in (meta.get("finalizers") or []):
+        if decision.action in (D.ISSUE, D.WAIT, D.SCHEDULE) and api.FINALIZER not in (meta.get("finalizers") or []):
             self._remember_own_write(
                 self.kube.patch_request(
                     namespace,
@@ -205,6 +205,9 @@ class Reconciler:
         action = decision.action
         if action == D.WAIT:
             return Outcome(api.PENDING, decision.reason, decision.message), None
+        if action == D.SCHEDULE:  # approved; the token is minted at spec.startAt (decision.requeue_at)
+            approval = (decision.approval_reason, decision.approval_message)
+            return Outcome(api.SCHEDULED, decision.reason, decision.message, *approval), None
         if action in (D.DENY, D.FAIL):
             return Outcome(api.DENIED if action == D.DENY else api.FAILED, decision.reason, decision.message), None
         if action == D.ISSUE:
@@ -263,6 +266,13 @@ class Reconciler:
             self.ledger.update(entry, cleaned=True)
         elif old.get("phase") not in api.TERMINAL_PHASES:
             self.recorder.audit_record("revoked", req, view, reason="RequestDeleted", outcome="revoked")
+            if old.get("phase") == api.SCHEDULED:
+                self.recorder.event(
+                    req,
+                    "Normal",
+                    "Revoked",
+                    f"the request was deleted before its scheduled start at {view.start_at}; nothing was issued",
+                )
         self._remove_finalizer(req)
 
     # ------------------------------------------------------- events & audit

@@ -16,6 +16,7 @@ IMMUTABLE_REQUEST_FIELDS = (
     "scopes",
     "audiences",
     "emergency",
+    "startAt",
     "requester",
     "requesterGroups",
 )

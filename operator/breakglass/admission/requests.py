@@ -10,6 +10,7 @@ from typing import Any
 from .. import api
 from ..domain.checks import evaluate_request, first_failure
 from ..domain.decisions import exceeds_ceiling, touches_protected
+from ..domain.durations import utcnow
 from ..domain.policy import Policy, RequestView, Verdict, validate_policy
 from .changes import authorize_request_change, operator_only_metadata, validate_request_update
 from .common import MAX_REQUEST_NAME, OK, _identity
@@ -31,6 +32,7 @@ class RequestRules:
     operator_username: str | None = None  # None (not resolved): nobody is the operator, fail closed
     ceiling: dt.timedelta | None = None
     protected_namespaces: tuple[str, ...] = ()
+    clock: Callable[[], dt.datetime] = utcnow  # spec.startAt is judged against this moment
 
 
 def validate_request(
@@ -56,6 +58,7 @@ def validate_request(
                 rules.ceiling,
                 namespace_exists=rules.namespace_exists,
                 protected=rules.protected_namespaces,
+                now=rules.clock(),
             )
         return verdict
     stored = old or body
@@ -81,6 +84,7 @@ def validate_request_create(
     *,
     namespace_exists: Callable[[str], bool],
     protected: tuple[str, ...] = (),
+    now: dt.datetime | None = None,
 ) -> Verdict:
     user, groups = _identity(userinfo)
     spec = body.get("spec") or {}
@@ -113,7 +117,8 @@ def validate_request_create(
     if problems:
         return Verdict(False, "PolicyInvalid", f"spec.policy {name!r} is not usable: {problems[0].message}", "policy")
     view = RequestView.from_resource({**body, "spec": {**spec, "requesterGroups": groups}})
-    failure = first_failure(evaluate_request(view, policy))
+    # spec.startAt is judged against now: not in the past, within the policy's maxScheduleAhead.
+    failure = first_failure(evaluate_request(view, policy, now or utcnow()))
     if failure:
         return failure
     too_long = exceeds_ceiling(view, policy, ceiling)

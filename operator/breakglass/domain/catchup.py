@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 
 from .. import api
 from .durations import parse_rfc3339
+from .scheduling import StartAtError, parse_start_at
 
 LIVE = frozenset({"Issuing", "Active"})
 
@@ -33,6 +34,7 @@ class RequestSummary(NamedTuple):
     review_due: float | None  # an open emergency review's dueAt (POSIX seconds)
     overdue_marked: bool  # condition ReviewOverdue=True already written
     policy: str
+    start_at: float | None = None  # spec.startAt (POSIX seconds); None: none, or not a valid time
 
     @property
     def key(self) -> tuple[str, str]:
@@ -48,6 +50,12 @@ def summarize_request(body: dict[str, Any]) -> RequestSummary:
     marked = any(
         c.get("type") == api.COND_REVIEW_OVERDUE and c.get("status") == "True" for c in status.get("conditions") or []
     )
+    start_at = None
+    if (body.get("spec") or {}).get("startAt"):
+        try:
+            start_at = parse_start_at(body["spec"]["startAt"]).timestamp()
+        except StartAtError:
+            start_at = None  # a Scheduled request then counts as due: its reconcile denies it
     return RequestSummary(
         namespace=meta.get("namespace", ""),
         name=meta.get("name", ""),
@@ -61,6 +69,7 @@ def summarize_request(body: dict[str, Any]) -> RequestSummary:
         review_due=due,
         overdue_marked=marked,
         policy=(body.get("spec") or {}).get("policy", ""),
+        start_at=start_at,
     )
 
 
@@ -85,6 +94,12 @@ def needs_reconcile(req: RequestSummary, grant: Any | None, now: float, key_know
         if not key_known(grant.kid):
             return "signing key lost"
         return None
+    if req.phase == api.SCHEDULED:
+        if grant is not None:
+            return "status Scheduled but the ledger has a grant"
+        if req.start_at is None or req.start_at <= now:
+            return "scheduled start reached"
+        return None  # woken at its startAt (wake_at)
     if req.phase in api.TERMINAL_PHASES:
         if req.finalized:
             return "finalizer still to remove"
@@ -95,7 +110,11 @@ def needs_reconcile(req: RequestSummary, grant: Any | None, now: float, key_know
 
 
 def wake_at(req: RequestSummary, now: float) -> float | None:
-    """When a settled request must be looked at again without any event (an open review's due time)."""
+    """When a settled request must be looked at again without any event: an open review's due time,
+    a Scheduled request's startAt (the reconcile that issues its token)."""
+    times = []
     if req.review_due is not None and req.review_due > now and req.phase not in ("", api.PENDING):
-        return req.review_due
-    return None
+        times.append(req.review_due)
+    if req.phase == api.SCHEDULED and req.start_at is not None:
+        times.append(req.start_at)
+    return min(times, default=None)

@@ -7,6 +7,7 @@ so all three always agree.
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from collections.abc import Callable, Iterable
 
@@ -20,6 +21,7 @@ from .policy import (
     Verdict,
     _matches_any,
 )
+from .scheduling import check_start_at
 
 MIN_REASON, MAX_REASON = 10, 1024
 
@@ -182,12 +184,16 @@ REQUEST_CHECKS: tuple[tuple[str, Callable[[RequestView, Policy], Verdict]], ...]
 )
 
 
-def evaluate_request(req: RequestView, pol: Policy) -> list[Verdict]:
-    """Run every check; each verdict carries the rule name it came from."""
+def evaluate_request(req: RequestView, pol: Policy, created: dt.datetime | None = None) -> list[Verdict]:
+    """Run every check; each verdict carries the rule name it came from. With `created` (admission:
+    now; reconcile: the request's creationTimestamp) the scheduled start is judged too (`startAt`)."""
     out = []
     for rule, check in REQUEST_CHECKS:
         v = check(req, pol)
         out.append(Verdict(v.ok, v.reason, v.message, rule))
+    if created is not None:
+        v = check_start_at(req, pol, created)
+        out.append(Verdict(v.ok, v.reason, v.message, "startAt"))
     return out
 
 

@@ -8,10 +8,12 @@ from dataclasses import dataclass, field, replace
 from .. import api
 from .approvals import Tally
 from .checks import evaluate_request, first_failure
-from .durations import DurationError, format_duration, parse_duration
+from .durations import DurationError, format_duration, parse_duration, to_rfc3339
 from .policy import Policy, RequestView, effective_duration, validate_policy
+from .scheduling import scheduled_start
 
 WAIT, ISSUE, DENY, FAIL, EXPIRE, REVOKE, NOTHING = "wait", "issue", "deny", "fail", "expire", "revoke", "nothing"
+SCHEDULE = "schedule"  # approved, spec.startAt still ahead: hold the issue until then (phase Scheduled)
 ACTIVE, SETTLE = "active", "settle"  # grant live: keep it; grant ended in the ledger: bring status in line
 # Ledger states (ledger.py writes them; decisions only read them).
 G_ISSUING, G_ACTIVE, G_FAILED, G_REVOKED, G_EXPIRED = "Issuing", "Active", "Failed", "Revoked", "Expired"
@@ -34,6 +36,11 @@ class Decision:
     requeue_at: dt.datetime | None = None
     emergency: bool = False
     approvers: tuple[str, ...] = field(default_factory=tuple)
+    # A scheduled grant: the token's iat/nbf (exp = starts_at + duration), on ISSUE and SCHEDULE.
+    starts_at: dt.datetime | None = None
+    # SCHEDULE: the approval that allowed it (the Approved condition), besides the wait's own reason.
+    approval_reason: str = ""
+    approval_message: str = ""
 
 
 def approval_deadline(created: dt.datetime, policy: Policy) -> dt.datetime | None:
@@ -105,6 +112,12 @@ def decide(
     if phase in api.TERMINAL_PHASES:
         return Decision(NOTHING, "Terminal", f"request is {phase}")
     if request.revoked:
+        if phase == api.SCHEDULED:
+            return Decision(
+                REVOKE,
+                "Revoked",
+                f"spec.revoked is true: the scheduled start at {request.start_at} is cancelled; nothing was issued",
+            )
         return Decision(REVOKE, "Revoked", "spec.revoked is true")
     # No token yet: approval phase. Re-check everything: the policy may have changed.
     if policy is None:
@@ -112,7 +125,7 @@ def decide(
     problems = validate_policy(policy)
     if problems:
         return Decision(FAIL, "PolicyInvalid", f"policy {policy.name!r} is invalid: {problems[0].message}")
-    failure = first_failure(evaluate_request(request, policy))
+    failure = first_failure(evaluate_request(request, policy, created))
     if failure:
         return Decision(DENY, failure.reason, failure.message)
     too_long = exceeds_ceiling(request, policy, ceiling)
@@ -122,6 +135,8 @@ def decide(
     if forbidden:
         return Decision(DENY, "ProtectedNamespace", forbidden)
     path = approval_path(request, policy, tally)
+    if path.action == ISSUE:
+        return start_gate(path, request, policy, now)
     if path.action != WAIT:
         return path
     deadline = approval_deadline(created, policy)
@@ -132,6 +147,35 @@ def decide(
             f"not approved within policy {policy.name!r} approvalTimeout {policy.approval_timeout}",
         )
     return replace(path, requeue_at=deadline)
+
+
+def start_gate(path: Decision, request: RequestView, policy: Policy, now: dt.datetime) -> Decision:
+    """An issue the approvals allow, held until spec.startAt (the approval timeout is not involved:
+    it bounds the approval, not the wait). Past startAt the token still covers only
+    [startAt, startAt + duration); once that window is over nothing is issued."""
+    start = scheduled_start(request)
+    if start is None or path.emergency:
+        return path
+    if now < start:
+        return Decision(
+            SCHEDULE,
+            "ScheduledStart",
+            f"{path.message}; the token is issued at {to_rfc3339(start)} (spec.startAt)",
+            requeue_at=start,
+            approvers=path.approvers,
+            starts_at=start,
+            approval_reason=path.reason,
+            approval_message=path.message,
+        )
+    duration = effective_duration(request, policy)
+    if now >= start + duration:
+        return Decision(
+            DENY,
+            "ScheduledWindowElapsed",
+            f"the scheduled window {to_rfc3339(start)} + {format_duration(duration)} ended before the "
+            "request could be issued; nothing was issued",
+        )
+    return replace(path, starts_at=start)
 
 
 def approval_path(request: RequestView, policy: Policy, tally: Tally | None = None) -> Decision:

@@ -51,6 +51,7 @@ class Policy:
     emergency_allowed: bool = False
     emergency_review_within: str = "24h"
     token_delivery: str = OPERATOR_NAMESPACE  # where the token Secret goes: TOKEN_DELIVERIES
+    max_schedule_ahead: str = "168h"  # how far ahead of its creation a request's spec.startAt may be
 
     @classmethod
     def from_resource(cls, name: str, spec: dict[str, Any] | None) -> Policy:
@@ -78,6 +79,7 @@ class Policy:
             emergency_allowed=bool(emergency.get("allowed", False)),
             emergency_review_within=emergency.get("reviewWithin") or "24h",
             token_delivery=spec.get("tokenDelivery") or OPERATOR_NAMESPACE,
+            max_schedule_ahead=spec.get("maxScheduleAhead") or "168h",
         )
 
     def may_request(self, user: str, groups: Iterable[str]) -> bool:
@@ -99,6 +101,7 @@ def validate_policy(policy: Policy) -> list[Verdict]:
         ("maxDuration", policy.max_duration),
         ("approvalTimeout", policy.approval_timeout),
         ("emergency.reviewWithin", policy.emergency_review_within),
+        ("maxScheduleAhead", policy.max_schedule_ahead),
     ):
         try:
             durations[field_name] = parse_duration(value)
@@ -179,6 +182,7 @@ class RequestView:
     emergency: bool = False
     revoked: bool = False
     policy: str = ""
+    start_at: str | None = None  # spec.startAt as written (RFC 3339); see scheduling.py
 
     @classmethod
     def from_resource(cls, body: dict[str, Any]) -> RequestView:
@@ -198,6 +202,7 @@ class RequestView:
             emergency=bool(spec.get("emergency", False)),
             revoked=bool(spec.get("revoked", False)),
             policy=spec.get("policy") or "",
+            start_at=spec.get("startAt"),
         )
 
 

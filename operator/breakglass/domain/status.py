@@ -16,12 +16,17 @@ from .approvals import ApprovalView, Tally
 from .conditions import get_condition, set_condition
 from .durations import parse_rfc3339, to_rfc3339
 
+SCHEDULED_START = "ScheduledStart"  # condition Issued=False while a Scheduled request waits for spec.startAt
+
 
 @dataclass(frozen=True)
 class Outcome:
     phase: str
     reason: str
     message: str
+    # Scheduled: the approval that allowed the grant (condition Approved), besides the wait itself.
+    approval_reason: str = ""
+    approval_message: str = ""
 
 
 def _approval_entry(a: ApprovalView) -> dict[str, Any]:
@@ -54,8 +59,13 @@ def next_status(
     phase, reason, message = outcome.phase, outcome.reason, outcome.message
     approval = (grant or {}).get("approval") or {}
     settled = bool(reason)  # an empty reason: nothing new decided, keep the phase's conditions
+    was_scheduled = (get_condition(old.get("conditions"), api.COND_ISSUED) or {}).get("reason") == SCHEDULED_START
     if not settled:
         pass
+    elif phase == api.SCHEDULED:
+        cond(api.COND_APPROVED, True, outcome.approval_reason or "Approved", outcome.approval_message or message)
+        cond(api.COND_ISSUED, False, reason, message)
+        new["approvedAt"] = old.get("approvedAt") or to_rfc3339(now)
     elif phase in (api.PENDING, api.DENIED):
         cond(api.COND_APPROVED, False, reason, message)
     elif phase == api.FAILED and grant is None:
@@ -76,6 +86,10 @@ def next_status(
         if (grant is not None and grant.get("activatedAt")) or was_issued:
             cond(api.COND_ISSUED, False, "TokenRevoked", "token Secret and RoleBindings deleted on revocation")
         cond(api.COND_REVOKED, True, reason, message)
+    if settled and was_scheduled and grant is None and phase not in (api.SCHEDULED, api.ACTIVE):
+        # The start that was waited for will not come: say so instead of "issued at startAt".
+        said = message if "nothing was issued" in message else f"nothing was issued: {message}"
+        cond(api.COND_ISSUED, False, reason, said)
 
     if grant is not None and grant.get("activatedAt"):
         new.update(
