@@ -57,8 +57,8 @@ crds: venv  ## regenerate crds/ and the chart's copy
 deploy: venv  ## regenerate deploy/ (the chart rendered with default values)
 	$(PY) hack/render_chart.py
 
-bench: venv cluster-build  ## performance figures (request->Secret latency/throughput, expiry lag, memory)
-	$(PY) bench/bench.py
+bench: venv cluster-build  ## performance figures; `make bench BENCH_ARGS=--scale` for the 10,000-grant Scale table
+	$(PY) bench/bench.py $(BENCH_ARGS)
 
 clean:
 	rm -rf .state build *.egg-info

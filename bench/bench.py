@@ -141,7 +141,18 @@ def main():
     ap.add_argument("--grants", type=int, default=int(env("BENCH_GRANTS", "500")))
     ap.add_argument("--concurrency", type=int, default=int(env("BENCH_CONCURRENCY", "8")))
     ap.add_argument("--duration", default=env("BENCH_DURATION", "90s"), help="grant duration for the expiry phase")
+    ap.add_argument(
+        "--scale",
+        action="store_true",
+        default=env("BENCH_SCALE") == "1",
+        help="the Scale table: N (default 10000) active grants, idle cost, restart, TokenReview (bench/scale.py)",
+    )
     args = ap.parse_args()
+    if args.scale:
+        import scale
+
+        grants = args.grants if any(a.startswith("--grants") for a in sys.argv) else int(env("BENCH_GRANTS", "10000"))
+        return scale.main(grants, args.concurrency)
     n, conc = args.grants, args.concurrency
     work = pathlib.Path(tempfile.mkdtemp(prefix="breakglass-bench-"))
     ports = operator_ports()

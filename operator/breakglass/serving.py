@@ -28,7 +28,12 @@ async def start(rt: Runtime, kopf_settings: kopf.OperatorSettings) -> None:
     kopf_settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix="kopf.breakglass.dev", key="last-handled-configuration"
     )
+    # Watches end server-side (a bookmark just before keeps their resourceVersion fresh); kopf's
+    # inactivity timeout must not cut an idle stream earlier: a reconnect from an old version gets
+    # 410 Gone and a full relist of every request (measured: one per resource per minute at idle).
     kopf_settings.watching.server_timeout = 300
+    kopf_settings.watching.inactivity_timeout = 330
+    kopf_settings.watching.chunk_size = 500  # the initial list in pages: bounded memory at any scale
     kopf_settings.networking.request_timeout = 60
     kopf_settings.scanning.disabled = True  # our CRDs are known; no cluster-wide CRD watch needed (RBAC)
     host = s.webhook_host or (s.bind_address if s.bind_address != "0.0.0.0" else "127.0.0.1")
