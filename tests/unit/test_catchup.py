@@ -14,7 +14,16 @@ NOW = 1_800_000_000.0
 UID = "uid-1"
 
 
-def request(phase="Active", generation=1, observed=1, deleting=False, finalized=False, review_due=None, marked=False):
+def request(
+    phase="Active",
+    generation=1,
+    observed=1,
+    deleting=False,
+    finalized=False,
+    review_due=None,
+    marked=False,
+    start_at=None,
+):
     status = {"phase": phase, "observedGeneration": observed} if phase else {}
     if review_due is not None:
         status["review"] = {"required": True, "dueAt": review_due}
@@ -25,11 +34,15 @@ def request(phase="Active", generation=1, observed=1, deleting=False, finalized=
         meta["deletionTimestamp"] = "2027-01-15T08:00:00Z"
     if finalized:
         meta["finalizers"] = [api.FINALIZER]
-    return summarize_request({"metadata": meta, "spec": {"policy": "prod"}, "status": status})
+    spec = {"policy": "prod", **({"startAt": start_at} if start_at is not None else {})}
+    return summarize_request({"metadata": meta, "spec": spec, "status": status})
 
 
 def grant(state="Active", expires=NOW + 600, kid="k1", cleaned=False, uid=UID):
     return Summary(uid, "team-a", "r1", state, "jti-1", kid, "prod", expires, False, cleaned, "5", ("bg", "s", "su"))
+
+
+AHEAD, PASSED = "2027-01-15T16:00:00Z", "2027-01-15T07:00:00Z"  # NOW is 2027-01-15T08:00:00Z
 
 
 def known(kid):
@@ -108,6 +121,37 @@ CASES = [
         grant(uid="other"),
         "ledger entry of another request",
     ),
+    ("a Scheduled request whose startAt is ahead costs nothing", request("Scheduled", start_at=AHEAD), None, None),
+    (
+        "a Scheduled request whose startAt has passed is reconciled (its token is due)",
+        request("Scheduled", start_at=PASSED),
+        None,
+        "scheduled start reached",
+    ),
+    (
+        "a Scheduled request revoked (spec changed) before its start is reconciled",
+        request("Scheduled", generation=2, start_at=AHEAD),
+        None,
+        "spec changed since the last decision",
+    ),
+    (
+        "a Scheduled request with a malformed startAt is reconciled (the reconcile denies it)",
+        request("Scheduled", start_at="soon"),
+        None,
+        "scheduled start reached",
+    ),
+    (
+        "a Scheduled request the ledger already has a grant for is reconciled (an issue was interrupted)",
+        request("Scheduled", start_at=PASSED),
+        grant(state="Issuing"),
+        "status Scheduled but the ledger has a grant",
+    ),
+    (
+        "a Scheduled request being deleted is reconciled",
+        request("Scheduled", deleting=True, finalized=True, start_at=AHEAD),
+        None,
+        "being deleted",
+    ),
 ]
 
 
@@ -123,6 +167,15 @@ def test_an_open_review_due_later_wakes_the_request_at_its_due_time():
     assert wake_at(req, stamp - 10) == stamp
     assert wake_at(req, stamp + 1) is None
     assert wake_at(request(), NOW) is None
+
+
+def test_a_scheduled_request_is_woken_at_its_start_at():
+    req = request("Scheduled", start_at=AHEAD)
+    assert req.start_at == 1_800_000_000.0 + 8 * 3600 and req.start_at > NOW
+    assert wake_at(req, NOW) == req.start_at
+    assert wake_at(request("Pending", start_at=AHEAD), NOW) is None  # approvals, not the clock, move it
+    assert wake_at(request("Active", start_at=PASSED), NOW) is None
+    assert request(start_at=None).start_at is None and request(start_at="soon").start_at is None
 
 
 def body(name, rv, phase="Active", uid=None):

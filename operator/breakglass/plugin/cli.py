@@ -72,6 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--scope", nargs="+", default=[], help="free-form JWT scopes")
     r.add_argument("--audience", nargs="+", default=[], help="token audiences")
     r.add_argument("--emergency", action="store_true", help="issue at once (policy must allow); review follows")
+    r.add_argument(
+        "--start-at",
+        metavar="TIME",
+        help="scheduled start: RFC 3339 (2026-11-28T22:00:00Z) or +DURATION from now (+2h); "
+        "approvals may come before it, the token is issued at it",
+    )
     r.add_argument("--name", help="request name (default: <policy>-<timestamp>)")
     r.add_argument("--wait", action="store_true", help="wait until issued; print the Secret name")
     r.add_argument("--timeout", type=float, default=600, help="seconds --wait waits")

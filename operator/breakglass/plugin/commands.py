@@ -11,19 +11,36 @@ import time
 from typing import Any
 
 from .. import api
-from ..domain.durations import DurationError, parse_duration, utcnow
+from ..domain.durations import DurationError, parse_duration, to_rfc3339, utcnow
+from ..domain.scheduling import StartAtError, parse_start_at
 from ..tls import write_private
 from .errors import NOT_OK, OK, TIMEOUT, USAGE, CliError, try_or
 from .output import REQUEST_HEADERS, emit, print_status, print_table, request_row
 
 
-def request_body(args, namespace: str) -> dict[str, Any]:
+def start_at_value(text: str, now) -> str:
+    """--start-at: an RFC 3339 time as given, or +DURATION from `now` (as RFC 3339 UTC)."""
+    if text.startswith("+"):
+        try:
+            return to_rfc3339(now + parse_duration(text[1:]))
+        except DurationError as exc:
+            raise CliError(f"--start-at: {exc}", USAGE) from None
+    try:
+        parse_start_at(text)
+    except StartAtError as exc:
+        raise CliError(f"--start-at: {exc} or +DURATION (e.g. +2h)", USAGE) from None
+    return text
+
+
+def request_body(args, namespace: str, now=None) -> dict[str, Any]:
     """The BreakGlassRequest `request` files (requester and groups are stamped by admission)."""
     for d in filter(None, [args.duration]):
         try:
             parse_duration(d)
         except DurationError as exc:
             raise CliError(f"--duration: {exc}", USAGE) from None
+    start_at = getattr(args, "start_at", None)
+    start_at = start_at_value(start_at, now or utcnow()) if start_at else None
     name = args.name or f"{args.policy}-{time.strftime('%Y%m%d%H%M%S')}"
     spec: dict[str, Any] = {"policy": args.policy, "reason": args.reason}
     for key, value in (("ticket", args.ticket), ("duration", args.duration)):
@@ -39,6 +56,8 @@ def request_body(args, namespace: str) -> dict[str, Any]:
         spec["audiences"] = args.audience
     if args.emergency:
         spec["emergency"] = True
+    if start_at:
+        spec["startAt"] = start_at
     return {
         "apiVersion": api.API_VERSION,
         "kind": api.KIND_REQUEST,
@@ -148,7 +167,8 @@ def cmd_token(args, client) -> int:
     req = client.get_request(args.name)
     st = req.get("status") or {}
     if st.get("phase") != api.ACTIVE or not st.get("secretRef"):
-        raise CliError(f"request {args.name} is {st.get('phase', 'Pending')}: no token to show", NOT_OK)
+        when = f" before its start at {req['spec']['startAt']}" if st.get("phase") == api.SCHEDULED else ""
+        raise CliError(f"request {args.name} is {st.get('phase', 'Pending')}: no token to show{when}", NOT_OK)
     secret = client.get_secret(st["secretRef"]["namespace"], st["secretRef"]["name"])
     data = secret.get("data") or {}
     if args.kubeconfig_out:

@@ -6,6 +6,7 @@ The rules are the admission/operator chain (domain.policy) and the approval path
 
 from __future__ import annotations
 
+import datetime as dt
 import sys
 from typing import Any
 
@@ -14,7 +15,7 @@ import yaml
 from .. import api
 from ..domain.checks import evaluate_request
 from ..domain.decisions import approval_path
-from ..domain.durations import DurationError, format_duration
+from ..domain.durations import DurationError, format_duration, utcnow
 from ..domain.policy import Policy, RequestView, effective_duration, validate_policy
 from .errors import NOT_OK, OK, USAGE, CliError, try_or
 from .output import emit, print_explanation
@@ -23,6 +24,14 @@ from .output import emit, print_explanation
 def approval_text(request: RequestView, policy: Policy) -> str:
     """decide()'s approval path for a request with no approvals yet, said for a person."""
     path = approval_path(request, policy)
+    if request.start_at and not request.emergency:
+        when = f"issued at spec.startAt {request.start_at}"
+        if path.reason in ("NoApprovalRequired", "AutoApproved"):
+            return f"{'auto-approved' if path.reason == 'AutoApproved' else 'no approval required'}: {when}"
+        return (
+            f"needs {policy.required_approvals} approval(s) within approvalTimeout {policy.approval_timeout} "
+            f"from users {list(policy.approver_users)} / groups {list(policy.approver_groups)}; then {when}"
+        )
     if path.reason == "EmergencyAccess":
         return "emergency: issued at once, review required within " + policy.emergency_review_within
     if path.reason == "NoApprovalRequired":
@@ -37,7 +46,12 @@ def approval_text(request: RequestView, policy: Policy) -> str:
 
 
 def explain(
-    body: dict[str, Any], user: str, groups: list[str], namespace: str, policy_body: dict[str, Any] | None
+    body: dict[str, Any],
+    user: str,
+    groups: list[str],
+    namespace: str,
+    policy_body: dict[str, Any] | None,
+    now: dt.datetime | None = None,
 ) -> dict[str, Any]:
     """The verdict on `body` filed by `user` in `groups` under `policy_body` (None: no such policy):
     {"allowed", "checks": [{"rule", "ok", "message"}], "requester", "groups"[, "approval", "duration"]}."""
@@ -55,7 +69,7 @@ def explain(
         view = RequestView.from_resource({"metadata": meta, "spec": spec})
         problems = validate_policy(policy)
         verdicts.append(("policy", not problems, problems[0].message if problems else f"policy {name!r} is Ready"))
-        verdicts.extend((v.rule, v.ok, v.message) for v in evaluate_request(view, policy))
+        verdicts.extend((v.rule, v.ok, v.message) for v in evaluate_request(view, policy, now or utcnow()))
     info: dict[str, Any] = {"requester": user, "groups": groups}
     if policy is not None and view is not None:
         info["approval"] = approval_text(view, policy)

@@ -14,6 +14,7 @@ import yaml
 
 from .. import api
 from ..domain.durations import format_duration, parse_rfc3339
+from ..domain.scheduling import StartAtError, parse_start_at
 
 REQUEST_HEADERS = ["NAMESPACE", "NAME", "PHASE", "REQUESTER", "POLICY", "APPROVALS", "EXPIRES IN"]
 STATUS_HEADERS = ["NAME", "PHASE", "REQUESTER", "POLICY", "APPROVALS", "EXPIRES IN"]
@@ -48,6 +49,18 @@ def expires_in(status: dict[str, Any], now: dt.datetime) -> str:
     return format_duration(dt.timedelta(seconds=max(0, int(left)))) if left > 0 else "expired"
 
 
+def starts_in(req: dict[str, Any], now: dt.datetime) -> str | None:
+    """A Scheduled request: how long until its token is issued (spec.startAt)."""
+    start = (req.get("spec") or {}).get("startAt")
+    if (req.get("status") or {}).get("phase") != api.SCHEDULED or not start:
+        return None
+    try:
+        left = (parse_start_at(start) - now).total_seconds()
+    except StartAtError:
+        return None
+    return f"starts in {format_duration(dt.timedelta(seconds=int(left)))}" if left >= 1 else "starting"
+
+
 def approvals_text(req: dict[str, Any], policies: dict[str, dict[str, Any]]) -> str:
     pol = policies.get((req.get("spec") or {}).get("policy"), {})
     need = (pol.get("spec") or {}).get("requiredApprovals", 1)
@@ -65,7 +78,7 @@ def request_row(req: dict[str, Any], policies: dict[str, dict[str, Any]], now: d
         req["spec"].get("requester", ""),
         req["spec"].get("policy", ""),
         approvals_text(req, policies),
-        expires_in(st, now),
+        starts_in(req, now) or expires_in(st, now),
     ]
 
 
@@ -80,7 +93,7 @@ def print_status(req: dict[str, Any], policies: dict[str, dict[str, Any]], now: 
                 spec.get("requester", ""),
                 spec.get("policy", ""),
                 approvals_text(req, policies),
-                expires_in(st, now),
+                starts_in(req, now) or expires_in(st, now),
             ]
         ],
         STATUS_HEADERS,
@@ -90,6 +103,8 @@ def print_status(req: dict[str, Any], policies: dict[str, dict[str, Any]], now: 
         f"grant:    roles {spec.get('clusterRoles', [])} in {spec.get('namespaces', [])}; "
         f"scopes {spec.get('scopes', [])}"
     )
+    if spec.get("startAt"):
+        print(f"start:    {spec['startAt']} (scheduled; the token is issued then)")
     if st.get("message"):
         print(f"message:  {st['message']}")
     for a in st.get("approvals") or []:
