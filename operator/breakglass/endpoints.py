@@ -13,6 +13,13 @@ from aiohttp import web
 from . import api, metrics
 from .domain.durations import utcnow
 from .ledger import Ledger, is_live
+from .review_cache import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_ENTRIES,
+    VerifiedTokenCache,
+    keyset_fingerprint,
+    token_digest,
+)
 from .stores import KeyStore, RevocationStore
 from .tokens.jwt_tokens import verify
 
@@ -100,6 +107,8 @@ class Endpoints:
         audiences: list[str],
         client_ca_file: str | None = None,
         clock=utcnow,
+        cache_entries: int = DEFAULT_MAX_ENTRIES,
+        cache_bytes: int = DEFAULT_MAX_BYTES,
     ):
         self.keys, self.revocations, self.issuer, self.audiences = keys, revocations, issuer, audiences
         self.ledger, self.clock = ledger, clock
@@ -107,6 +116,11 @@ class Endpoints:
         # (kube-apiserver's webhook kubeconfig); JWKS, discovery and revocations stay public.
         self.client_ca_file = client_ca_file
         self._runner: web.AppRunner | None = None
+        # Successful verifications by token hash until exp (liveness is asked of the ledger every time).
+        self.verified = VerifiedTokenCache(cache_entries, cache_bytes)
+        self._ring_seen: tuple[object, dict[str, Any], Any] | None = None  # (ring, its JWKS, fingerprint)
+        self._cache_hit = metrics.token_review_cache_total.labels("hit")
+        self._cache_miss = metrics.token_review_cache_total.labels("miss")
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -139,9 +153,26 @@ class Endpoints:
     async def discovery(self, _request: web.Request) -> web.Response:
         return web.json_response(discovery_document(self.issuer))
 
+    async def _ring(self):
+        """The keyring from memory while fresh; only a stale one is re-read, off the event loop."""
+        peek = getattr(self.keys, "peek", None)
+        ring = peek() if peek else None
+        if ring is None:
+            ring = await asyncio.get_running_loop().run_in_executor(None, self.keys.current)
+        return ring
+
+    def _jwks_of(self, ring) -> tuple[dict[str, Any], Any]:
+        """The ring's JWKS and verification fingerprint, computed once per keyring object."""
+        seen = self._ring_seen
+        if seen is None or seen[0] is not ring:
+            jwks = ring.jwks()
+            seen = (ring, jwks, keyset_fingerprint(jwks, self.issuer, self.audiences))
+            self._ring_seen = seen
+        return seen[1], seen[2]
+
     async def jwks(self, _request: web.Request) -> web.Response:
-        ring = await asyncio.get_running_loop().run_in_executor(None, self.keys.current)
-        return web.json_response(ring.jwks(), headers={"Cache-Control": "max-age=10"})
+        ring = await self._ring()
+        return web.json_response(self._jwks_of(ring)[0], headers={"Cache-Control": "max-age=10"})
 
     async def revoked(self, _request: web.Request) -> web.Response:
         entries = await asyncio.get_running_loop().run_in_executor(None, self.revocations.active)
@@ -198,9 +229,8 @@ class Endpoints:
             if review.get("apiVersion") in ("authentication.k8s.io/v1", "authentication.k8s.io/v1beta1")
             else "authentication.k8s.io/v1"
         )
-        loop = asyncio.get_running_loop()
         try:
-            ring = await loop.run_in_executor(None, self.keys.current)
+            ring = await self._ring()
             if not self.ledger.synced.is_set():
                 raise RuntimeError("grant ledger not synced yet")
         except Exception as exc:
@@ -215,8 +245,17 @@ class Endpoints:
                     "status": {"authenticated": False, "error": "verifier unavailable"},
                 }
             )
+        now = self.clock()
         try:
-            result = verify(token, jwks=ring.jwks(), issuer=self.issuer, audience=self.audiences)
+            jwks, keyset = self._jwks_of(ring)
+            digest = token_digest(token)
+            result = self.verified.get(digest, keyset, now.timestamp())
+            if result is not None:
+                self._cache_hit.inc()
+            else:
+                self._cache_miss.inc()
+                result = verify(token, jwks=jwks, issuer=self.issuer, audience=self.audiences, now=now)
+                self.verified.put(digest, keyset, result, now.timestamp(), len(token))
         except Exception:  # noqa: BLE001 — any token we cannot parse is refused, never a 500
             return malformed()
         finally:
@@ -224,10 +263,10 @@ class Endpoints:
         if result.reason in ("MalformedClaims", "MissingClaim"):  # signed but malformed: 401, never a 500
             return malformed()
         entry = self.ledger.by_jti(result.claims["jti"]) if result.ok else None
-        verdict = live_grant_check(result, entry, self.clock())
+        verdict = live_grant_check(result, entry, now)
         if verdict[1] == CLAIMS_MISMATCH:
             return malformed()
-        answer = token_review_response(result, entry, self.clock(), api_version, verdict=verdict)
+        answer = token_review_response(result, entry, now, api_version, verdict=verdict)
         ok = answer["status"]["authenticated"]
         label = "authenticated" if ok else (answer["status"]["error"].split(":")[0].lower())
         metrics.token_reviews_total.labels(label).inc()

@@ -61,3 +61,9 @@ issue_rollbacks_total = Counter(
 revocations_unpublished_total = Counter(
     "breakglass_revocations_unpublished_total", "Revoked jtis left out of the bounded published view", registry=REGISTRY
 )
+token_review_cache_total = Counter(
+    "breakglass_token_review_cache_total",
+    "TokenReview verified-token cache lookups (hit: signature check skipped; liveness is always checked)",
+    ["result"],
+    registry=REGISTRY,
+)

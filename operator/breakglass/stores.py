@@ -23,7 +23,12 @@ REVOCATIONS_KEY = "revocations.json"
 
 
 class KeyStore:
-    """Loads the keyring from its Secret (create-if-absent), caches it briefly, publishes the JWKS."""
+    """Loads the keyring from its Secret (create-if-absent), caches it briefly, publishes the JWKS.
+
+    The cached ring is re-read from the API at most once per `cache_seconds`: one read at a time
+    (concurrent callers wait for it and share its answer), started ahead in a background thread
+    once the ring is 3/4 of its age so `peek()` (the TokenReview hot path) answers from memory without
+    ever waiting for the API. An unchanged Secret keeps the same Keyring object (parsed keys reused)."""
 
     def __init__(
         self,
@@ -38,18 +43,28 @@ class KeyStore:
         self._kids_in_use = kids_in_use or (lambda: set())
         self.cache_seconds = cache_seconds
         self._lock = threading.Lock()
+        self._refresh_lock = threading.Lock()  # single flight for API reads of the keyring
         self._cached: tuple[float, Keyring] | None = None
+        self._cached_raw: str | None = None  # the Secret's keyring text behind _cached
+        self._ahead: threading.Thread | None = None
 
-    def _read(self) -> tuple[Keyring, dict[str, Any]] | None:
+    def _read_raw(self) -> tuple[str, dict[str, Any]] | None:
         secret = self.kube.get_secret(self.namespace, api.SIGNING_KEYS_SECRET)
         if secret is None:
             return None
-        raw = base64.b64decode((secret.get("data") or {})[KEYRING_KEY]).decode()
-        return Keyring.from_json(raw), secret
+        return base64.b64decode((secret.get("data") or {})[KEYRING_KEY]).decode(), secret
+
+    def _read(self) -> tuple[Keyring, dict[str, Any]] | None:
+        found = self._read_raw()
+        return (Keyring.from_json(found[0]), found[1]) if found else None
+
+    def _remember(self, ring: Keyring, raw: str | None) -> None:
+        with self._lock:
+            self._cached, self._cached_raw = (time.monotonic(), ring), raw
 
     def ensure(self) -> Keyring:
         """Read the keyring, creating it on first start; safe against concurrent starts."""
-        found = self._read()
+        found = self._read_raw()
         if found is None:
             ring = Keyring.new(self.alg, utcnow())
             body = {
@@ -64,33 +79,64 @@ class KeyStore:
                 "data": {KEYRING_KEY: base64.b64encode(ring.to_json().encode()).decode()},
             }
             self.kube.create_secret_if_absent(body)
-            found = self._read()
-        ring = found[0]
+            found = self._read_raw()
+        raw = found[0]
+        ring = Keyring.from_json(raw)
         self.publish_jwks(ring)
-        with self._lock:
-            self._cached = (time.monotonic(), ring)
+        self._remember(ring, raw)
         return ring
+
+    def peek(self) -> Keyring | None:
+        """The cached ring while it is fresh (no I/O, never blocks on the API), else None: the caller
+        then calls current() off the event loop. A ring past 3/4 of its age is re-read in the background."""
+        now = time.monotonic()
+        with self._lock:
+            cached = self._cached
+            if cached is None or now - cached[0] >= self.cache_seconds:
+                return None
+            ahead = now - cached[0] >= self.cache_seconds * 0.75 and not (self._ahead and self._ahead.is_alive())
+            if ahead:
+                self._ahead = threading.Thread(target=self._refresh_ahead, name="keyring-refresh", daemon=True)
+        if ahead:
+            self._ahead.start()
+        return cached[1]
+
+    def _refresh_ahead(self) -> None:
+        try:
+            self._refresh(self.cache_seconds * 0.75)
+        except Exception as exc:  # noqa: BLE001 — the ring ages out and callers fail closed
+            log.debug("background keyring refresh failed: %s", type(exc).__name__)
 
     def current(self) -> Keyring:
         with self._lock:
             if self._cached and time.monotonic() - self._cached[0] < self.cache_seconds:
                 return self._cached[1]
-        found = self._read()
-        if found is None:
-            # The keyring vanished while running: a new one lets new grants work, but every token signed
-            # by the old keys is dead. Loud: metric, error log; grants signed by lost keys are revoked
-            # (reason SigningKeyLost) by their reconcile, with an Event each.
-            metrics.signing_keyring_recreated_total.inc()
-            log.error(
-                "signing keyring Secret %s/%s is missing: creating a new one; tokens signed by the "
-                "old keys no longer verify",
-                self.namespace,
-                api.SIGNING_KEYS_SECRET,
-            )
-        ring = found[0] if found else self.ensure()
-        with self._lock:
-            self._cached = (time.monotonic(), ring)
-        return ring
+        return self._refresh(self.cache_seconds)
+
+    def _refresh(self, max_age: float) -> Keyring:
+        """Re-read the keyring unless a read finished within `max_age` (one read at a time)."""
+        with self._refresh_lock:
+            with self._lock:
+                if self._cached and time.monotonic() - self._cached[0] < max_age:
+                    return self._cached[1]
+                previous, previous_raw = (self._cached[1] if self._cached else None), self._cached_raw
+            found = self._read_raw()
+            if found is None:
+                # The keyring vanished while running: a new one lets new grants work, but every token signed
+                # by the old keys is dead. Loud: metric, error log; grants signed by lost keys are revoked
+                # (reason SigningKeyLost) by their reconcile, with an Event each.
+                metrics.signing_keyring_recreated_total.inc()
+                log.error(
+                    "signing keyring Secret %s/%s is missing: creating a new one; tokens signed by the "
+                    "old keys no longer verify",
+                    self.namespace,
+                    api.SIGNING_KEYS_SECRET,
+                )
+                return self.ensure()
+            raw = found[0]
+            ring = previous if previous is not None and raw == previous_raw else Keyring.from_json(raw)
+            self._remember(ring, raw)
+            return ring
 
     def has_kid(self, kid: str) -> bool:
         return any(k.kid == kid for k in self.current().keys)
@@ -109,14 +155,14 @@ class KeyStore:
                 continue
             ring, secret = found
             new_ring = ring.rotated(alg or self.alg, now)
-            secret["data"][KEYRING_KEY] = base64.b64encode(new_ring.to_json().encode()).decode()
+            raw = new_ring.to_json()
+            secret["data"][KEYRING_KEY] = base64.b64encode(raw.encode()).decode()
             try:
                 self.kube.replace_secret(secret)  # resourceVersion guards concurrent rotations
             except Conflict:
                 continue
             self.publish_jwks(new_ring)
-            with self._lock:
-                self._cached = (time.monotonic(), new_ring)
+            self._remember(new_ring, raw)
             return new_ring
         raise RuntimeError("key rotation kept conflicting; try again")
 
@@ -134,14 +180,14 @@ class KeyStore:
             return ring
         pruned = ring.pruned(now, self.kids_in_use())
         if len(pruned.keys) != len(ring.keys):
-            secret["data"][KEYRING_KEY] = base64.b64encode(pruned.to_json().encode()).decode()
+            raw = pruned.to_json()
+            secret["data"][KEYRING_KEY] = base64.b64encode(raw.encode()).decode()
             try:
                 self.kube.replace_secret(secret)
             except Conflict:
                 return ring
             self.publish_jwks(pruned)
-            with self._lock:
-                self._cached = (time.monotonic(), pruned)
+            self._remember(pruned, raw)
         return pruned
 
 
