@@ -526,3 +526,24 @@ def test_list_shows_when_a_scheduled_request_starts():
         "status": {"phase": "Scheduled"},
     }
     assert request_row(body, {}, T0)[2:] == ["Scheduled", "alice", "p", "0/1", "starts in 2h"]
+
+
+def test_explain_judges_start_at_and_says_when_the_token_would_be_issued():
+    from breakglass.plugin.explain import explain
+
+    body = {"kind": api.KIND_REQUEST, "metadata": {"name": "r"}, "spec": dict(REQUEST_BODY["spec"])}
+    policy_body = {"spec": {**POLICY_SPEC_FOR_EXPLAIN}}
+    ok = explain(body, "alice", ["sre"], "team-a", policy_body, now=T0)
+    assert ok["allowed"] and "issued at spec.startAt" in ok["approval"]
+    late = explain(body, "alice", ["sre"], "team-a", policy_body, now=START + dt.timedelta(hours=1))
+    failed = [c for c in late["checks"] if not c["ok"]]
+    assert not late["allowed"] and [c["rule"] for c in failed] == ["startAt"]
+
+
+POLICY_SPEC_FOR_EXPLAIN = {
+    "requesters": {"groups": ["sre"]},
+    "approvers": {"groups": ["leads"]},
+    "allowedNamespaces": ["team-*"],
+    "allowedClusterRoles": ["view"],
+    "maxDuration": "1h",
+}
