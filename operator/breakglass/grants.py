@@ -5,8 +5,9 @@
   if it carries the grant's nonce and exactly the content we would write. A refusal that a retry
   cannot fix rolls back what the ledger says we created and marks the grant Failed: never a
   working token without a record, never two tokens for one request uid.
-* `end` (revoke/expire) marks the ledger first (the token leaves the TokenReview allow-list), then
-  deletes every object the ledger lists — even when that ledger write failed.
+* `end` (revoke) marks the ledger first (the token leaves the TokenReview allow-list), then deletes
+  every object the ledger lists — even when that ledger write failed. Expiry past exp deletes first
+  and writes the ledger once (the token is already dead at its exp).
 """
 
 from __future__ import annotations
@@ -201,6 +202,8 @@ class Grants:
     def end(self, entry: dict[str, Any], state: str, reason: str, message: str) -> dict[str, Any]:
         """Revoke or expire: ledger first, then cleanup — cleanup happens even if the ledger write fails."""
         now = self.clock()
+        if state == EXPIRED and entry["state"] == ACTIVE and parse_rfc3339(entry["expiresAt"]) <= now:
+            return self._expire(entry, reason, message, now)
         failure: Exception | None = None
         ended = entry
         if entry["state"] in (ISSUING, ACTIVE):
@@ -220,6 +223,20 @@ class Grants:
         if failure is not None:
             raise failure
         return self.ledger.update(ended, cleaned=True)
+
+    def _expire(self, entry: dict[str, Any], reason: str, message: str, now: dt.datetime) -> dict[str, Any]:
+        """Past its exp the token is already dead (TokenReview and kube-apiserver both check exp), so
+        expiry needs no record before it acts: delete, then one ledger write. A crash in between
+        leaves an Active entry past its exp, which the next pass expires again (deletes by uid are
+        idempotent)."""
+        try:
+            self.cleanup(entry)
+        except CleanupIncomplete:  # recorded as ended but not cleaned: the sweeper finishes it
+            self.ledger.update(entry, state=EXPIRED, reason=reason, message=message, endedAt=to_rfc3339(now))
+            raise
+        return self.ledger.update(
+            entry, state=EXPIRED, reason=reason, message=message, endedAt=to_rfc3339(now), cleaned=True
+        )
 
     def cleanup(self, entry: dict[str, Any]) -> int:
         """Delete exactly what the ledger says we created: by uid, or (uid not yet recorded) only

@@ -41,11 +41,8 @@ async def stop_operator(memo: kopf.Memo, **_):
 
 
 # --- watches: every event becomes "reconcile that request" -------------------------------
-@kopf.on.event(api.GROUP, api.VERSION, api.REQUEST_PLURAL)
-def request_changed(body, type, memo: kopf.Memo, **_):
-    memo.rt.on_request_event(type, dict(body))
-
-
+# Requests themselves are watched by the operator's own informer (runtime.request_informer: paged
+# list, then a watch; 10,000 requests cost a few pages and no per-event framework overhead).
 @kopf.on.event(api.GROUP, api.VERSION, api.APPROVAL_PLURAL)
 def approval_changed(spec, namespace, memo: kopf.Memo, **_):
     if spec.get("request"):

@@ -8,24 +8,26 @@ proof of anything; the operator deletes only objects listed here (by uid, or by 
 
 A watch keeps an in-memory view for the TokenReview allow-list, key pinning and the sweeper; the
 process's own writes update it at once. The view is compact (memory per grant is what bounds an
-operator with 10,000 live grants): each entry is kept as its stored JSON text plus a small
-`Summary` of the fields housekeeping scans, parsed into a dict only when a caller needs the whole
-entry.
+operator with 10,000 live grants): each entry is kept as its stored JSON, compressed (≈2 KB → 0.7
+KB), plus a small `Summary` of the fields housekeeping scans; it is parsed into a dict only when a
+caller needs the whole entry.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import sys
 import threading
-import time
+import zlib
 from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 from . import api, metrics
 from .domain.durations import parse_rfc3339
-from .k8s.client import Conflict, Kube, error_text
+from .informer import Informer
+from .k8s.client import Conflict, Kube
 
 log = logging.getLogger(__name__)
 
@@ -56,19 +58,20 @@ class Summary(NamedTuple):
 
 def summarize(entry: dict[str, Any]) -> Summary:
     req, secret = entry["request"], entry.get("secret") or {}
+    shared = sys.intern  # namespaces, states, kids and policies repeat across thousands of grants
     return Summary(
         uid=req["uid"],
-        namespace=req["namespace"],
+        namespace=shared(req["namespace"]),
         name=req["name"],
-        state=entry.get("state", ""),
+        state=shared(entry.get("state", "")),
         jti=entry.get("jti", ""),
-        kid=entry.get("kid", ""),
-        policy=entry.get("policy", ""),
+        kid=shared(entry.get("kid", "")),
+        policy=shared(entry.get("policy", "")),
         expires=parse_rfc3339(entry["expiresAt"]).timestamp(),
         drill=bool(entry.get("drill")),
         cleaned=bool(entry.get("cleaned")),
         resource_version=entry.get("resourceVersion") or "",
-        secret=(secret.get("namespace", ""), secret.get("name", ""), secret.get("uid", "")),
+        secret=(shared(secret.get("namespace", "")), secret.get("name", ""), secret.get("uid", "")),
     )
 
 
@@ -107,6 +110,14 @@ def is_live(entry: dict[str, Any] | None, now) -> bool:
 PARSED_CACHE = 1024
 
 
+def _pack(entry: dict[str, Any]) -> bytes:
+    return zlib.compress(json.dumps(entry, separators=(",", ":")).encode(), 1)
+
+
+def _unpack(packed: bytes) -> dict[str, Any]:
+    return json.loads(zlib.decompress(packed))
+
+
 def _rv(value: str | None) -> int:
     try:
         return int(value or 0)
@@ -118,13 +129,18 @@ class Ledger:
     def __init__(self, kube: Kube, namespace: str):
         self.kube, self.namespace = kube, namespace
         self._lock = threading.Lock()
-        self._text: dict[str, str] = {}  # uid -> the entry as stored (JSON text, resourceVersion included)
+        self._text: dict[str, bytes] = {}  # uid -> the entry as stored (compressed JSON, with resourceVersion)
         self._summary: dict[str, Summary] = {}
         self._by_jti: dict[str, str] = {}
         self._parsed: OrderedDict[str, dict[str, Any]] = OrderedDict()  # a few hot entries (TokenReview)
-        self.synced = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self.informer = Informer(
+            "ledger",
+            lambda: self.kube.iter_configmap_pages(self.namespace, SELECTOR),
+            lambda rv: self.kube.watch_configmaps(self.namespace, SELECTOR, rv, timeout=60),
+            self._replace,
+            self._on_event,
+        )
+        self.synced = self.informer.synced
 
     # ------------------------------------------------------------ reads
     def get(self, uid: str) -> dict[str, Any] | None:
@@ -132,7 +148,7 @@ class Ledger:
         if self.synced.is_set():
             with self._lock:
                 text = self._text.get(uid)
-            return json.loads(text) if text else None
+            return _unpack(text) if text else None
         return self.fetch(uid)
 
     def fetch(self, uid: str) -> dict[str, Any] | None:
@@ -151,7 +167,7 @@ class Ledger:
             if hit is not None and hit.get("resourceVersion") == self._summary[uid].resource_version:
                 self._parsed.move_to_end(uid)
                 return hit
-        entry = json.loads(text)
+        entry = _unpack(text)
         with self._lock:
             self._parsed[uid] = entry
             while len(self._parsed) > PARSED_CACHE:
@@ -171,7 +187,7 @@ class Ledger:
         """Every entry, parsed (costly at scale: housekeeping uses `summaries`)."""
         with self._lock:
             texts = list(self._text.values())
-        return [json.loads(t) for t in texts]
+        return [_unpack(t) for t in texts]
 
     def __len__(self) -> int:
         return len(self._summary)
@@ -202,7 +218,7 @@ class Ledger:
 
     # ------------------------------------------------------------ the view
     def _remember(self, entry: dict[str, Any]) -> None:
-        summary, text = summarize(entry), json.dumps(entry, separators=(",", ":"))
+        summary, text = summarize(entry), _pack(entry)
         with self._lock:
             old = self._summary.get(summary.uid)
             if old and _rv(old.resource_version) > _rv(summary.resource_version):
@@ -210,7 +226,7 @@ class Ledger:
             self._put_locked(summary, text)
         self._gauge()
 
-    def _put_locked(self, summary: Summary, text: str) -> None:
+    def _put_locked(self, summary: Summary, text: bytes) -> None:
         old = self._summary.get(summary.uid)
         if old and old.jti and old.jti != summary.jti:
             self._by_jti.pop(old.jti, None)
@@ -232,61 +248,35 @@ class Ledger:
         metrics.ledger_entries.set(len(self._summary))
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="ledger-watch", daemon=True)
-        self._thread.start()
+        self.informer.start()
 
     def stop(self) -> None:
-        self._stop.set()
+        self.informer.stop()
 
     def wait_synced(self, timeout: float) -> bool:
         return self.synced.wait(timeout)
 
     def _relist(self) -> str:
-        """One paged LIST (pages of 500: memory stays bounded however many grants there are)."""
+        return self.informer.relist()
+
+    def _replace(self, pages: Iterator[list[dict[str, Any]]]) -> None:
         summaries: dict[str, Summary] = {}
-        texts: dict[str, str] = {}
-        rv = ""
-        for items, page_version in self.kube.iter_configmap_pages(self.namespace, SELECTOR):
-            rv = page_version
+        texts: dict[str, bytes] = {}
+        for items in pages:
             for cm in items:
                 entry = entry_from_configmap(cm)
                 if entry:
                     summary = summarize(entry)
-                    summaries[summary.uid], texts[summary.uid] = summary, json.dumps(entry, separators=(",", ":"))
+                    summaries[summary.uid], texts[summary.uid] = summary, _pack(entry)
         with self._lock:
             self._summary, self._text, self._parsed = summaries, texts, OrderedDict()
             self._by_jti = {s.jti: uid for uid, s in summaries.items() if s.jti}
         self._gauge()
-        self.synced.set()
-        return rv
 
-    def _run(self) -> None:
-        backoff = 0.5
-        rv: str | None = None
-        while not self._stop.is_set():
-            try:
-                if rv is None:
-                    rv = self._relist()
-                for type_, cm in self._stream(rv):
-                    rv = cm["metadata"].get("resourceVersion") or rv
-                    if type_ == "BOOKMARK":  # keeps rv fresh while idle: no 410, no relist
-                        continue
-                    entry = entry_from_configmap(cm)
-                    if type_ == "DELETED":
-                        uid = cm["metadata"]["name"].removeprefix("breakglass-grant-")
-                        self._forget(uid)
-                    elif entry:
-                        self._remember(entry)
-                backoff = 0.5
-            except Exception as exc:  # 410 Gone, connection loss: list again
-                status = getattr(exc, "status", None)
-                if status != 410:  # a routine 410 (compaction) relists at once and keeps readiness
-                    self.synced.clear()  # a stale allow-list must not authenticate: fail closed until relisted
-                    metrics.errors_total.labels("ledger-watch").inc()
-                    log.warning("ledger watch failed (%s); listing again", error_text(exc))
-                    time.sleep(backoff)
-                    backoff = min(backoff * 2, 10.0)
-                rv = None
-
-    def _stream(self, rv: str) -> Iterator[tuple[str, dict[str, Any]]]:
-        return self.kube.watch_configmaps(self.namespace, SELECTOR, rv, timeout=60)
+    def _on_event(self, type_: str, cm: dict[str, Any]) -> None:
+        if type_ == "DELETED":
+            self._forget(cm["metadata"]["name"].removeprefix("breakglass-grant-"))
+            return
+        entry = entry_from_configmap(cm)
+        if entry:
+            self._remember(entry)

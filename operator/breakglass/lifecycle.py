@@ -12,6 +12,7 @@ import datetime as dt
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -30,6 +31,7 @@ from .settings import Settings
 
 log = logging.getLogger(__name__)
 
+OWN_WRITES_REMEMBERED = 2048
 PHASE_OF_STATE = {REVOKED: api.REVOKED, EXPIRED: api.EXPIRED, FAILED: api.FAILED}
 
 
@@ -84,7 +86,9 @@ class Reconciler:
         self.settings, self.clock, self.schedule_expiry = settings, clock, schedule_expiry
         self.on_orphans: Callable[[str, str], None] | None = None  # set by the runtime (the sweeper)
         self.recorder = Recorder(kube=kube, audit=audit, clock=clock)
-        self._own_versions: dict[tuple[str, str], list[str]] = {}
+        # Our recent writes per request (bounded, oldest forgotten: an echo not recognised only costs
+        # an in-memory routing decision).
+        self._own_versions: OrderedDict[tuple[str, str], list[str]] = OrderedDict()
         self._own_lock = threading.Lock()
 
     # ------------------------------------------------------------------ entry
@@ -306,7 +310,11 @@ class Reconciler:
     def _remember_own_write(self, obj: dict[str, Any]) -> None:
         meta = obj.get("metadata") or {}
         with self._own_lock:
-            recent = self._own_versions.setdefault((meta.get("namespace"), meta.get("name")), [])
+            key = (meta.get("namespace"), meta.get("name"))
+            recent = self._own_versions.setdefault(key, [])
+            self._own_versions.move_to_end(key)
+            while len(self._own_versions) > OWN_WRITES_REMEMBERED:
+                self._own_versions.popitem(last=False)
             recent.append(meta.get("resourceVersion"))
             del recent[:-4]
 

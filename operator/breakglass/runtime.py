@@ -19,6 +19,7 @@ from .drills import DrillRunner
 from .endpoints import Endpoints
 from .expiry import ExpiryTimer
 from .grants import Grants
+from .informer import Informer
 from .k8s.client import Kube, error_text, load_config
 from .leader import LeaderElector
 from .ledger import Ledger
@@ -53,6 +54,7 @@ class Runtime:
     grants: Grants
     operator_username: str
     requests: RequestIndex = field(default_factory=RequestIndex)
+    request_informer: Informer | None = None
     elector: LeaderElector | None = None
     tasks: list[asyncio.Task] = field(default_factory=list)
 
@@ -76,19 +78,13 @@ class Runtime:
         except Exception as exc:  # the slow resync catches up later
             log.warning("catch-up list of requests failed: %s", error_text(exc))
 
-    def catch_up(self, periodic: bool = False) -> int:
-        """One paged LIST of every request (start of leadership, then the slow safety resync):
-        refresh the index, reconcile only what is not settled, arm timers for the rest from the
-        ledger. Returns how many requests were queued for a reconcile."""
+    def catch_up(self) -> int:
+        """Start of leadership: route every request the index holds (the informer listed them before
+        this replica competed for the lease). Returns how many were queued for a reconcile."""
         started = time.monotonic()
-        summaries, behind = self.requests.replace_all(body for page in self.kube.iter_request_pages() for body in page)
-        queued = 0
-        for req in summaries:
-            was_queued = self.queue.queued(req.key)
-            why = self.route(req)
-            if why and periodic and req.key in behind and not was_queued:
-                log.warning("resync picked up %s/%s (%s): a watch event never reached the operator", *req.key, why)
-            queued += bool(why)
+        summaries = self.requests.all()
+        queued = sum(bool(self.route(req)) for req in summaries)
+        self.sweeper.run_step("gauges", self.sweeper.refresh_gauges)  # right at once, not a pass later
         log.info(
             "caught up on %d request(s) in %.1fs: %d to reconcile, the rest settled per the ledger",
             len(summaries),
@@ -97,12 +93,30 @@ class Runtime:
         )
         return queued
 
+    def resync(self) -> None:
+        """The slow safety net behind the request watch: list every request again (paged)."""
+        self.request_informer.relist()
+
+    def on_request_list(self, pages) -> None:
+        """A full list (start, a relist after 410, the safety resync): refresh the index; when leading,
+        route every request and name the ones a missed watch event had left behind."""
+        summaries, behind = self.requests.replace_all(body for page in pages for body in page)
+        if not self.leading:
+            return
+        for req in summaries:
+            was_queued = self.queue.queued(req.key)
+            why = self.route(req)
+            if why and req.key in behind and not was_queued:
+                log.warning("resync picked up %s/%s (%s): a watch event never reached the operator", *req.key, why)
+
     def route(self, req: RequestSummary) -> str | None:
         """Reconcile what needs it; for a settled request only (re)arm its timers, with no API call."""
         grant = self.ledger.summary(req.uid)
         now = time.time()
         why = needs_reconcile(req, grant, now, self.keys.has_kid)
         if why:
+            if grant is not None and grant.state == "Active" and grant.expires <= now:
+                self.expiry.schedule(req.key, *grant.secret, grant.expires)  # the Secret goes at once
             self.enqueue(*req.key)
             return why
         if grant is not None and grant.state == "Active" and req.phase == api.ACTIVE:
@@ -280,6 +294,13 @@ def build(settings: Settings) -> Runtime:
         on_lost=rt.on_lost_leading,
     )
     sweeper.index = rt.requests
+    rt.request_informer = Informer(
+        "requests",
+        kube.iter_request_pages,
+        lambda rv: kube.watch_requests(rv, timeout=300),
+        rt.on_request_list,
+        rt.on_request_event,
+    )
     reconciler.on_orphans = sweeper.revoke_orphans_of
     reconciler.recorder.on_review = sweeper.note_review
     holder["rt"] = rt

@@ -56,6 +56,7 @@ async def start(rt: Runtime, kopf_settings: kopf.OperatorSettings) -> None:
     # Our own writes to requests (finalizers) pass through our own persistent, fail-closed webhooks:
     # start reconciling once the webhook server (started by kopf after this handler) accepts connections.
     rt.ledger.start()
+    rt.request_informer.start()
     rt.tasks.append(asyncio.create_task(_start_queues_when_serving(rt)))
     await rt.endpoints.start(s.bind_address, s.https_port, rt.tls.cert_file, rt.tls.key_file)
     if s.metrics_port:
@@ -77,8 +78,10 @@ async def _start_queues_when_serving(rt: Runtime, timeout: float = 30.0) -> None
             await asyncio.sleep(0.05)
     else:
         log.warning("webhook server not reachable after %.0fs; reconciling anyway", timeout)
-    # Decisions read the ledger view: never act on an unsynced one. Then compete for the lease.
+    # Decisions read the ledger view and the request index: never act on unsynced ones. Then compete
+    # for the lease (the new leader routes every request from the index: no list of its own).
     await asyncio.get_running_loop().run_in_executor(None, rt.ledger.wait_synced, 60.0)
+    await asyncio.get_running_loop().run_in_executor(None, rt.requests.synced.wait, 60.0)
     rt.elector.start()
 
 
@@ -102,7 +105,7 @@ async def _housekeeping(rt: Runtime, interval: float = 5.0) -> None:
 
 def _safe_resync(rt: Runtime) -> None:
     try:
-        rt.catch_up(periodic=True)
+        rt.resync()
     except Exception as exc:  # the next interval tries again; the watches keep working meanwhile
         metrics.errors_total.labels("resync").inc()
         log.warning("safety resync failed: %s", type(exc).__name__)
@@ -119,4 +122,5 @@ async def stop(rt: Runtime) -> None:
     if rt.elector is not None:
         await loop.run_in_executor(None, rt.elector.stop)
     rt.ledger.stop()
+    rt.request_informer.stop()
     await rt.endpoints.stop()

@@ -11,7 +11,7 @@
 
 Nothing here lists requests, Secrets or RoleBindings: a pass scans in-memory summaries only, so an
 idle operator with 10,000 grants costs (almost) nothing. The request index is refreshed by the slow
-safety resync (`Runtime.catch_up`).
+safety resync (`Runtime.resync`).
 """
 
 from __future__ import annotations
@@ -208,10 +208,10 @@ class Sweeper:
             steps += [("revocations", lambda: self.revocations.sync(self.revoked_entries(), self.clock()))]
             steps += [("keys", self._keys), ("lost-keys", self.lost_keys)]
         for step, fn in steps:
-            self._run_step(step, fn)
+            self.run_step(step, fn)
 
     @staticmethod
-    def _run_step(step: str, fn: Callable[[], object]):
+    def run_step(step: str, fn: Callable[[], object]):
         try:
             return fn()
         except Exception as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -35,7 +36,7 @@ def load_config(kubeconfig: str | None = None, pool_size: int = 32) -> kubernete
 
 
 from .errors import Conflict, PermanentError, _classify, _false_on_404, _none_on_404, error_text  # noqa: E402,F401
-from .objects import ObjectsMixin  # noqa: E402
+from .objects import ObjectsMixin, stream_events  # noqa: E402
 from .platform import PlatformMixin  # noqa: E402
 
 
@@ -77,9 +78,8 @@ class Kube(ObjectsMixin, PlatformMixin):
         return self.custom.list_cluster_custom_object(api.GROUP, api.VERSION, api.REQUEST_PLURAL)["items"]
 
     def iter_request_pages(self, limit: int = 500):
-        """Yields pages of every request (plain JSON, paged: memory bounded at any scale)."""
-        import json
-
+        """Yields (items, resourceVersion) per page of every request (plain JSON, paged: memory
+        bounded at any scale)."""
         token = None
         while True:
             kwargs: dict[str, Any] = {"limit": limit, "_preload_content": False}
@@ -87,10 +87,26 @@ class Kube(ObjectsMixin, PlatformMixin):
                 kwargs["_continue"] = token
             resp = self.custom.list_cluster_custom_object(api.GROUP, api.VERSION, api.REQUEST_PLURAL, **kwargs)
             page = json.loads(resp.data)
-            yield page.get("items") or []
-            token = (page.get("metadata") or {}).get("continue")
+            meta = page.get("metadata") or {}
+            yield page.get("items") or [], meta.get("resourceVersion", "")
+            token = meta.get("continue")
             if not token:
                 return
+
+    def watch_requests(self, resource_version: str, timeout: int = 300):
+        """(type, object) of every request change since `resource_version`, plain JSON, bookmarks on."""
+        resp = self.custom.list_cluster_custom_object(
+            api.GROUP,
+            api.VERSION,
+            api.REQUEST_PLURAL,
+            watch=True,
+            allow_watch_bookmarks=True,
+            resource_version=resource_version,
+            timeout_seconds=timeout,
+            _request_timeout=(5, timeout + 15),
+            _preload_content=False,
+        )
+        return stream_events(resp)
 
     def create_request(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
         return self.custom.create_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.REQUEST_PLURAL, body)

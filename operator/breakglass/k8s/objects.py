@@ -124,21 +124,7 @@ class ObjectsMixin:
             _request_timeout=(5, timeout + 15),  # a half-open connection must not freeze the view
             _preload_content=False,
         )
-        try:
-            pending = b""
-            for chunk in resp.stream(amt=None, decode_content=False):  # per chunk as it arrives
-                pending += chunk
-                *lines, pending = pending.split(b"\n")
-                for line in lines:
-                    if not line.strip():
-                        continue
-                    ev = json.loads(line)
-                    if ev.get("type") == "ERROR":
-                        obj = ev.get("object") or {}
-                        raise ApiException(status=obj.get("code"), reason=obj.get("message"))
-                    yield ev["type"], ev["object"]
-        finally:
-            resp.release_conn()
+        return stream_events(resp)
 
     def _verbs(self, kind: str):
         c, r = self.core, self.rbac
@@ -212,3 +198,22 @@ class ObjectsMixin:
             self.core.create_namespaced_event(body["metadata"]["namespace"], body)
         except ApiException as exc:  # events are best effort; the audit log is the record
             log.warning("could not post event %s: %s", body.get("reason"), exc.reason)
+
+
+def stream_events(resp):
+    """(type, object) per line of a raw watch response (chunked JSON lines); ERROR → ApiException."""
+    try:
+        pending = b""
+        for chunk in resp.stream(amt=None, decode_content=False):  # per chunk as it arrives
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                if not line.strip():
+                    continue
+                ev = json.loads(line)
+                if ev.get("type") == "ERROR":
+                    obj = ev.get("object") or {}
+                    raise ApiException(status=obj.get("code"), reason=obj.get("message"))
+                yield ev["type"], ev["object"]
+    finally:
+        resp.release_conn()
