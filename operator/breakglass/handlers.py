@@ -90,7 +90,7 @@ def validate_request(body, old, operation, userinfo, dryrun, memo: kopf.Memo, **
         return
     rules = admission.RequestRules(
         memo.rt.policies.get,
-        memo.rt.kube.namespace_exists,
+        memo.rt.namespace_exists,
         memo.rt.settings.admin_groups,
         memo.rt.operator_username,
         memo.rt.settings.max_token_lifetime,

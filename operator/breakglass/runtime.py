@@ -26,6 +26,7 @@ from .ledger import Ledger
 from .lifecycle import Reconciler
 from .policies import reconcile_policy
 from .request_index import RequestIndex
+from .seen_namespaces import SeenNamespaces
 from .settings import Settings
 from .stores import KeyStore, RevocationStore
 from .sweeper import Sweeper
@@ -55,6 +56,7 @@ class Runtime:
     operator_username: str
     requests: RequestIndex = field(default_factory=RequestIndex)
     request_informer: Informer | None = None
+    namespace_exists: SeenNamespaces | None = None
     elector: LeaderElector | None = None
     tasks: list[asyncio.Task] = field(default_factory=list)
 
@@ -294,6 +296,7 @@ def build(settings: Settings) -> Runtime:
         on_lost=rt.on_lost_leading,
     )
     sweeper.index = rt.requests
+    rt.namespace_exists = SeenNamespaces(kube.namespace_exists)
     rt.request_informer = Informer(
         "requests",
         kube.iter_request_pages,
