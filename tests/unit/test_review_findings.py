@@ -105,7 +105,7 @@ def issue(world: World, name: str, uid: str) -> dict:
 @pytest.mark.xfail(
     strict=True,
     reason="F1: RequestIndex.replace_all (safety resync, another thread) overwrites newer watch events "
-    "with an older LIST snapshot (runtime.py:96-110, request_index.py:149-158)",
+    "with an older LIST snapshot (Runtime.resync/on_request_list, RequestIndex.replace_all)",
 )
 def test_a_safety_resync_never_rolls_the_index_back_behind_events_the_watch_already_applied(world_clock):
     world = World()
@@ -136,7 +136,7 @@ def test_a_safety_resync_never_rolls_the_index_back_behind_events_the_watch_alre
 @pytest.mark.xfail(
     strict=True,
     reason="F1 consequence: a request missing from the index disables the sweeper's expiry backstop "
-    "(sweeper.py:76-78 enqueues an expired live grant only when the index knows its request)",
+    "(Sweeper.sweep_ledger enqueues an expired live grant only when the index knows its request)",
 )
 def test_after_a_resync_race_the_sweeper_still_hands_an_expired_live_grant_to_the_reconciler(world_clock):
     world = World()
@@ -177,7 +177,7 @@ def test_after_a_resync_race_the_sweeper_still_hands_an_expired_live_grant_to_th
 # the view until the resumed watch replays it: TokenReview (by_jti) sees the grant Active again.
 @pytest.mark.xfail(
     strict=True,
-    reason="F2: Ledger._replace (ledger.py:262-274) does not keep the operator's own writes newer than "
+    reason="F2: Ledger._replace does not keep the operator's own writes newer than "
     "the LIST snapshot; a revoked grant is live again in the TokenReview view after a relist",
 )
 def test_a_ledger_relist_never_resurrects_a_revocation_the_operator_wrote_while_it_listed():
@@ -210,7 +210,7 @@ def test_a_ledger_relist_never_resurrects_a_revocation_the_operator_wrote_while_
 @pytest.mark.xfail(
     strict=True,
     reason="F3: catch-up/resync treat an Active grant the ledger agrees with as settled without checking "
-    "its token Secret (domain/catchup.py:89-96); a deleted Secret never revokes the grant",
+    "its token Secret (domain/catchup.py needs_reconcile, Active branch); a deleted Secret never revokes the grant",
 )
 def test_a_token_secret_deleted_while_the_operator_was_down_revokes_the_grant_after_restart(world_clock):
     world = World()
@@ -250,7 +250,7 @@ def test_a_token_secret_deleted_is_revoked_by_a_reconcile_control():
 @pytest.mark.xfail(
     strict=True,
     reason="F4: a failed request watch clears only Informer.synced, never RequestIndex.synced "
-    "(informer.py:268-275, request_index.py:137)",
+    "(Informer._run, RequestIndex.synced)",
 )
 def test_a_failed_request_watch_makes_the_request_index_readers_fail_closed():
     world = World()
@@ -301,7 +301,7 @@ class FlakyKeys:
 
 @pytest.mark.xfail(
     strict=True,
-    reason="F5: one failing route aborts the whole catch-up (runtime.py:81-94, 76-79); the rest waits "
+    reason="F5: one failing route aborts the whole catch-up (Runtime.catch_up, on_started_leading); the rest waits "
     "for the 10-minute resync",
 )
 def test_one_request_failing_to_route_does_not_leave_the_others_without_their_timers(world_clock):
