@@ -22,6 +22,28 @@ log = logging.getLogger(__name__)
 Pages = Iterator[tuple[list[dict[str, Any]], str]]  # (items, list resourceVersion) per page
 
 
+class Listing:
+    """The pages of one LIST; `resource_version` (the list's version) is known once iterated. A
+    consumer merges it with what the watch applied meanwhile: an object newer than the list, or
+    deleted after it, wins over the list's snapshot (a relist may run beside the watch)."""
+
+    def __init__(self, pages: Pages):
+        self._pages, self.resource_version = pages, ""
+
+    def __iter__(self) -> Iterator[list[dict[str, Any]]]:
+        for items, rv in self._pages:
+            self.resource_version = rv
+            yield items
+
+
+def version_of(value: str | None) -> int:
+    """etcd resourceVersions are integers; comparing them orders a list against watch events."""
+    try:
+        return int(value or 0)
+    except ValueError:
+        return 0
+
+
 class Informer:
     def __init__(
         self,
@@ -45,16 +67,10 @@ class Informer:
         self._stop.set()
 
     def relist(self) -> str:
-        version = {"rv": ""}
-
-        def pages():
-            for items, rv in self.list_pages():
-                version["rv"] = rv
-                yield items
-
-        self.on_list(pages())
+        listing = Listing(self.list_pages())
+        self.on_list(listing)
         self.synced.set()
-        return version["rv"]
+        return listing.resource_version
 
     def _run(self) -> None:
         backoff = 0.5

@@ -68,6 +68,7 @@ class LeaderElector:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_renew = 0.0
+        self._mine: dict[str, Any] | None = None  # the lease as our last successful write returned it
         metrics.leader.set(0)
 
     def start(self) -> None:
@@ -134,6 +135,15 @@ class LeaderElector:
 
     def _try_acquire_or_renew(self) -> bool:
         now = self.clock()
+        if self.leading.is_set() and self._mine is not None:
+            # Renew with one write, guarded by the version of our own last write: if anyone else
+            # wrote the lease since, it conflicts and we read it and decide as usual.
+            lease = dict(self._mine, spec=self._spec(self._mine.get("spec") or {}, now, fresh=False))
+            try:
+                self._mine = self.kube.replace_lease(lease)
+                return True
+            except Conflict:
+                self._mine = None
         lease = self.kube.get_lease(self.namespace, self.name)
         if lease is None:
             body = {
@@ -143,7 +153,7 @@ class LeaderElector:
                 "spec": self._spec({}, now, fresh=True),
             }
             try:
-                self.kube.create_lease(body)
+                self._mine = self.kube.create_lease(body)
                 return True
             except Conflict:
                 return False
@@ -152,7 +162,7 @@ class LeaderElector:
             return False
         lease["spec"] = self._spec(spec, now, fresh=spec.get("holderIdentity") != self.identity)
         try:
-            self.kube.replace_lease(lease)  # resourceVersion-guarded: one winner
+            self._mine = self.kube.replace_lease(lease)  # resourceVersion-guarded: one winner
             return True
         except Conflict:
             return False

@@ -26,7 +26,7 @@ from typing import Any, NamedTuple
 
 from . import api, metrics
 from .domain.durations import parse_rfc3339
-from .informer import Informer
+from .informer import Informer, version_of
 from .k8s.client import Conflict, Kube
 
 log = logging.getLogger(__name__)
@@ -119,10 +119,7 @@ def _unpack(packed: bytes) -> dict[str, Any]:
 
 
 def _rv(value: str | None) -> int:
-    try:
-        return int(value or 0)
-    except ValueError:
-        return 0
+    return version_of(value)
 
 
 class Ledger:
@@ -133,6 +130,7 @@ class Ledger:
         self._summary: dict[str, Summary] = {}
         self._by_jti: dict[str, str] = {}
         self._parsed: OrderedDict[str, dict[str, Any]] = OrderedDict()  # a few hot entries (TokenReview)
+        self._deleted: dict[str, int] = {}  # uid -> version at deletion, until a list covers it
         self.informer = Informer(
             "ledger",
             lambda: self.kube.iter_configmap_pages(self.namespace, SELECTOR),
@@ -235,9 +233,12 @@ class Ledger:
         if summary.jti:
             self._by_jti[summary.jti] = summary.uid
 
-    def _forget(self, uid: str) -> None:
+    def _forget(self, uid: str, version: str | None = None) -> None:
         with self._lock:
             old = self._summary.pop(uid, None)
+            deleted_at = _rv(version) or (_rv(old.resource_version) if old else 0)
+            if deleted_at and len(self._deleted) < 100_000:  # a relist racing this delete must not revive it
+                self._deleted[uid] = deleted_at
             self._text.pop(uid, None)
             self._parsed.pop(uid, None)
             if old and old.jti:
@@ -260,6 +261,9 @@ class Ledger:
         return self.informer.relist()
 
     def _replace(self, pages: Iterator[list[dict[str, Any]]]) -> None:
+        """A full list. It may run while this process writes (a relist after a watch failure): an
+        entry the view holds at a newer version than the list (our own write, or a watch event),
+        one created after the list, or one deleted after it, wins over the list's snapshot."""
         summaries: dict[str, Summary] = {}
         texts: dict[str, bytes] = {}
         for items in pages:
@@ -268,14 +272,26 @@ class Ledger:
                 if entry:
                     summary = summarize(entry)
                     summaries[summary.uid], texts[summary.uid] = summary, _pack(entry)
+        listed = version_of(getattr(pages, "resource_version", ""))
         with self._lock:
+            for uid, old in self._summary.items():
+                new = summaries.get(uid)
+                newer = _rv(old.resource_version) > (_rv(new.resource_version) if new else listed)
+                if newer and (new is not None or listed):
+                    summaries[uid], texts[uid] = old, self._text[uid]
+            for uid, deleted_at in self._deleted.items():
+                if uid in summaries and _rv(summaries[uid].resource_version) <= deleted_at:
+                    del summaries[uid], texts[uid]
+            self._deleted = {u: v for u, v in self._deleted.items() if listed and v > listed}
             self._summary, self._text, self._parsed = summaries, texts, OrderedDict()
             self._by_jti = {s.jti: uid for uid, s in summaries.items() if s.jti}
         self._gauge()
 
     def _on_event(self, type_: str, cm: dict[str, Any]) -> None:
         if type_ == "DELETED":
-            self._forget(cm["metadata"]["name"].removeprefix("breakglass-grant-"))
+            self._forget(
+                cm["metadata"]["name"].removeprefix("breakglass-grant-"), cm["metadata"].get("resourceVersion")
+            )
             return
         entry = entry_from_configmap(cm)
         if entry:

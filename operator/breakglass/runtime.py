@@ -6,6 +6,7 @@ import asyncio
 import datetime as dt
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +32,7 @@ from .settings import Settings
 from .stores import KeyStore, RevocationStore
 from .sweeper import Sweeper
 from .tls import TLSFiles
+from .token_secrets import TokenSecrets
 from .workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
@@ -57,6 +59,7 @@ class Runtime:
     requests: RequestIndex = field(default_factory=RequestIndex)
     request_informer: Informer | None = None
     namespace_exists: SeenNamespaces | None = None
+    token_secrets: TokenSecrets | None = None
     elector: LeaderElector | None = None
     tasks: list[asyncio.Task] = field(default_factory=list)
 
@@ -75,17 +78,33 @@ class Runtime:
         self.queue.start()
         self.drill_queue.start()
         self.expiry.start()
+        # Expiry needs only the ledger: grants that expired while no leader ran lose their Secret at
+        # once, before the request index is even synced. Routing waits for the index, off the
+        # elector's thread (lease renewals must never wait for it).
+        self.arm_expiries()
+        threading.Thread(target=self._catch_up_when_indexed, name="catch-up", daemon=True).start()
+
+    def arm_expiries(self) -> None:
+        for grant in self.ledger.summaries():
+            if grant.state == "Active":
+                self.expiry.schedule((grant.namespace, grant.name), *grant.secret, grant.expires)
+
+    def _catch_up_when_indexed(self) -> None:
+        views = [self.requests.synced] + ([self.token_secrets.synced] if self.token_secrets else [])
+        if not all(view.wait(120) for view in views):
+            log.warning("request index or token Secrets not synced after 120 s; the safety resync catches up later")
+            return
         try:
             self.catch_up()
         except Exception as exc:  # the slow resync catches up later
-            log.warning("catch-up list of requests failed: %s", error_text(exc))
+            log.warning("catch-up of requests failed: %s", error_text(exc))
 
     def catch_up(self) -> int:
         """Start of leadership: route every request the index holds (the informer listed them before
         this replica competed for the lease). Returns how many were queued for a reconcile."""
         started = time.monotonic()
         summaries = self.requests.all()
-        queued = sum(bool(self.route(req)) for req in summaries)
+        queued = sum(bool(self.route_safely(req)) for req in summaries)
         self.sweeper.run_step("gauges", self.sweeper.refresh_gauges)  # right at once, not a pass later
         log.info(
             "caught up on %d request(s) in %.1fs: %d to reconcile, the rest settled per the ledger",
@@ -95,6 +114,11 @@ class Runtime:
         )
         return queued
 
+    def attach_request_informer(self, informer: Informer) -> None:
+        """The index is as fresh as its informer: a failed watch makes its readers fail closed."""
+        self.request_informer = informer
+        self.requests.synced = informer.synced
+
     def resync(self) -> None:
         """The slow safety net behind the request watch: list every request again (paged)."""
         self.request_informer.relist()
@@ -102,20 +126,32 @@ class Runtime:
     def on_request_list(self, pages) -> None:
         """A full list (start, a relist after 410, the safety resync): refresh the index; when leading,
         route every request and name the ones a missed watch event had left behind."""
-        summaries, behind = self.requests.replace_all(body for page in pages for body in page)
+        bodies = (body for page in pages for body in page)
+        summaries, behind = self.requests.replace_all(bodies, lambda: getattr(pages, "resource_version", ""))
         if not self.leading:
             return
         for req in summaries:
             was_queued = self.queue.queued(req.key)
-            why = self.route(req)
+            why = self.route_safely(req)
             if why and req.key in behind and not was_queued:
                 log.warning("resync picked up %s/%s (%s): a watch event never reached the operator", *req.key, why)
+
+    def route_safely(self, req: RequestSummary) -> str | None:
+        """One request failing to route (an API hiccup) must not leave the others unrouted: it is
+        reconciled instead, which retries with backoff."""
+        try:
+            return self.route(req)
+        except Exception as exc:  # noqa: BLE001
+            metrics.errors_total.labels("route").inc()
+            log.warning("routing %s/%s failed (%s): reconciling it", *req.key, error_text(exc))
+            self.enqueue(*req.key)
+            return "routing failed"
 
     def route(self, req: RequestSummary) -> str | None:
         """Reconcile what needs it; for a settled request only (re)arm its timers, with no API call."""
         grant = self.ledger.summary(req.uid)
         now = time.time()
-        why = needs_reconcile(req, grant, now, self.keys.has_kid)
+        why = needs_reconcile(req, grant, now, self.keys.has_kid, self._secret_present(grant))
         if why:
             if grant is not None and grant.state == "Active" and grant.expires <= now:
                 self.expiry.schedule(req.key, *grant.secret, grant.expires)  # the Secret goes at once
@@ -128,6 +164,15 @@ class Runtime:
         if due is not None:
             self.queue.add_at(req.key, due)
         return None
+
+    def _secret_present(self, grant) -> bool | None:
+        if grant is None or self.token_secrets is None:
+            return None
+        return self.token_secrets.present(grant.secret[0], grant.secret[2])
+
+    def on_token_secret_deleted(self, namespace: str, name: str) -> None:
+        if self.leading:
+            self.enqueue(namespace, name)  # the reconcile revokes SecretDeleted if it was the live one
 
     def on_request_event(self, event_type: str | None, body: dict[str, Any]) -> None:
         """Every request watch event: index it; when leading, route it (our own writes' echoes and
@@ -297,12 +342,15 @@ def build(settings: Settings) -> Runtime:
     )
     sweeper.index = rt.requests
     rt.namespace_exists = SeenNamespaces(kube.namespace_exists)
-    rt.request_informer = Informer(
-        "requests",
-        kube.iter_request_pages,
-        lambda rv: kube.watch_requests(rv, timeout=300),
-        rt.on_request_list,
-        rt.on_request_event,
+    rt.token_secrets = TokenSecrets(kube, settings.tokens_namespace, rt.on_token_secret_deleted)
+    rt.attach_request_informer(
+        Informer(
+            "requests",
+            kube.iter_request_pages,
+            lambda rv: kube.watch_requests(rv, timeout=300),
+            rt.on_request_list,
+            rt.on_request_event,
+        )
     )
     reconciler.on_orphans = sweeper.revoke_orphans_of
     reconciler.recorder.on_review = sweeper.note_review

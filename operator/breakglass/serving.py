@@ -57,6 +57,7 @@ async def start(rt: Runtime, kopf_settings: kopf.OperatorSettings) -> None:
     # start reconciling once the webhook server (started by kopf after this handler) accepts connections.
     rt.ledger.start()
     rt.request_informer.start()
+    rt.token_secrets.start()
     rt.tasks.append(asyncio.create_task(_start_queues_when_serving(rt)))
     await rt.endpoints.start(s.bind_address, s.https_port, rt.tls.cert_file, rt.tls.key_file)
     if s.metrics_port:
@@ -78,10 +79,12 @@ async def _start_queues_when_serving(rt: Runtime, timeout: float = 30.0) -> None
             await asyncio.sleep(0.05)
     else:
         log.warning("webhook server not reachable after %.0fs; reconciling anyway", timeout)
-    # Decisions read the ledger view and the request index: never act on unsynced ones. Then compete
-    # for the lease (the new leader routes every request from the index: no list of its own).
-    await asyncio.get_running_loop().run_in_executor(None, rt.ledger.wait_synced, 60.0)
-    await asyncio.get_running_loop().run_in_executor(None, rt.requests.synced.wait, 60.0)
+    # Decisions read the ledger view: never act on an unsynced one. Then compete for the lease (the
+    # new leader routes every request from the request index once that is synced: no list of its own).
+    # Polled, not waited for in an executor thread: a SIGTERM meanwhile must not wait for it.
+    synced_by = asyncio.get_running_loop().time() + 60.0
+    while not rt.ledger.synced.is_set() and asyncio.get_running_loop().time() < synced_by:
+        await asyncio.sleep(0.05)
     rt.elector.start()
 
 
@@ -123,4 +126,5 @@ async def stop(rt: Runtime) -> None:
         await loop.run_in_executor(None, rt.elector.stop)
     rt.ledger.stop()
     rt.request_informer.stop()
+    rt.token_secrets.stop()
     await rt.endpoints.stop()

@@ -134,3 +134,26 @@ def _listed_since(cluster, before: dict[str, float], seconds: float) -> dict[str
         "breakglassdrills",
     )
     return {r: after[r] - before.get(r, 0) for r in watched if after.get(r, 0) - before.get(r, 0) > 0}
+
+
+def test_a_token_secret_deleted_while_running_or_while_down_revokes_its_grant(cluster, running_operator):
+    ns = cluster.new_namespace("secretdel")
+    pol = _self_service(cluster)
+    _issue(cluster, ns, pol, 2, "10m")
+    wait_for(lambda: _phases(cluster, ns).count("Active") == 2, 30, "2 Active grants")
+    secret_of = {
+        r["metadata"]["name"]: f"breakglass-token-{r['metadata']['uid']}"
+        for r in cluster.list("breakglassrequests", ns)
+    }
+
+    def revoked(name):
+        obj = cluster.get("breakglassrequest", name, ns) or {}
+        status = obj.get("status") or {}
+        return status.get("phase") == "Revoked" and "SecretDeleted" in str(status.get("conditions"))
+
+    cluster.kubectl("delete", "secret", secret_of["g000"], "-n", "breakglass-system")
+    wait_for(lambda: revoked("g000"), 15, "the grant whose Secret was deleted revoked (watch)")
+    running_operator.stop()
+    cluster.kubectl("delete", "secret", secret_of["g001"], "-n", "breakglass-system")
+    running_operator.start()
+    wait_for(lambda: revoked("g001"), 30, "the grant whose Secret was deleted while down revoked at restart")

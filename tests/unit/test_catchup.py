@@ -157,7 +157,27 @@ CASES = [
 
 @pytest.mark.parametrize("req,entry,why", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_needs_reconcile(req, entry, why):
-    assert needs_reconcile(req, entry, NOW, known) == why
+    assert needs_reconcile(req, entry, NOW, known, secret_present=True) == why
+
+
+SECRET_CASES = [
+    (
+        "a live grant whose token Secret was deleted is reconciled (revoked SecretDeleted)",
+        False,
+        "token Secret deleted",
+    ),
+    (
+        "a live grant whose token Secret cannot be seen (another namespace) is reconciled",
+        None,
+        "token Secret not known to be present",
+    ),
+    ("a live grant whose token Secret exists costs nothing", True, None),
+]
+
+
+@pytest.mark.parametrize("present,why", [c[1:] for c in SECRET_CASES], ids=[c[0] for c in SECRET_CASES])
+def test_needs_reconcile_looks_at_the_token_secret(present, why):
+    assert needs_reconcile(request(), grant(), NOW, known, secret_present=present) == why
 
 
 def test_an_open_review_due_later_wakes_the_request_at_its_due_time():

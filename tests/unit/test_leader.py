@@ -128,3 +128,35 @@ def test_a_leader_that_cannot_start_its_work_steps_down_instead_of_holding_the_l
     )
     elector._run()  # returns once it stepped down
     assert events == ["lost"] and not elector.leading.is_set()
+
+
+class CountingLeases(FakeLeases):
+    def __init__(self):
+        super().__init__()
+        self.reads = 0
+
+    def get_lease(self, namespace, name):
+        self.reads += 1
+        return super().get_lease(namespace, name)
+
+
+def test_a_leader_renews_with_one_write_and_reads_again_only_when_someone_else_wrote():
+    store, events, now = CountingLeases(), [], [NOW]
+    a = _elector(store, "a", lambda: now[0], events)
+    assert a._try_acquire_or_renew() is True
+    a.leading.set()
+    reads = store.reads
+    for _ in range(3):
+        now[0] += dt.timedelta(seconds=1)
+        assert a._try_acquire_or_renew() is True
+    assert store.reads == reads, "renewals are single guarded writes"
+    # Another replica took the (expired-looking) lease meanwhile: the guarded write conflicts, we read.
+    with store.lock:
+        store.rv += 1
+        store.lease = {
+            **store.lease,
+            "spec": _spec("b", 0),
+            "metadata": {**store.lease["metadata"], "resourceVersion": str(store.rv)},
+        }
+    now[0] += dt.timedelta(seconds=1)
+    assert a._try_acquire_or_renew() is False and store.reads == reads + 1

@@ -1,8 +1,7 @@
 """Findings of the review of the Scale change (request informer + index, catch-up routing through
 needs_reconcile, compact ledger view, expiry without a record first).
 
-Each test names the promise it checks. Tests marked xfail(strict=True) document a bug that is not
-fixed yet: they fail today, and start "passing" (so the strict xfail turns red) once it is fixed.
+Each test names the promise it checks; each failed before its fix (F1-F5 in the commit history).
 """
 
 from __future__ import annotations
@@ -102,11 +101,6 @@ def issue(world: World, name: str, uid: str) -> dict:
 # keeps applying watch events. replace_all installs the LIST snapshot wholesale, so every event the
 # watch applied after the snapshot was taken is rolled back: a request created meanwhile vanishes
 # from the index (by key and by uid), a request deleted meanwhile comes back.
-@pytest.mark.xfail(
-    strict=True,
-    reason="F1: RequestIndex.replace_all (safety resync, another thread) overwrites newer watch events "
-    "with an older LIST snapshot (Runtime.resync/on_request_list, RequestIndex.replace_all)",
-)
 def test_a_safety_resync_never_rolls_the_index_back_behind_events_the_watch_already_applied(world_clock):
     world = World()
     world_clock["world"] = world
@@ -133,11 +127,6 @@ def test_a_safety_resync_never_rolls_the_index_back_behind_events_the_watch_alre
     assert rt.requests.by_uid(UID) is None, "a request the watch saw deleted came back from the old snapshot"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="F1 consequence: a request missing from the index disables the sweeper's expiry backstop "
-    "(Sweeper.sweep_ledger enqueues an expired live grant only when the index knows its request)",
-)
 def test_after_a_resync_race_the_sweeper_still_hands_an_expired_live_grant_to_the_reconciler(world_clock):
     world = World()
     world_clock["world"] = world
@@ -175,11 +164,6 @@ def test_after_a_resync_race_the_sweeper_still_hands_an_expired_live_grant_to_th
 # Ledger._replace installs a relist's snapshot wholesale. A write the operator itself made while the
 # LIST was paging (a revocation: ledger first, "the token stops authenticating") is rolled back in
 # the view until the resumed watch replays it: TokenReview (by_jti) sees the grant Active again.
-@pytest.mark.xfail(
-    strict=True,
-    reason="F2: Ledger._replace does not keep the operator's own writes newer than "
-    "the LIST snapshot; a revoked grant is live again in the TokenReview view after a relist",
-)
 def test_a_ledger_relist_never_resurrects_a_revocation_the_operator_wrote_while_it_listed():
     world = World()
     world.policy()
@@ -207,11 +191,6 @@ def test_a_ledger_relist_never_resurrects_a_revocation_the_operator_wrote_while_
 # Before the Scale change every non-terminal request was reconciled at start-up (resync_all), so a token
 # Secret deleted while the operator was down revoked the grant on restart. Now catch-up routes a settled
 # Active grant through needs_reconcile, which never looks at the Secret: the token keeps authenticating.
-@pytest.mark.xfail(
-    strict=True,
-    reason="F3: catch-up/resync treat an Active grant the ledger agrees with as settled without checking "
-    "its token Secret (domain/catchup.py needs_reconcile, Active branch); a deleted Secret never revokes the grant",
-)
 def test_a_token_secret_deleted_while_the_operator_was_down_revokes_the_grant_after_restart(world_clock):
     world = World()
     world_clock["world"] = world
@@ -247,11 +226,6 @@ def test_a_token_secret_deleted_is_revoked_by_a_reconcile_control():
 # (sweeper.housekeeping, the new leader's start gate) read RequestIndex.synced, which replace_all sets
 # and nothing ever clears: after the request watch fails (and the relist fails too), they go on
 # trusting a stale index.
-@pytest.mark.xfail(
-    strict=True,
-    reason="F4: a failed request watch clears only Informer.synced, never RequestIndex.synced "
-    "(Informer._run, RequestIndex.synced)",
-)
 def test_a_failed_request_watch_makes_the_request_index_readers_fail_closed():
     world = World()
     rt = runtime_for(world, leading=False)
@@ -299,11 +273,6 @@ class FlakyKeys:
         return self.keys.has_kid(kid)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="F5: one failing route aborts the whole catch-up (Runtime.catch_up, on_started_leading); the rest waits "
-    "for the 10-minute resync",
-)
 def test_one_request_failing_to_route_does_not_leave_the_others_without_their_timers(world_clock):
     world = World()
     world_clock["world"] = world

@@ -73,9 +73,16 @@ def summarize_request(body: dict[str, Any]) -> RequestSummary:
     )
 
 
-def needs_reconcile(req: RequestSummary, grant: Any | None, now: float, key_known: Callable[[str], bool]) -> str | None:
+def needs_reconcile(
+    req: RequestSummary,
+    grant: Any | None,
+    now: float,
+    key_known: Callable[[str], bool],
+    secret_present: bool | None = None,
+) -> str | None:
     """Why this request needs a full reconcile now (None: its recorded state is settled).
-    `grant` is the ledger's Summary for the request uid (state, uid, kid, expires, cleaned) or None."""
+    `grant` is the ledger's Summary for the request uid (state, uid, kid, expires, cleaned) or None;
+    `secret_present`: whether its token Secret exists (None: unknown, so the reconcile looks)."""
     if req.deleting:
         return "being deleted"
     if req.phase in ("", api.PENDING):
@@ -93,6 +100,10 @@ def needs_reconcile(req: RequestSummary, grant: Any | None, now: float, key_know
             return "expired"
         if not key_known(grant.kid):
             return "signing key lost"
+        if secret_present is None:
+            return "token Secret not known to be present"
+        if not secret_present:
+            return "token Secret deleted"
         return None
     if req.phase == api.SCHEDULED:
         if grant is not None:

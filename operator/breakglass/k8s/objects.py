@@ -15,6 +15,9 @@ from .. import api
 from .errors import Conflict, _classify, _false_on_404, _none_on_404
 
 log = logging.getLogger(__name__)
+# Metadata only (meta.k8s.io PartialObjectMetadata): a Secret's data never crosses the wire.
+METADATA_LIST = {"Accept": "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"}
+METADATA_WATCH = {"Accept": "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"}
 
 
 class ObjectsMixin:
@@ -39,7 +42,9 @@ class ObjectsMixin:
         """Delete; with `uid`, only if it is still that exact object (409 otherwise, reported False)."""
         body = {"preconditions": {"uid": uid}} if uid else None
         try:
-            return _false_on_404(lambda: self.core.delete_namespaced_secret(name, namespace, body=body))
+            return _false_on_404(
+                lambda: self.core.delete_namespaced_secret(name, namespace, body=body, _preload_content=False)
+            )
         except ApiException as exc:
             if exc.status == 409 and uid:
                 return False
@@ -52,25 +57,25 @@ class ObjectsMixin:
         ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
         create, read = self._verbs(kind)[:2]
         try:
-            return self.api_client.sanitize_for_serialization(create(ns, body)), True
+            return _raw(create, ns, body), True
         except ApiException as exc:
             if exc.status != 409:
                 raise _classify(exc, f"create {kind} {ns}/{name}") from None
-        existing = _none_on_404(lambda: self.api_client.sanitize_for_serialization(read(name, ns)))
+        existing = _none_on_404(lambda: _raw(read, name, ns))
         if existing is None:
             raise Conflict(f"{kind} {ns}/{name} conflicted on create but is gone")
         return existing, False
 
     def read(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         read = self._verbs(kind)[1]
-        return _none_on_404(lambda: self.api_client.sanitize_for_serialization(read(name, namespace)))
+        return _none_on_404(lambda: _raw(read, name, namespace))
 
     def delete_exact(self, kind: str, namespace: str, name: str, uid: str) -> bool:
         """Delete only if the object is still the one with `uid` (the one we created). False if it is
         gone or is another object now (then it is not ours to delete)."""
         delete = self._verbs(kind)[2]
         try:
-            delete(name, namespace, body={"preconditions": {"uid": uid}})
+            delete(name, namespace, body={"preconditions": {"uid": uid}}, _preload_content=False)
             return True
         except ApiException as exc:
             if exc.status in (404, 409):
@@ -81,9 +86,7 @@ class ObjectsMixin:
         """Replace guarded by metadata.resourceVersion; Conflict when someone wrote in between."""
         meta = body["metadata"]
         try:
-            return self.api_client.sanitize_for_serialization(
-                self.core.replace_namespaced_config_map(meta["name"], meta["namespace"], body)
-            )
+            return _raw(self.core.replace_namespaced_config_map, meta["name"], meta["namespace"], body)
         except ApiException as exc:
             if exc.status == 409:
                 raise Conflict(f"configmap {meta['namespace']}/{meta['name']} changed meanwhile") from None
@@ -126,6 +129,34 @@ class ObjectsMixin:
         )
         return stream_events(resp)
 
+    def iter_secret_metadata_pages(self, namespace: str, selector: str, limit: int = 500):
+        """(items, resourceVersion) per page of Secrets' metadata only (never their data)."""
+        token = None
+        while True:
+            kwargs = {"label_selector": selector, "limit": limit, "_headers": METADATA_LIST}
+            if token:
+                kwargs["_continue"] = token
+            page = _raw(self.core.list_namespaced_secret, namespace, **kwargs)
+            meta = page.get("metadata") or {}
+            yield page.get("items") or [], meta.get("resourceVersion", "")
+            token = meta.get("continue")
+            if not token:
+                return
+
+    def watch_secret_metadata(self, namespace: str, selector: str, resource_version: str, timeout: int = 300):
+        resp = self.core.list_namespaced_secret(
+            namespace,
+            label_selector=selector,
+            resource_version=resource_version,
+            watch=True,
+            allow_watch_bookmarks=True,
+            timeout_seconds=timeout,
+            _request_timeout=(5, timeout + 15),
+            _preload_content=False,
+            _headers=METADATA_WATCH,
+        )
+        return stream_events(resp)
+
     def _verbs(self, kind: str):
         c, r = self.core, self.rbac
         return {
@@ -141,9 +172,7 @@ class ObjectsMixin:
 
     # --- configmaps (optimistic concurrency) ------------------------------
     def get_configmap(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return _none_on_404(
-            lambda: self.api_client.sanitize_for_serialization(self.core.read_namespaced_config_map(name, namespace))
-        )
+        return _none_on_404(lambda: _raw(self.core.read_namespaced_config_map, name, namespace))
 
     def update_configmap(
         self, namespace: str, name: str, mutate: Callable[[dict[str, str]], dict[str, str]], attempts: int = 20
@@ -164,7 +193,7 @@ class ObjectsMixin:
                     "data": data,
                 }
                 try:
-                    self.core.create_namespaced_config_map(namespace, body)
+                    self.core.create_namespaced_config_map(namespace, body, _preload_content=False)
                     return data
                 except ApiException as exc:
                     if exc.status == 409:
@@ -173,7 +202,7 @@ class ObjectsMixin:
             data = mutate(dict(cm.get("data") or {}))
             cm["data"] = data
             try:
-                self.core.replace_namespaced_config_map(name, namespace, cm)
+                self.core.replace_namespaced_config_map(name, namespace, cm, _preload_content=False)
                 return data
             except ApiException as exc:
                 if exc.status == 409:
@@ -182,7 +211,7 @@ class ObjectsMixin:
         raise RuntimeError(f"configmap {namespace}/{name}: too many concurrent updates")
 
     def namespace_exists(self, name: str) -> bool:
-        return _none_on_404(lambda: self.core.read_namespace(name)) is not None
+        return _none_on_404(lambda: self.core.read_namespace(name, _preload_content=False)) is not None
 
     def ensure_namespace(self, name: str) -> None:
         """Create the operator namespace for local runs; in-cluster it exists (and we may not create it)."""
@@ -195,9 +224,15 @@ class ObjectsMixin:
     # --- events -----------------------------------------------------------
     def create_event(self, body: dict[str, Any]) -> None:
         try:
-            self.core.create_namespaced_event(body["metadata"]["namespace"], body)
+            self.core.create_namespaced_event(body["metadata"]["namespace"], body, _preload_content=False)
         except ApiException as exc:  # events are best effort; the audit log is the record
             log.warning("could not post event %s: %s", body.get("reason"), exc.reason)
+
+
+def _raw(call, *args, **kwargs) -> dict[str, Any]:
+    """Call a client method and parse its JSON answer directly: the client's typed models cost
+    more CPU than the round trip itself on the hot path (an issue or expiry is ~8 calls)."""
+    return json.loads(call(*args, _preload_content=False, **kwargs).data)
 
 
 def stream_events(resp):
