@@ -168,8 +168,9 @@ class Reconciler:
         self.recorder.publish(req, view, recorded, new, entry, tally, outcome, now)
         if new != old:
             self._write_status(req, new, old)
-        if new["phase"] in api.TERMINAL_PHASES and (entry is None or entry.get("cleaned")):
-            self._remove_finalizer(req)
+        # The revoke-on-delete finalizer stays on ended requests and goes with their deletion
+        # (`_on_delete`): ending a grant costs no extra write, and deleting needs the operator anyway
+        # (its admission webhook is fail-closed).
         if entry and entry["state"] == ACTIVE and self.schedule_expiry:
             self.schedule_expiry(
                 (namespace, name),

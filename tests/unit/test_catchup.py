@@ -98,10 +98,10 @@ CASES = [
         "ended grant not cleaned up",
     ),
     (
-        "a terminal request still carrying the finalizer is reconciled",
+        "a terminal request keeps its finalizer until deleted and costs nothing",
         request(phase="Expired", finalized=True),
         grant(state="Expired", cleaned=True),
-        "finalizer still to remove",
+        None,
     ),
     (
         "an overdue review not yet marked is reconciled",

@@ -112,8 +112,6 @@ def needs_reconcile(
             return "scheduled start reached"
         return None  # woken at its startAt (wake_at)
     if req.phase in api.TERMINAL_PHASES:
-        if req.finalized:
-            return "finalizer still to remove"
         if grant is not None and (grant.state in LIVE or not grant.cleaned):
             return "ended grant not cleaned up"
         return None
