@@ -182,7 +182,7 @@ class Reconciler:
                 entry["secret"]["uid"],
                 parse_rfc3339(entry["expiresAt"]).timestamp(),
             )
-        times = [decision.requeue_at, review_due(new)]
+        times = [None if decision.action == D.ACTIVE else decision.requeue_at, review_due(new)]  # exp may move
         if entry and entry["state"] == ACTIVE:
             times.append(parse_rfc3339(entry["expiresAt"]))
         return min([t for t in times if t is not None], default=None)
