@@ -145,6 +145,20 @@ POLICY_SPEC = obj(
                 "reviewWithin": d("An approver must file a Review within this time after issue.", "24h"),
             },
         ),
+        "extension": obj(
+            "Extending an active grant (BreakGlassExtension): a new token in the same Secret, later exp.",
+            {
+                "allowed": {"type": "boolean", "default": False, "description": "Whether grants may be extended."},
+                "requiredApprovals": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "maximum": 10,
+                    "default": 1,
+                    "description": "Distinct approvers (never the requester) needed per extension; 0 = none.",
+                },
+                "maxTotal": d("Longest total grant (original + approved extensions); default: maxDuration."),
+            },
+        ),
         "tokenDelivery": s(
             "Where the token Secret and its reader Role go. OperatorNamespace (default): the operator's "
             "token namespace, readable only by the requester. RequestNamespace: the request's namespace, "
@@ -245,6 +259,21 @@ REQUEST_STATUS = obj(
             {"namespace": s("Namespace of the Secret."), "name": s("Name of the Secret.")},
             nullable=True,
         ),
+        "extensions": arr(
+            "Extensions the operator decided (BreakGlassExtension), in order.",
+            obj(
+                "One extension.",
+                {
+                    "name": s("The BreakGlassExtension."),
+                    "by": s("How much longer it asked for."),
+                    "state": s("Applied or Refused.", enum=["Applied", "Refused"]),
+                    "approvedBy": arr("Who approved it.", s("An approver.")),
+                    "at": dict(RFC3339, description="When it was decided."),
+                    "expiresAt": dict(RFC3339, description="The grant's exp after it (Applied)."),
+                    "message": s("Why it was refused."),
+                },
+            ),
+        ),
         "review": obj(
             "Post-hoc review of emergency access.",
             {
@@ -274,8 +303,30 @@ APPROVAL_SPEC = obj(
             s("A group name.", maxLength=253),
             maxItems=256,
         ),
+        "extension": dict(
+            NAME, description="Answer a BreakGlassExtension of the request (Approve or Deny) instead of the request."
+        ),
+        "extensionUID": s(
+            "Written by admission: metadata.uid of the extension answered (a client-given different value is refused).",
+            maxLength=128,
+        ),
     },
     required=["request", "decision"],
+)
+
+EXTENSION_SPEC = obj(
+    "The requester asks for more time on their Active grant. Immutable.",
+    {
+        "request": dict(NAME, description="Name of the BreakGlassRequest in this namespace."),
+        "by": d("How much longer (<n>h<n>m<n>s)."),
+        "reason": s("Why (10-1024 characters).", minLength=10, maxLength=1024),
+        "requestUID": s("Written by admission: metadata.uid of the request instance extended.", maxLength=128),
+        "requester": s("Written by admission from the authenticated user; must be the request's requester."),
+        "requesterGroups": arr(
+            "Written by admission from the authenticated user's groups.", s("A group name.", maxLength=253)
+        ),
+    },
+    required=["request", "by", "reason"],
 )
 
 DRILL_SPEC = obj(
@@ -424,6 +475,24 @@ CRDS = {
             {"name": "Request", "type": "string", "jsonPath": ".spec.request"},
             {"name": "Decision", "type": "string", "jsonPath": ".spec.decision"},
             {"name": "Approver", "type": "string", "jsonPath": ".spec.approver"},
+            AGE,
+        ],
+    ),
+    "breakglass.dev_breakglassextensions.yaml": crd(
+        "BreakGlassExtension",
+        "breakglassextensions",
+        "bgx",
+        "Namespaced",
+        EXTENSION_SPEC,
+        {
+            "type": "object",
+            "description": "Unused; the request's status.extensions[] says what was decided.",
+            "x-kubernetes-preserve-unknown-fields": True,
+        },
+        [
+            {"name": "Request", "type": "string", "jsonPath": ".spec.request"},
+            {"name": "By", "type": "string", "jsonPath": ".spec.by"},
+            {"name": "Requester", "type": "string", "jsonPath": ".spec.requester"},
             AGE,
         ],
     ),

@@ -314,7 +314,13 @@ def secret_field(secret: dict, key: str) -> str:
     return base64.b64decode(secret["data"][key]).decode()
 
 
-CRD_PLURALS = ("breakglasspolicies", "breakglassrequests", "breakglassapprovals", "breakglassdrills")
+CRD_PLURALS = (
+    "breakglasspolicies",
+    "breakglassrequests",
+    "breakglassapprovals",
+    "breakglassdrills",
+    "breakglassextensions",
+)
 
 
 def install_crds(cluster: Cluster, crd_dir: pathlib.Path | None = None) -> None:

@@ -8,10 +8,12 @@ POLICY_PLURAL = "breakglasspolicies"
 REQUEST_PLURAL = "breakglassrequests"
 APPROVAL_PLURAL = "breakglassapprovals"
 DRILL_PLURAL = "breakglassdrills"
+EXTENSION_PLURAL = "breakglassextensions"
 
 KIND_POLICY = "BreakGlassPolicy"
 KIND_REQUEST = "BreakGlassRequest"
 KIND_APPROVAL = "BreakGlassApproval"
+KIND_EXTENSION = "BreakGlassExtension"
 
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY = "breakglass-operator"

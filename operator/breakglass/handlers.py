@@ -8,6 +8,8 @@ import logging
 import kopf
 
 from . import admission, api, bootstrap, metrics, runtime, serving
+from .admission import extensions as ext_admission
+from .domain.durations import utcnow
 from .domain.policy import Verdict
 
 log = logging.getLogger(__name__)
@@ -45,6 +47,12 @@ async def stop_operator(memo: kopf.Memo, **_):
 # list, then a watch; 10,000 requests cost a few pages and no per-event framework overhead).
 @kopf.on.event(api.GROUP, api.VERSION, api.APPROVAL_PLURAL)
 def approval_changed(spec, namespace, memo: kopf.Memo, **_):
+    if spec.get("request"):
+        memo.rt.enqueue(namespace, spec["request"])
+
+
+@kopf.on.event(api.GROUP, api.VERSION, api.EXTENSION_PLURAL)
+def extension_changed(spec, namespace, memo: kopf.Memo, **_):
     if spec.get("request"):
         memo.rt.enqueue(namespace, spec["request"])
 
@@ -108,7 +116,12 @@ def validate_request(body, old, operation, userinfo, dryrun, memo: kopf.Memo, **
 def stamp_approver(body, spec, userinfo, patch, memo: kopf.Memo, **_):
     verdict, fields = admission.stamp_approval_identity(dict(spec), userinfo)
     _reject("BreakGlassApproval", verdict)
-    verdict, request_fields, owners = admission.stamp_approval_request(dict(body), memo.rt.kube.get_request)
+    if spec.get("extension"):  # an answer to a BreakGlassExtension: bound to its uid too
+        verdict, request_fields, owners = ext_admission.stamp_extension_approval(
+            dict(body), memo.rt.kube.get_request, memo.rt.kube.get_extension
+        )
+    else:
+        verdict, request_fields, owners = admission.stamp_approval_request(dict(body), memo.rt.kube.get_request)
     _reject("BreakGlassApproval", verdict)
     patch.spec.update({**fields, **request_fields})
     patch.metadata["ownerReferences"] = owners
@@ -122,11 +135,50 @@ def stamp_approver(body, spec, userinfo, patch, memo: kopf.Memo, **_):
     operations=["CREATE", "UPDATE"],
     persistent=True,
 )
-def validate_approval(body, old, operation, userinfo, memo: kopf.Memo, **_):
-    if operation == "CREATE":
+def validate_approval(body, spec, old, operation, userinfo, memo: kopf.Memo, **_):
+    if operation == "CREATE" and (spec.get("extension") or spec.get("extensionUID")):
+        verdict = ext_admission.validate_extension_approval(
+            dict(body), userinfo, memo.rt.kube.get_request, memo.rt.kube.get_extension, memo.rt.policies.get
+        )
+    elif operation == "CREATE":
         verdict = admission.validate_approval_create(
             dict(body), userinfo, memo.rt.kube.get_request, memo.rt.policies.get
         )
     else:
         verdict = admission.validate_approval_update(dict(old or {}), dict(body))
     _reject("BreakGlassApproval", verdict)
+
+
+@kopf.on.mutate(
+    api.GROUP, api.VERSION, api.EXTENSION_PLURAL, id="stamp-extension", operations=["CREATE"], persistent=True
+)
+def stamp_extension(body, spec, userinfo, patch, memo: kopf.Memo, **_):
+    verdict, fields = admission.stamp_request_identity(dict(spec), userinfo)
+    _reject("BreakGlassExtension", verdict)
+    verdict, request_fields, owners = ext_admission.stamp_extension(dict(body), memo.rt.kube.get_request)
+    _reject("BreakGlassExtension", verdict)
+    patch.spec.update({**fields, **request_fields})
+    patch.metadata["ownerReferences"] = owners
+
+
+@kopf.on.validate(
+    api.GROUP,
+    api.VERSION,
+    api.EXTENSION_PLURAL,
+    id="validate-extension",
+    operations=["CREATE", "UPDATE"],
+    persistent=True,
+)
+def validate_extension(body, old, operation, userinfo, memo: kopf.Memo, **_):
+    if operation == "CREATE":
+        verdict = ext_admission.validate_extension_create(
+            dict(body),
+            userinfo,
+            memo.rt.kube.get_request,
+            memo.rt.policies.get,
+            memo.rt.settings.max_token_lifetime,
+            utcnow(),
+        )
+    else:
+        verdict = ext_admission.validate_extension_update(dict(old or {}), dict(body))
+    _reject("BreakGlassExtension", verdict)

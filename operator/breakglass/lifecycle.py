@@ -23,6 +23,7 @@ from .domain.approvals import ApprovalView, tally_approvals
 from .domain.durations import parse_rfc3339
 from .domain.policy import Policy, RequestView
 from .domain.status import Outcome, next_status, review_due
+from .extensions import Extender
 from .grants import ACTIVE, EXPIRED, FAILED, REVOKED, CleanupIncomplete, Grants, IssueFailed
 from .k8s.client import Kube
 from .ledger import Ledger
@@ -86,6 +87,9 @@ class Reconciler:
         self.settings, self.clock, self.schedule_expiry = settings, clock, schedule_expiry
         self.on_orphans: Callable[[str, str], None] | None = None  # set by the runtime (the sweeper)
         self.recorder = Recorder(kube=kube, audit=audit, clock=clock)
+        self.extender = Extender(
+            kube=kube, ledger=ledger, grants=grants, recorder=self.recorder, settings=settings, clock=clock
+        )
         # Our recent writes per request (bounded, oldest forgotten: an echo not recognised only costs
         # an in-memory routing decision).
         self._own_versions: OrderedDict[tuple[str, str], list[str]] = OrderedDict()
@@ -179,7 +183,7 @@ class Reconciler:
                 entry["secret"]["uid"],
                 parse_rfc3339(entry["expiresAt"]).timestamp(),
             )
-        times = [decision.requeue_at, review_due(new)]
+        times = [None if decision.action == D.ACTIVE else decision.requeue_at, review_due(new)]  # exp may move
         if entry and entry["state"] == ACTIVE:
             times.append(parse_rfc3339(entry["expiresAt"]))
         return min([t for t in times if t is not None], default=None)
@@ -228,6 +232,8 @@ class Reconciler:
         if action in (D.ISSUE, D.ACTIVE):
             if entry["state"] != ACTIVE:  # another writer ended it meanwhile: settle next pass
                 return self._settled(entry), entry
+            if action == D.ACTIVE:  # extensions: a new token in the same Secret (extensions.py)
+                entry = self.extender.step(req, view, policy, entry, now)
             return Outcome(api.ACTIVE, "TokenIssued", f"access granted until {entry['expiresAt']}"), entry
         if action == D.EXPIRE:
             entry = self.grants.end(entry, EXPIRED, "DurationElapsed", f"expired at {entry['expiresAt']}")

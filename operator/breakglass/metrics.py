@@ -55,6 +55,12 @@ grants_key_lost = Gauge(
     "breakglass_grants_signing_key_lost", "Live grants whose signing key is gone", registry=REGISTRY
 )
 ledger_entries = Gauge("breakglass_ledger_entries", "Grant ledger entries (live and recently ended)", registry=REGISTRY)
+extensions_total = Counter(
+    "breakglass_extensions_total",
+    "Extensions of active grants by result (applied, refused)",
+    ["policy", "result"],
+    registry=REGISTRY,
+)
 issue_rollbacks_total = Counter(
     "breakglass_issue_rollbacks_total", "Issues rolled back (request Failed)", ["reason"], registry=REGISTRY
 )

@@ -40,6 +40,7 @@ from breakglass.settings import Settings
 from breakglass.tokens.keys import Keyring
 
 REQUEST, POLICY, APPROVAL = api.KIND_REQUEST, api.KIND_POLICY, api.KIND_APPROVAL
+EXTENSION = api.KIND_EXTENSION
 
 
 @dataclass(frozen=True)
@@ -219,6 +220,32 @@ class FakeKube:
             return [
                 a for a in self.of_kind(APPROVAL, namespace) if (a.get("spec") or {}).get("request") == request_name
             ]
+
+    def list_extensions(self, namespace: str, request_name: str) -> list[dict[str, Any]]:
+        with self._lock:
+            self._record("list", EXTENSION, namespace, request_name)
+            return [
+                e for e in self.of_kind(EXTENSION, namespace) if (e.get("spec") or {}).get("request") == request_name
+            ]
+
+    def get_extension(self, namespace: str, name: str) -> dict[str, Any] | None:
+        with self._lock:
+            return self.get(EXTENSION, namespace, name)
+
+    def replace_secret(self, body: dict[str, Any]) -> None:
+        """Replace guarded by metadata.resourceVersion (Conflict), keeping the uid."""
+        with self._lock:
+            ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
+            self._fault("replace", "Secret", name, after=False, namespace=ns)
+            self._record("replace", "Secret", ns, name)
+            obj = self.objects.get(("Secret", ns, name))
+            if obj is None or obj["metadata"]["resourceVersion"] != body["metadata"].get("resourceVersion"):
+                raise Conflict(f"secret {ns}/{name} changed")
+            stored = copy.deepcopy(body)
+            stored.setdefault("kind", "Secret")
+            stored["metadata"].update(uid=obj["metadata"]["uid"], resourceVersion=self._next_rv())
+            self.objects[("Secret", ns, name)] = stored
+            self._fault("replace", "Secret", name, after=True)
 
     def get_policy(self, name: str) -> dict[str, Any] | None:
         with self._lock:

@@ -172,6 +172,8 @@ def test_webhooks_fail_closed_and_point_at_the_operator_paths():
         "/stamp-approver",
         "/validate-request",
         "/validate-approval",
+        "/stamp-extension",
+        "/validate-extension",
     }
     assert all(h["failurePolicy"] == "Fail" and h["sideEffects"] == "None" for h in hooks)
     url_docs = render_chart.manifests(VALUE_SETS["outside the cluster"])
@@ -179,6 +181,7 @@ def test_webhooks_fail_closed_and_point_at_the_operator_paths():
     assert {h["clientConfig"]["url"] for h in url_hooks} == {
         "https://10.0.0.5:9443/validate-request",
         "https://10.0.0.5:9443/validate-approval",
+        "https://10.0.0.5:9443/validate-extension",
     }
 
 

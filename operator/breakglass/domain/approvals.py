@@ -26,6 +26,8 @@ class ApprovalView:
     comment: str = ""
     created: dt.datetime | None = None
     request_uid: str = ""  # spec.requestUID, stamped by admission from the live request
+    extension: str = ""  # spec.extension: an answer to a BreakGlassExtension (domain/extensions.py)
+    extension_uid: str = ""  # spec.extensionUID, stamped by admission from the live extension
 
     @classmethod
     def from_resource(cls, body: dict[str, Any]) -> ApprovalView:
@@ -39,6 +41,8 @@ class ApprovalView:
             comment=spec.get("comment") or "",
             created=parse_rfc3339(created) if isinstance(created, str) else created,
             request_uid=spec.get("requestUID") or "",
+            extension=spec.get("extension") or "",
+            extension_uid=spec.get("extensionUID") or "",
         )
 
 
@@ -102,6 +106,8 @@ def tally_approvals(
     """Count approvals for the request instance `request_uid` created at `request_created`."""
     tally = Tally()
     for a in sorted(approvals, key=lambda a: (a.created or dt.datetime.min.replace(tzinfo=dt.UTC), a.name)):
+        if a.extension or a.extension_uid:
+            continue  # an answer to an extension, never to the request itself (domain/extensions.py)
         ok, why = belongs_to(a, request_uid=request_uid, request_created=request_created)
         if ok:
             ok, why = eligibility(a, requester=requester, policy=policy, deadline=deadline)

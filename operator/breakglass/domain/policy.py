@@ -52,12 +52,17 @@ class Policy:
     emergency_review_within: str = "24h"
     token_delivery: str = OPERATOR_NAMESPACE  # where the token Secret goes: TOKEN_DELIVERIES
     max_schedule_ahead: str = "168h"  # how far ahead of its creation a request's spec.startAt may be
+    # spec.extension: may an active grant be extended (domain/extensions.py), with how many approvals,
+    # up to what total (exp - iat; unset: maxDuration).
+    extension_allowed: bool = False
+    extension_required_approvals: int = 1
+    extension_max_total: str | None = None
 
     @classmethod
     def from_resource(cls, name: str, spec: dict[str, Any] | None) -> Policy:
         spec = spec or {}
         req, appr = spec.get("requesters") or {}, spec.get("approvers") or {}
-        emergency = spec.get("emergency") or {}
+        emergency, extension = spec.get("emergency") or {}, spec.get("extension") or {}
         return cls(
             name=name,
             requester_users=tuple(req.get("users") or ()),
@@ -80,6 +85,9 @@ class Policy:
             emergency_review_within=emergency.get("reviewWithin") or "24h",
             token_delivery=spec.get("tokenDelivery") or OPERATOR_NAMESPACE,
             max_schedule_ahead=spec.get("maxScheduleAhead") or "168h",
+            extension_allowed=bool(extension.get("allowed", False)),
+            extension_required_approvals=int(extension.get("requiredApprovals", 1)),
+            extension_max_total=extension.get("maxTotal") or None,
         )
 
     def may_request(self, user: str, groups: Iterable[str]) -> bool:
@@ -102,6 +110,7 @@ def validate_policy(policy: Policy) -> list[Verdict]:
         ("approvalTimeout", policy.approval_timeout),
         ("emergency.reviewWithin", policy.emergency_review_within),
         ("maxScheduleAhead", policy.max_schedule_ahead),
+        *((("extension.maxTotal", policy.extension_max_total),) if policy.extension_max_total else ()),
     ):
         try:
             durations[field_name] = parse_duration(value)

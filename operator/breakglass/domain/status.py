@@ -38,6 +38,16 @@ def _approval_entry(a: ApprovalView) -> dict[str, Any]:
     return entry
 
 
+def _extension_entry(e: dict[str, Any]) -> dict[str, Any]:
+    """A decided extension as the request's status shows it (from the ledger)."""
+    out = {k: e[k] for k in ("name", "by", "state", "at") if e.get(k)}
+    if e.get("state") == "Applied":
+        out.update(approvedBy=list(e.get("approvedBy") or []), expiresAt=e.get("expiresAt"))
+    else:
+        out["message"] = e.get("message", "")
+    return out
+
+
 def next_status(
     old: dict[str, Any],
     *,
@@ -102,6 +112,8 @@ def next_status(
                 "username": grant["username"],
             }
         )
+        if grant.get("extensions"):
+            new["extensions"] = [_extension_entry(e) for e in grant["extensions"]]
         if approval.get("emergency") and approval.get("reviewDueAt"):
             review = dict(old.get("review") or {})
             review.setdefault("required", True)

@@ -134,6 +134,19 @@ class Kube(ObjectsMixin, PlatformMixin):
         ]
         return [a for a in items if (a.get("spec") or {}).get("request") == request_name]
 
+    def list_extensions(self, namespace: str, request_name: str) -> list[dict[str, Any]]:
+        items = self.custom.list_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.EXTENSION_PLURAL)[
+            "items"
+        ]
+        return [e for e in items if (e.get("spec") or {}).get("request") == request_name]
+
+    def get_extension(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return _none_on_404(
+            lambda: self.custom.get_namespaced_custom_object(
+                api.GROUP, api.VERSION, namespace, api.EXTENSION_PLURAL, name
+            )
+        )
+
     def get_drill(self, namespace: str, name: str) -> dict[str, Any] | None:
         return _none_on_404(
             lambda: self.custom.get_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.DRILL_PLURAL, name)

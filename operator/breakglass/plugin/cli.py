@@ -1,4 +1,4 @@
-"""`kubectl breakglass`: request, approve, deny, review, revoke, list, status, token, verify, audit, explain.
+"""`kubectl breakglass`: request, extend, approve, deny, review, revoke, list, status, token, verify, audit, explain.
 
 Exit codes: 0 ok; 1 the thing asked about is not ok (rejected, invalid token, broken audit chain,
 explain says it would be rejected); 2 usage error; 3 cluster/API error; 4 not found; 5 timed out.
@@ -14,7 +14,17 @@ import sys
 
 from .. import api
 from .audit_verify import cmd_audit_verify
-from .commands import cmd_approve, cmd_deny, cmd_list, cmd_request, cmd_review, cmd_revoke, cmd_status, cmd_token
+from .commands import (
+    cmd_approve,
+    cmd_deny,
+    cmd_extend,
+    cmd_list,
+    cmd_request,
+    cmd_review,
+    cmd_revoke,
+    cmd_status,
+    cmd_token,
+)
 from .errors import API_ERROR, NOT_FOUND, NOT_OK, OK, TIMEOUT, USAGE, CliError
 from .explain import cmd_explain
 from .verify import cmd_verify
@@ -34,6 +44,7 @@ __all__ = [
 
 COMMANDS = {
     "request": cmd_request,
+    "extend": cmd_extend,
     "approve": cmd_approve,
     "deny": cmd_deny,
     "review": cmd_review,
@@ -92,6 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("name")
         if verb in ("approve", "deny", "review"):
             c.add_argument("--comment")
+        if verb in ("approve", "deny"):
+            c.add_argument("--extension", metavar="EXT", help="answer this BreakGlassExtension of the request instead")
+    x = sub.add_parser("extend", parents=[common], help="ask for more time on your Active grant")
+    x.add_argument("name")
+    x.add_argument("--by", required=True, metavar="DURATION", help="how much longer, e.g. 30m")
+    x.add_argument("--reason", required=True)
     lst = sub.add_parser("list", parents=[common], help="list requests")
     lst.add_argument("-A", "--all-namespaces", action="store_true")
     t = sub.add_parser("token", parents=[common], help="print an issued grant's token (or write its kubeconfig)")

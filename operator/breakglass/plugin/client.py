@@ -73,6 +73,16 @@ class Client:
             body,
         )
 
+    def create_extension(self, body):
+        return self._call(
+            self.kube.custom.create_namespaced_custom_object,
+            api.GROUP,
+            api.VERSION,
+            self.namespace,
+            api.EXTENSION_PLURAL,
+            body,
+        )
+
     def get_policy(self, name):
         return self._call(self.kube.get_policy, name, what=f"BreakGlassPolicy {name}")
 

@@ -111,14 +111,45 @@ def approval_body(args, namespace: str, decision: str) -> dict[str, Any]:
     }
     if getattr(args, "comment", None):
         body["spec"]["comment"] = args.comment
+    if getattr(args, "extension", None):  # an answer to a BreakGlassExtension of the request
+        body["spec"]["extension"] = args.extension
     return body
+
+
+def extension_body(args, namespace: str) -> dict[str, Any]:
+    """The BreakGlassExtension `extend` files (requester and request uid are stamped by admission)."""
+    try:
+        parse_duration(args.by)
+    except DurationError as exc:
+        raise CliError(f"--by: {exc}", USAGE) from None
+    return {
+        "apiVersion": api.API_VERSION,
+        "kind": api.KIND_EXTENSION,
+        "metadata": {"generateName": f"{args.name[:40]}-ext-", "namespace": namespace},
+        "spec": {"request": args.name, "by": args.by, "reason": args.reason},
+    }
+
+
+def cmd_extend(args, client) -> int:
+    body = extension_body(args, client.namespace)
+    client.get_request(args.name)
+    created = client.create_extension(body)
+    name = created["metadata"]["name"]
+    print(
+        f"breakglassextension {client.namespace}/{name} filed (+{args.by}); an approver runs "
+        f"`kubectl breakglass -n {client.namespace} approve {args.name} --extension {name}`",
+        file=sys.stderr,
+    )
+    print(name)
+    return OK
 
 
 def _decide(args, client, decision: str) -> int:
     client.get_request(args.name)  # a clear "not found" before admission says it
     created = client.create_approval(approval_body(args, client.namespace, decision))
+    what = f" extension {args.extension}" if getattr(args, "extension", None) else ""
     print(
-        f"{decision.lower()} recorded for {client.namespace}/{args.name} "
+        f"{decision.lower()} recorded for {client.namespace}/{args.name}{what} "
         f"(breakglassapproval {created['metadata']['name']}, approver {created['spec'].get('approver')})"
     )
     return OK

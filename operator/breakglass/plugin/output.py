@@ -109,6 +109,14 @@ def print_status(req: dict[str, Any], policies: dict[str, dict[str, Any]], now: 
         print(f"message:  {st['message']}")
     for a in st.get("approvals") or []:
         print(f"approval: {a.get('decision')} by {a.get('approver')} at {a.get('time')} {a.get('comment', '')}")
+    for x in st.get("extensions") or []:
+        if x.get("state") == "Applied":
+            who = ", ".join(x.get("approvedBy") or []) or "no approval required"
+            print(
+                f"extended: +{x.get('by')} by {who} at {x.get('at')} (now until {x.get('expiresAt')}) [{x.get('name')}]"
+            )
+        else:
+            print(f"extension refused: +{x.get('by')} at {x.get('at')}: {x.get('message')} [{x.get('name')}]")
     if st.get("secretRef"):
         print(f"secret:   {st['secretRef']['namespace']}/{st['secretRef']['name']} (jti {st.get('tokenId')})")
     if st.get("review"):
