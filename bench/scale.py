@@ -297,7 +297,7 @@ def op_answers(cluster):
 
 def main(n: int, conc: int) -> int:
     env = os.environ.get
-    results = run(n, conc, int(env("BENCH_EXPIRING", "500")), int(env("BENCH_APPROVALS", "100")))
+    results = run(n, conc, int(env("BENCH_EXPIRING", "500")), int(env("BENCH_APPROVALS", "300")))
     print(json.dumps(results, indent=2))
     (ROOT / "bench" / "last-results.json").write_text(json.dumps(results, indent=2) + "\n")
     return 0
