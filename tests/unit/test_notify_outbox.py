@@ -60,9 +60,7 @@ class Receiver:
 
 def notifier(kube, post=None, now=1000.0, live=True, **kw) -> Notifier:
     clock = {"now": now}
-    n = Notifier(
-        kube=kube, namespace=OPERATOR_NS, policy=lambda name: None, is_live=lambda uid: live, post=post, **kw
-    )
+    n = Notifier(kube=kube, namespace=OPERATOR_NS, policy=lambda name: None, is_live=lambda uid: live, post=post, **kw)
     n.clock = lambda: clock["now"]
     n.set_now = lambda t: clock.__setitem__("now", t)
     return n
