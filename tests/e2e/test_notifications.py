@@ -61,9 +61,9 @@ class Receiver:
                     out.setdefault(b["event"], {**b, "_at": c["at"]})
         return out
 
-    def attempts(self, request_name: str, event: str) -> list[dict]:
+    def attempts(self, name: str, event: str) -> list[dict]:
         with self.lock:
-            return [c for c in self.calls if (c["body"]["request"]["name"], c["body"]["event"]) == (request_name, event)]
+            return [c for c in self.calls if (c["body"]["request"]["name"], c["body"]["event"]) == (name, event)]
 
 
 @pytest.fixture
