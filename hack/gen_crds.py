@@ -166,6 +166,34 @@ POLICY_SPEC = obj(
             enum=["OperatorNamespace", "RequestNamespace"],
             default="OperatorNamespace",
         ),
+        "notify": arr(
+            "Webhooks told about this policy's requests (at-least-once, signed; see README Notifications).",
+            obj(
+                "One notification target.",
+                {
+                    "webhook": s("http(s) URL notifications are POSTed to.", pattern=r"^https?://", maxLength=2048),
+                    "format": s(
+                        "json (signed payload) or slack (webhook body).", enum=["json", "slack"], default="json"
+                    ),
+                    "secretRef": obj(
+                        "Secret in the operator namespace holding the HMAC key (required for json).",
+                        {"name": dict(NAME, description="Secret name."), "key": s("Key in the Secret.", maxLength=253)},
+                        required=["name", "key"],
+                    ),
+                    "events": arr(
+                        "Events sent (default all).",
+                        s(
+                            "An event.",
+                            enum=["Requested", "Approved", "Denied", "Issued", "Expiring", "Revoked", "ReviewOverdue"],
+                        ),
+                        maxItems=7,
+                    ),
+                    "expiringLead": d("How long before exp the Expiring notice is sent.", "5m"),
+                },
+                required=["webhook"],
+            ),
+            maxItems=16,
+        ),
     },
     required=["requesters"],
 )

@@ -24,6 +24,8 @@ class Recorder:
         # A small pool, in order per request (one shard per request uid), bounded.
         self._events = EventPoster(self.kube.create_event)
         self.on_review: Callable[[str, bool], None] | None = None  # overdue / reviewed, for the gauge
+        # notify.Notifier (policy spec.notify): records its outbox entries before the status is written.
+        self.notifier = None
 
     def publish(self, req, view, old, new, entry, tally, outcome, now) -> None:
         """Audit first (fail closed: a record that cannot be written stops the pass), then Events."""
@@ -126,6 +128,7 @@ class Recorder:
                 f"token Secret {entry['secret']['namespace']}/"
                 f"{entry['secret']['name']} issued (jti {entry['jti']}, kid {entry['kid']}) for "
                 f"{_grant_text(view)}; expires {entry['expiresAt']}",
+                expiresAt=entry["expiresAt"],
             )
             if approval.get("emergency"):
                 self.event(
@@ -176,8 +179,11 @@ class Recorder:
         if not drill:
             metrics.requests_total.labels(view.policy, phase.lower()).inc()
 
-    def event(self, req, type_, reason, message) -> None:
-        """Events are best effort (the audit log is the record): posted off the issue path."""
+    def event(self, req, type_, reason, message, **facts) -> None:
+        """Events are best effort (the audit log is the record): posted off the issue path. The
+        notifications an Event stands for are recorded first (durable outbox; raises if it cannot)."""
+        if self.notifier is not None:
+            self.notifier.emit(reason, req, message, facts)
         body = builders.build_event(
             involved={**req, "kind": api.KIND_REQUEST, "apiVersion": api.API_VERSION},
             type_=type_,

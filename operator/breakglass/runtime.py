@@ -25,6 +25,7 @@ from .k8s.client import Kube, error_text, load_config
 from .leader import LeaderElector
 from .ledger import Ledger
 from .lifecycle import Reconciler
+from .notify.notifier import Notifier
 from .policies import reconcile_policy
 from .request_index import RequestIndex
 from .seen_namespaces import SeenNamespaces
@@ -61,6 +62,7 @@ class Runtime:
     namespace_exists: SeenNamespaces | None = None
     token_secrets: TokenSecrets | None = None
     elector: LeaderElector | None = None
+    notifier: Notifier | None = None
     tasks: list[asyncio.Task] = field(default_factory=list)
 
     @property
@@ -75,6 +77,8 @@ class Runtime:
         if self.audit.discrepancy:
             self.audit.record("audit-discrepancy", time=to_rfc3339(utcnow()), problem=self.audit.discrepancy)
             self.audit.discrepancy = None
+        if self.notifier is not None:
+            self.notifier.start()  # loads the outbox a previous leader left, then delivers
         self.queue.start()
         self.drill_queue.start()
         self.expiry.start()
@@ -354,6 +358,16 @@ def build(settings: Settings) -> Runtime:
     )
     reconciler.on_orphans = sweeper.revoke_orphans_of
     reconciler.recorder.on_review = sweeper.note_review
+    rt.notifier = reconciler.recorder.notifier = Notifier(
+        kube=kube,
+        namespace=settings.namespace,
+        policy=reconciler.policies.get,
+        is_live=lambda uid: (g := ledger.summary(uid)) is not None and g.state == "Active" and g.expires > time.time(),
+        max_age=settings.notify_max_age.total_seconds(),
+        max_attempts=settings.notify_max_attempts,
+        capacity=settings.notify_outbox_capacity,
+        backoff_cap=settings.notify_backoff_cap.total_seconds(),
+    )
     holder["rt"] = rt
     log.info("operator identity %s; token namespace %s", rt.operator_username, settings.tokens_namespace)
     return rt

@@ -122,6 +122,8 @@ async def stop(rt: Runtime) -> None:
         t.cancel()
     loop = asyncio.get_running_loop()
     await asyncio.gather(*(loop.run_in_executor(None, q.stop) for q in (rt.queue, rt.drill_queue, rt.expiry)))
+    if rt.notifier is not None:
+        rt.notifier.stop()  # pending notifications stay in the outbox for the next leader
     if rt.elector is not None:
         await loop.run_in_executor(None, rt.elector.stop)
     rt.ledger.stop()

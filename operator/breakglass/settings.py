@@ -55,6 +55,11 @@ class Settings:
     lease_retry_period: dt.timedelta = dt.timedelta(seconds=1)
     # The slow safety net behind the watches: one paged LIST of requests this often (leader only).
     resync_interval: dt.timedelta = dt.timedelta(minutes=10)
+    # Notifications (policy spec.notify): give up after this age / attempts; retry backoff cap; outbox bound.
+    notify_max_age: dt.timedelta = dt.timedelta(hours=24)
+    notify_max_attempts: int = 50
+    notify_backoff_cap: dt.timedelta = dt.timedelta(minutes=5)
+    notify_outbox_capacity: int = 1000
 
     @property
     def tokens_namespace(self) -> str:
@@ -134,6 +139,20 @@ _OPTIONS = [
         "how often the leader re-lists every request as a safety net behind the watches (e.g. 10m)",
         str,
     ),
+    (
+        "--notify-max-age",
+        "NOTIFY_MAX_AGE",
+        "a notification not delivered within this time is dead-lettered (e.g. 24h)",
+        str,
+    ),
+    ("--notify-max-attempts", "NOTIFY_MAX_ATTEMPTS", "delivery attempts before a notification is dead-lettered", int),
+    ("--notify-backoff-cap", "NOTIFY_BACKOFF_CAP", "longest wait between delivery attempts (e.g. 5m)", str),
+    (
+        "--notify-outbox-capacity",
+        "NOTIFY_OUTBOX_CAPACITY",
+        "most notifications pending at once; beyond it the oldest is dropped (counted)",
+        int,
+    ),
     ("--token-audiences", "TOKEN_AUDIENCES", "comma-separated audiences /authenticate accepts", str),
     (
         "--debug-loggers",
@@ -191,6 +210,8 @@ def from_args(ns: argparse.Namespace) -> Settings:
         "lease_renew_deadline",
         "lease_retry_period",
         "resync_interval",
+        "notify_max_age",
+        "notify_backoff_cap",
     ):
         if key in values:
             try:
@@ -212,6 +233,9 @@ def from_args(ns: argparse.Namespace) -> Settings:
     for key in ("admin_groups", "token_audiences", "debug_loggers"):
         if key in values:
             values[key] = tuple(g.strip() for g in values[key].split(",") if g.strip())
+    for key in ("notify_max_attempts", "notify_outbox_capacity"):
+        if key in values and values[key] < 1:
+            raise SettingsError(f"--{key.replace('_', '-')} must be at least 1")
     if not values.get("token_audiences", defaults.token_audiences):
         raise SettingsError("--token-audiences needs at least one audience")
     issuer = values.get("issuer", defaults.issuer)
