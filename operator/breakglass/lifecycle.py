@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import api, metrics
+from .alert_gate import AlertGates
 from .audit import AuditLog
 from .domain import decisions as D
 from .domain.approvals import ApprovalView, tally_approvals
@@ -85,6 +86,7 @@ class Reconciler:
         self.policies = policies or PolicyCache(kube)
         self.settings, self.clock, self.schedule_expiry = settings, clock, schedule_expiry
         self.on_orphans: Callable[[str, str], None] | None = None  # set by the runtime (the sweeper)
+        self.alert_gates: AlertGates | None = None  # set by the runtime: the alert gate's snapshot
         self.recorder = Recorder(kube=kube, audit=audit, clock=clock)
         # Our recent writes per request (bounded, oldest forgotten: an echo not recognised only costs
         # an in-memory routing decision).
@@ -115,7 +117,9 @@ class Reconciler:
         grant = D.Grant(entry["state"], parse_rfc3339(entry["expiresAt"]), entry.get("reason", "")) if entry else None
         live = entry and entry["state"] == ACTIVE and parse_rfc3339(entry["expiresAt"]) > now
         secret_present = self.grants.secret_present(entry) if live else True  # one GET, only when it matters
+        gates = self.alert_gates
         decision = D.decide(
+            gate_alert=gates.firing(policy) if gates is not None and grant is None else None,
             request=view,
             phase=old.get("phase"),
             policy=policy,
@@ -127,6 +131,8 @@ class Reconciler:
             ceiling=self.settings.max_token_lifetime,
             protected=tuple({self.settings.namespace, self.settings.tokens_namespace}),
         )
+        if gates is not None:  # an alert-approved grant whose incident resolved (revokeOnResolve)
+            decision = gates.on_active(decision, policy, entry, now)
         if decision.action == D.ACTIVE and not self.grants.keys.has_kid(entry["kid"]):
             decision = D.Decision(
                 D.REVOKE,
@@ -165,6 +171,8 @@ class Reconciler:
             self.recorder.publish(req, view, old, recorded, None, tally, waiting, now)
         outcome, entry = self._apply(decision, req, view, policy, entry, old, now)
         new = next_status(old, generation=meta.get("generation"), outcome=outcome, grant=entry, tally=tally, now=now)
+        if gates is not None:
+            new = gates.annotate(new, policy, meta.get("generation"), now)
         self.recorder.publish(req, view, recorded, new, entry, tally, outcome, now)
         if new != old:
             self._write_status(req, new, old)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import api, metrics
+from .alert_gate import AlertGates
 from .audit import AuditLog
 from .bootstrap import build_audit, tls_files, whoami
 from .domain.catchup import RequestSummary, needs_reconcile, wake_at
@@ -73,6 +74,7 @@ class Runtime:
         self.queue.start()
         self.drill_queue.start()
         self.expiry.start()
+        self.reconciler.alert_gates.start()
         try:
             self.catch_up()
         except Exception as exc:  # the slow resync catches up later
@@ -302,6 +304,13 @@ def build(settings: Settings) -> Runtime:
         rt.on_request_event,
     )
     reconciler.on_orphans = sweeper.revoke_orphans_of
+    reconciler.alert_gates = AlertGates(
+        default_url=settings.alertmanager_url,
+        interval=settings.alertmanager_poll_interval.total_seconds(),
+        policy_body=reconciler.policies.get,
+        requests=rt.requests.all,
+        enqueue=lambda ns, n: queue.add((ns, n)),
+    )
     reconciler.recorder.on_review = sweeper.note_review
     holder["rt"] = rt
     log.info("operator identity %s; token namespace %s", rt.operator_username, settings.tokens_namespace)

@@ -121,6 +121,7 @@ async def stop(rt: Runtime) -> None:
     await asyncio.gather(*(loop.run_in_executor(None, q.stop) for q in (rt.queue, rt.drill_queue, rt.expiry)))
     if rt.elector is not None:
         await loop.run_in_executor(None, rt.elector.stop)
+    rt.reconciler.alert_gates.stop()
     rt.ledger.stop()
     rt.request_informer.stop()
     await rt.endpoints.stop()

@@ -55,6 +55,10 @@ class Settings:
     lease_retry_period: dt.timedelta = dt.timedelta(seconds=1)
     # The slow safety net behind the watches: one paged LIST of requests this often (leader only).
     resync_interval: dt.timedelta = dt.timedelta(minutes=10)
+    # Incident-gated auto-approval: the default Alertmanager (API v2) of policies' whenAlertFiring, polled
+    # by the leader this often (only for gates some live request uses).
+    alertmanager_url: str | None = None
+    alertmanager_poll_interval: dt.timedelta = dt.timedelta(seconds=5)
 
     @property
     def tokens_namespace(self) -> str:
@@ -134,6 +138,18 @@ _OPTIONS = [
         "how often the leader re-lists every request as a safety net behind the watches (e.g. 10m)",
         str,
     ),
+    (
+        "--alertmanager-url",
+        "ALERTMANAGER_URL",
+        "default Alertmanager (http(s)://host:port) for policies' autoApprove.whenAlertFiring",
+        str,
+    ),
+    (
+        "--alertmanager-poll-interval",
+        "ALERTMANAGER_POLL_INTERVAL",
+        "how often the leader asks Alertmanager about the alerts policies gate on (e.g. 5s)",
+        str,
+    ),
     ("--token-audiences", "TOKEN_AUDIENCES", "comma-separated audiences /authenticate accepts", str),
     (
         "--debug-loggers",
@@ -191,6 +207,7 @@ def from_args(ns: argparse.Namespace) -> Settings:
         "lease_renew_deadline",
         "lease_retry_period",
         "resync_interval",
+        "alertmanager_poll_interval",
     ):
         if key in values:
             try:
@@ -214,6 +231,9 @@ def from_args(ns: argparse.Namespace) -> Settings:
             values[key] = tuple(g.strip() for g in values[key].split(",") if g.strip())
     if not values.get("token_audiences", defaults.token_audiences):
         raise SettingsError("--token-audiences needs at least one audience")
+    url = values.get("alertmanager_url")
+    if url is not None and not (url.startswith("http://") or url.startswith("https://")):
+        raise SettingsError(f"--alertmanager-url must be an http(s):// URL, got {url!r}")
     issuer = values.get("issuer", defaults.issuer)
     if not issuer.startswith("https://"):
         raise SettingsError(f"--issuer must be an https:// URL, got {issuer!r}")

@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from .alert_gate import Gate, validate_gate
 from .durations import DurationError, parse_duration
 
 DEFAULT_AUDIENCES = ("breakglass",)
@@ -52,6 +53,7 @@ class Policy:
     emergency_review_within: str = "24h"
     token_delivery: str = OPERATOR_NAMESPACE  # where the token Secret goes: TOKEN_DELIVERIES
     max_schedule_ahead: str = "168h"  # how far ahead of its creation a request's spec.startAt may be
+    alert_gate: Gate | None = None  # spec.autoApprove.whenAlertFiring (+ revokeOnResolve, resolveGrace)
 
     @classmethod
     def from_resource(cls, name: str, spec: dict[str, Any] | None) -> Policy:
@@ -80,6 +82,7 @@ class Policy:
             emergency_review_within=emergency.get("reviewWithin") or "24h",
             token_delivery=spec.get("tokenDelivery") or OPERATOR_NAMESPACE,
             max_schedule_ahead=spec.get("maxScheduleAhead") or "168h",
+            alert_gate=Gate.from_spec(spec.get("autoApprove")),
         )
 
     def may_request(self, user: str, groups: Iterable[str]) -> bool:
@@ -157,6 +160,7 @@ def validate_policy(policy: Policy) -> list[Verdict]:
         problems.append(
             Verdict(False, "WildcardClusterRole", "spec.allowedClusterRoles must name ClusterRoles; '*' is not allowed")
         )
+    problems += [Verdict(False, reason, message) for reason, message in validate_gate(policy.alert_gate)]
     return problems
 
 
