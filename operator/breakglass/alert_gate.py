@@ -96,6 +96,8 @@ class AlertGates:
         """Condition AlertGate on a live request under a gated policy (Pending: why it is not auto-approved)."""
         if policy is None or policy.alert_gate is None or new.get("phase") not in LIVE:
             return new
+        if new.get("phase") == api.ACTIVE and not policy.alert_gate.revoke_on_resolve:
+            return new  # nothing left for the gate to decide
         key, st = self.state(policy.alert_gate)
         status, reason, message = G.gate_condition(policy.alert_gate, key, st)
         conds = set_condition(

@@ -118,8 +118,9 @@ class Reconciler:
         live = entry and entry["state"] == ACTIVE and parse_rfc3339(entry["expiresAt"]) > now
         secret_present = self.grants.secret_present(entry) if live else True  # one GET, only when it matters
         gates = self.alert_gates
+        gated = gates is not None and grant is None and old.get("phase") not in api.TERMINAL_PHASES
         decision = D.decide(
-            gate_alert=gates.firing(policy) if gates is not None and grant is None else None,
+            gate_alert=gates.firing(policy) if gated else None,
             request=view,
             phase=old.get("phase"),
             policy=policy,
