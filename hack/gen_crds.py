@@ -127,11 +127,36 @@ POLICY_SPEC = obj(
         "requireTicket": {"type": "boolean", "default": False, "description": "Whether spec.ticket is mandatory."},
         "ticketPattern": s("Regular expression a ticket must fully match.", maxLength=512),
         "autoApprove": obj(
-            "Requesters who need no approval.",
+            "Requests approved without a human: by requester group, or while an incident's alert is firing.",
             {
                 "groups": arr(
                     "Groups whose members are approved automatically.", s("A group name.", maxLength=253), maxItems=64
-                )
+                ),
+                "whenAlertFiring": obj(
+                    "Auto-approve while an alert with exactly these labels is firing (active, not silenced, not "
+                    "inhibited) in Alertmanager. Alertmanager unreachable or erroring counts as not firing.",
+                    {
+                        "matchers": {
+                            "type": "object",
+                            "description": "Label name -> exact value (no regex), e.g. {alertname: PostgresDown}.",
+                            "additionalProperties": {"type": "string", "maxLength": 1024},
+                            "minProperties": 1,
+                            "maxProperties": 16,
+                        },
+                        "alertmanagerURL": s(
+                            "Alertmanager base URL (API v2); default: the operator's --alertmanager-url.",
+                            pattern=r"^https?://\S+$",
+                            maxLength=2048,
+                        ),
+                    },
+                    required=["matchers"],
+                ),
+                "revokeOnResolve": {
+                    "type": "boolean",
+                    "default": False,
+                    "description": "Revoke grants an alert approved (IncidentResolved) once no matching alert fires.",
+                },
+                "resolveGrace": d("How long after the incident resolved such grants are revoked (default: at once)."),
             },
         ),
         "emergency": obj(
@@ -301,6 +326,24 @@ REQUEST_STATUS = obj(
                     "message": s("Why it was refused."),
                 },
             ),
+        ),
+        "approval": obj(
+            "Set when an alert approved the grant (reason AlertFiring): which alert.",
+            {
+                "reason": s("How the grant was approved."),
+                "alert": obj(
+                    "The firing alert that approved it.",
+                    {
+                        "fingerprint": s("Alertmanager's fingerprint of the alert."),
+                        "labels": {
+                            "type": "object",
+                            "description": "The alert's labels.",
+                            "additionalProperties": {"type": "string"},
+                        },
+                        "startsAt": s("When the alert started firing."),
+                    },
+                ),
+            },
         ),
         "review": obj(
             "Post-hoc review of emergency access.",

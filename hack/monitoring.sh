@@ -7,8 +7,10 @@
 #   hack/monitoring.sh rules     render the chart's alerts, `promtool check rules` them and run every
 #                                unit-test file tests/rules/*.test.yaml with `promtool test rules`
 #
-# Nothing is installed system-wide and no service is started: the packages are only unpacked
-# (dpkg-deb -x), so the binaries run from ~/.cache/breakglass/monitoring/bin.
+# No service is started and the packages are only unpacked (dpkg-deb -x), so the binaries run from
+# ~/.cache/breakglass/monitoring/bin. One exception to "nothing system-wide": Debian's alertmanager reads
+# its default notification template from /usr/share/prometheus/alertmanager/ (a Debian patch, no flag
+# moves it) and exits without it; install copies the package's *.tmpl files there when missing.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -18,6 +20,7 @@ BIN="$CACHE/bin"
 PROMETHEUS_DEB="prometheus=2.42.0+ds-5+deb12u1"
 ALERTMANAGER_DEB="prometheus-alertmanager=0.25.0-1+b4"
 BINARIES=(prometheus promtool alertmanager amtool)
+AM_SHARE=/usr/share/prometheus/alertmanager
 
 die() { echo "monitoring.sh: error: $*" >&2; exit 1; }
 log() { echo "monitoring.sh: $*" >&2; }
@@ -27,6 +30,15 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 cached() {
   local b
   for b in "${BINARIES[@]}"; do [ -x "$BIN/$b" ] || return 1; done
+  [ -f "$CACHE/share/alertmanager/default.tmpl" ]
+}
+
+# The cached templates where Debian's alertmanager looks for them (only when missing).
+install_templates() {
+  [ -f "$AM_SHARE/default.tmpl" ] && return 0
+  as_root mkdir -p "$AM_SHARE" && as_root cp "$CACHE/share/alertmanager/"*.tmpl "$AM_SHARE/" \
+    || die "could not copy alertmanager's templates into $AM_SHARE"
+  log "installed alertmanager's notification templates into $AM_SHARE"
 }
 
 # download_deb DIR PKG=VERSION: the .deb into DIR, by apt-get download (pinned version, then the
@@ -49,7 +61,7 @@ download_deb() {
 }
 
 cmd_install() {
-  cached && return 0
+  cached && { install_templates; return 0; }
   command -v apt-get >/dev/null || die "apt-get not found: this script needs a Debian bookworm machine"
   command -v dpkg-deb >/dev/null || die "dpkg-deb not found"
   # apt only knows packages after an update (a fresh machine has no lists).
@@ -77,8 +89,11 @@ cmd_install() {
   cp "$work/root/usr/bin/amtool" "$BIN.tmp/amtool"
   chmod 755 "$BIN.tmp"/*
   rm -rf "$BIN"; mv "$BIN.tmp" "$BIN"
+  rm -rf "$CACHE/share"; mkdir -p "$CACHE/share/alertmanager"
+  cp "$work/root/usr/share/prometheus/alertmanager/"*.tmpl "$CACHE/share/alertmanager/"
   rm -rf "$work"
   cached || die "binaries missing after install in $BIN"
+  install_templates
   log "installed into $BIN in $(($(date +%s) - t0))s: $("$BIN/promtool" --version 2>&1 | sed -n 1p); $("$BIN/alertmanager" --version 2>&1 | sed -n 1p)"
 }
 

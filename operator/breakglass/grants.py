@@ -87,6 +87,8 @@ class Grants:
             "approvers": list(decision.approvers),
             "emergency": decision.emergency,
         }
+        if decision.alert:
+            approval["alert"] = decision.alert
         if decision.emergency:
             approval["reviewDueAt"] = to_rfc3339(now + parse_duration(policy.emergency_review_within))
         entry = {

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import api, metrics
+from .alert_gate import AlertGates
 from .audit import AuditLog
 from .domain import decisions as D
 from .domain.approvals import ApprovalView, tally_approvals
@@ -86,6 +87,7 @@ class Reconciler:
         self.policies = policies or PolicyCache(kube)
         self.settings, self.clock, self.schedule_expiry = settings, clock, schedule_expiry
         self.on_orphans: Callable[[str, str], None] | None = None  # set by the runtime (the sweeper)
+        self.alert_gates: AlertGates | None = None  # set by the runtime: the alert gate's snapshot
         self.recorder = Recorder(kube=kube, audit=audit, clock=clock)
         self.extender = Extender(
             kube=kube, ledger=ledger, grants=grants, recorder=self.recorder, settings=settings, clock=clock
@@ -119,7 +121,10 @@ class Reconciler:
         grant = D.Grant(entry["state"], parse_rfc3339(entry["expiresAt"]), entry.get("reason", "")) if entry else None
         live = entry and entry["state"] == ACTIVE and parse_rfc3339(entry["expiresAt"]) > now
         secret_present = self.grants.secret_present(entry) if live else True  # one GET, only when it matters
+        gates = self.alert_gates
+        gated = gates is not None and grant is None and old.get("phase") not in api.TERMINAL_PHASES
         decision = D.decide(
+            gate_alert=gates.firing(policy) if gated else None,
             request=view,
             phase=old.get("phase"),
             policy=policy,
@@ -131,6 +136,8 @@ class Reconciler:
             ceiling=self.settings.max_token_lifetime,
             protected=tuple({self.settings.namespace, self.settings.tokens_namespace}),
         )
+        if gates is not None:  # an alert-approved grant whose incident resolved (revokeOnResolve)
+            decision = gates.on_active(decision, policy, entry, now)
         if decision.action == D.ACTIVE and not self.grants.keys.has_kid(entry["kid"]):
             decision = D.Decision(
                 D.REVOKE,
@@ -169,6 +176,8 @@ class Reconciler:
             self.recorder.publish(req, view, old, recorded, None, tally, waiting, now)
         outcome, entry = self._apply(decision, req, view, policy, entry, old, now)
         new = next_status(old, generation=meta.get("generation"), outcome=outcome, grant=entry, tally=tally, now=now)
+        if gates is not None:
+            new = gates.annotate(new, policy, meta.get("generation"), now)
         self.recorder.publish(req, view, recorded, new, entry, tally, outcome, now)
         if new != old:
             self._write_status(req, new, old)
@@ -183,7 +192,10 @@ class Reconciler:
                 entry["secret"]["uid"],
                 parse_rfc3339(entry["expiresAt"]).timestamp(),
             )
-        times = [None if decision.action == D.ACTIVE else decision.requeue_at, review_due(new)]  # exp may move
+        requeue = decision.requeue_at
+        if decision.action == D.ACTIVE and grant is not None and requeue == grant.expires_at:
+            requeue = None  # an extension may have moved exp: the entry's current exp is added below
+        times = [requeue, review_due(new)]
         if entry and entry["state"] == ACTIVE:
             times.append(parse_rfc3339(entry["expiresAt"]))
         return min([t for t in times if t is not None], default=None)

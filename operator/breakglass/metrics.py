@@ -73,3 +73,14 @@ token_review_cache_total = Counter(
     ["result"],
     registry=REGISTRY,
 )
+alertmanager_up = Gauge(
+    "breakglass_alertmanager_up",
+    "1 when every Alertmanager the alert gate asked in its last round answered, 0 when one did not",
+    registry=REGISTRY,
+)
+alertmanager_queries_total = Counter(
+    "breakglass_alertmanager_queries_total",
+    "Alert gate queries to Alertmanager by result (ok, error)",
+    ["result"],
+    registry=REGISTRY,
+)

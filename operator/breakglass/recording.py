@@ -17,6 +17,8 @@ from .event_poster import EventPoster
 from .k8s import builders
 from .k8s.client import Kube
 
+AUTO_OR_APPROVED = ("Approved", "AutoApproved", "NoApprovalRequired", "AlertFiring")  # an Approved Event
+
 
 class Recorder:
     def __init__(self, *, kube: Kube, audit: AuditLog, clock: Callable[[], dt.datetime]):
@@ -92,6 +94,7 @@ class Recorder:
             jti=entry["jti"],
             kid=entry["kid"],
             expiresAt=entry["expiresAt"],
+            **({"approval": approval.get("reason"), "alert": approval["alert"]} if approval.get("alert") else {}),
         )
 
     def publish_scheduled(self, req, view, new, outcome, now) -> None:
@@ -105,7 +108,7 @@ class Recorder:
             approval=outcome.approval_reason,
             approvers=[a["approver"] for a in new.get("approvals") or [] if a.get("decision") == "Approve"],
         )
-        if outcome.approval_reason in ("Approved", "AutoApproved", "NoApprovalRequired"):
+        if outcome.approval_reason in AUTO_OR_APPROVED:
             self.event(req, "Normal", "Approved", outcome.approval_message)
         self.event(req, "Normal", "Scheduled", f"{_grant_text(view)} will be issued at {view.start_at} (spec.startAt)")
         if outcome.approval_reason == "Approved":
@@ -119,7 +122,7 @@ class Recorder:
         if phase == api.ACTIVE:
             approval = entry.get("approval") or {}
             self.issued(req, view, entry)  # already recorded before delivery: the key makes this a no-op
-            if approval.get("reason") in ("Approved", "AutoApproved", "NoApprovalRequired") and not scheduled:
+            if approval.get("reason") in AUTO_OR_APPROVED and not scheduled:
                 self.event(req, "Normal", "Approved", approval.get("message", ""))
             self.event(
                 req,

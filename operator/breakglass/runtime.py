@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import api, metrics
+from .alert_gate import AlertGates
 from .audit import AuditLog
 from .bootstrap import build_audit, tls_files, whoami
 from .domain.catchup import RequestSummary, needs_reconcile, wake_at
@@ -82,6 +83,7 @@ class Runtime:
         self.queue.start()
         self.drill_queue.start()
         self.expiry.start()
+        self.reconciler.alert_gates.start()
         # Expiry needs only the ledger: grants that expired while no leader ran lose their Secret at
         # once, before the request index is even synced. Routing waits for the index, off the
         # elector's thread (lease renewals must never wait for it).
@@ -357,6 +359,13 @@ def build(settings: Settings) -> Runtime:
         )
     )
     reconciler.on_orphans = sweeper.revoke_orphans_of
+    reconciler.alert_gates = AlertGates(
+        default_url=settings.alertmanager_url,
+        interval=settings.alertmanager_poll_interval.total_seconds(),
+        policy_body=reconciler.policies.get,
+        requests=rt.requests.all,
+        enqueue=lambda ns, n: queue.add((ns, n)),
+    )
     reconciler.recorder.on_review = sweeper.note_review
     rt.notifier = reconciler.recorder.notifier = Notifier(
         kube=kube,

@@ -126,6 +126,7 @@ async def stop(rt: Runtime) -> None:
         rt.notifier.stop()  # pending notifications stay in the outbox for the next leader
     if rt.elector is not None:
         await loop.run_in_executor(None, rt.elector.stop)
+    rt.reconciler.alert_gates.stop()
     rt.ledger.stop()
     rt.request_informer.stop()
     rt.token_secrets.stop()

@@ -60,6 +60,10 @@ class Settings:
     notify_max_attempts: int = 50
     notify_backoff_cap: dt.timedelta = dt.timedelta(minutes=5)
     notify_outbox_capacity: int = 1000
+    # Incident-gated auto-approval: the default Alertmanager (API v2) of policies' whenAlertFiring, polled
+    # by the leader this often (only for gates some live request uses).
+    alertmanager_url: str | None = None
+    alertmanager_poll_interval: dt.timedelta = dt.timedelta(seconds=5)
 
     @property
     def tokens_namespace(self) -> str:
@@ -152,6 +156,16 @@ _OPTIONS = [
         "NOTIFY_OUTBOX_CAPACITY",
         "most notifications pending at once; beyond it the oldest is dropped (counted)",
         int,
+        "--alertmanager-url",
+        "ALERTMANAGER_URL",
+        "default Alertmanager (http(s)://host:port) for policies' autoApprove.whenAlertFiring",
+        str,
+    ),
+    (
+        "--alertmanager-poll-interval",
+        "ALERTMANAGER_POLL_INTERVAL",
+        "how often the leader asks Alertmanager about the alerts policies gate on (e.g. 5s)",
+        str,
     ),
     ("--token-audiences", "TOKEN_AUDIENCES", "comma-separated audiences /authenticate accepts", str),
     (
@@ -212,6 +226,7 @@ def from_args(ns: argparse.Namespace) -> Settings:
         "resync_interval",
         "notify_max_age",
         "notify_backoff_cap",
+        "alertmanager_poll_interval",
     ):
         if key in values:
             try:
@@ -238,6 +253,9 @@ def from_args(ns: argparse.Namespace) -> Settings:
             raise SettingsError(f"--{key.replace('_', '-')} must be at least 1")
     if not values.get("token_audiences", defaults.token_audiences):
         raise SettingsError("--token-audiences needs at least one audience")
+    url = values.get("alertmanager_url")
+    if url is not None and not (url.startswith("http://") or url.startswith("https://")):
+        raise SettingsError(f"--alertmanager-url must be an http(s):// URL, got {url!r}")
     issuer = values.get("issuer", defaults.issuer)
     if not issuer.startswith("https://"):
         raise SettingsError(f"--issuer must be an https:// URL, got {issuer!r}")

@@ -6,6 +6,7 @@ import datetime as dt
 from dataclasses import dataclass, field, replace
 
 from .. import api
+from .alert_gate import ALERT_FIRING, Alert, approval_message
 from .approvals import Tally
 from .checks import evaluate_request, first_failure
 from .durations import DurationError, format_duration, parse_duration, to_rfc3339
@@ -41,6 +42,8 @@ class Decision:
     # SCHEDULE: the approval that allowed it (the Approved condition), besides the wait's own reason.
     approval_reason: str = ""
     approval_message: str = ""
+    # AlertFiring: the alert that approved it ({fingerprint, labels, startsAt}), into the ledger's approval.
+    alert: dict | None = None
 
 
 def approval_deadline(created: dt.datetime, policy: Policy) -> dt.datetime | None:
@@ -105,6 +108,7 @@ def decide(
     secret_present: bool = True,
     ceiling: dt.timedelta | None = None,
     protected: tuple[str, ...] = (),
+    gate_alert: Alert | None = None,
 ) -> Decision:
     """Decide the next step from the request, its policy, its approvals and the ledger's grant."""
     if grant is not None:
@@ -135,6 +139,8 @@ def decide(
     if forbidden:
         return Decision(DENY, "ProtectedNamespace", forbidden)
     path = approval_path(request, policy, tally)
+    if path.action == WAIT and gate_alert is not None:  # a firing alert the policy's gate matches
+        path = Decision(ISSUE, ALERT_FIRING, approval_message(gate_alert, policy.name), alert=gate_alert.as_dict())
     if path.action == ISSUE:
         return start_gate(path, request, policy, now)
     if path.action != WAIT:

@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from .alert_gate import Gate, validate_gate
 from .durations import DurationError, parse_duration
 
 DEFAULT_AUDIENCES = ("breakglass",)
@@ -57,6 +58,7 @@ class Policy:
     extension_allowed: bool = False
     extension_required_approvals: int = 1
     extension_max_total: str | None = None
+    alert_gate: Gate | None = None  # spec.autoApprove.whenAlertFiring (+ revokeOnResolve, resolveGrace)
 
     @classmethod
     def from_resource(cls, name: str, spec: dict[str, Any] | None) -> Policy:
@@ -88,6 +90,7 @@ class Policy:
             extension_allowed=bool(extension.get("allowed", False)),
             extension_required_approvals=int(extension.get("requiredApprovals", 1)),
             extension_max_total=extension.get("maxTotal") or None,
+            alert_gate=Gate.from_spec(spec.get("autoApprove")),
         )
 
     def may_request(self, user: str, groups: Iterable[str]) -> bool:
@@ -166,6 +169,7 @@ def validate_policy(policy: Policy) -> list[Verdict]:
         problems.append(
             Verdict(False, "WildcardClusterRole", "spec.allowedClusterRoles must name ClusterRoles; '*' is not allowed")
         )
+    problems += [Verdict(False, reason, message) for reason, message in validate_gate(policy.alert_gate)]
     return problems
 
 

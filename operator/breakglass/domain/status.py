@@ -84,6 +84,8 @@ def next_status(
         cond(api.COND_ISSUED, False, reason, message)
     if grant is not None and approval and settled:
         cond(api.COND_APPROVED, True, approval.get("reason", "Approved"), approval.get("message", ""))
+    if grant is not None and approval.get("alert"):  # auto-approved by a firing alert: which one
+        new["approval"] = {"reason": approval.get("reason", ""), "alert": approval["alert"]}
     if settled and phase == api.ACTIVE:
         cond(api.COND_ISSUED, True, "TokenIssued", f"token {grant['jti']} valid until {grant['expiresAt']}")
         new["secretRef"] = {"namespace": grant["secret"]["namespace"], "name": grant["secret"]["name"]}
