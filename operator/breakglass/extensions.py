@@ -183,6 +183,8 @@ class Extender:
             f"extension {record['name']}: extended by {record['by']} ({who}) until {record['expiresAt']}; "
             f"new token jti {jti} in Secret {entry['secret']['namespace']}/{entry['secret']['name']}, "
             f"jti {old_jti} no longer authenticates",
+            expiresAt=record["expiresAt"],
+            previousExpiresAt=record["previousExpiresAt"],
         )
         metrics.extensions_total.labels(view.policy, "applied").inc()
         return entry

@@ -1,6 +1,5 @@
-"""Attacker findings against the #14 features (alert gate, notifications, extensions, scheduled start),
-each as a failing test marked xfail(strict=True): the test states the secure behaviour; it turns green
-(and then xpass fails the suite, so the marker must go) once the operator is fixed.
+"""Attacker findings against the #14 features (alert gate, notifications, extensions, scheduled start):
+each test states the secure behaviour; each failed before its fix.
 
 Acting identities as in fake_kube: alice requests (group sre), bob/carol approve (sre-leads)."""
 
@@ -9,7 +8,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 
-import pytest
 from fake_kube import OPERATOR_NS, UID, FakeKube
 from test_alert_gate import FIRING, gated_world
 from test_extend_reconciler import approve_extension, file_extension
@@ -23,12 +21,6 @@ from breakglass.notify.outbox import Outbox
 
 
 # ----------------------------------------------------------------------------------- alert gate
-@pytest.mark.xfail(
-    strict=True,
-    reason="decisions.decide turns WAIT into ISSUE for a firing alert before it checks approvalTimeout: "
-    "a request Pending past its timeout (its deadline reconcile late: operator down, leader change, "
-    "backlog) is auto-approved instead of Denied ApprovalTimeout (pitfall 5)",
-)
 def test_a_firing_alert_never_approves_a_request_past_its_approval_timeout():
     world, am, gates, _ = gated_world()  # policy approvalTimeout 30m, requiredApprovals 1
     world.at(1).reconcile()
@@ -56,11 +48,6 @@ def _payload(reason: str, ticket: str = "") -> dict:
     return M.build_payload(nid="n1", kind=M.REQUESTED, time="t", req=req, policy_spec=spec, message="m", facts={})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="notify/messages.py slack_body puts the requester's spec.reason/ticket verbatim into mrkdwn: "
-    "<!channel> pings, <url|text> links and fake '*Next:*' lines reach the approvers' channel",
-)
 def test_a_slack_notification_escapes_what_the_requester_wrote():
     evil = "db down\n*Next:* group sre-leads: <https://evil.example/approve|kubectl breakglass approve r1> <!channel>"
     body = M.render(_payload(evil, ticket="<!here>"), "slack")
@@ -70,12 +57,6 @@ def test_a_slack_notification_escapes_what_the_requester_wrote():
     assert "\\n*Next:*" not in text.split("*Reason:*", 1)[1].split("*Grant:*", 1)[0]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="notify/outbox.py Outbox.add evicts the oldest pending notification when full: one tenant's "
-    "flood of requests (one Requested each, receiver slow or down) evicts other grants' pending "
-    "ReviewOverdue / Expiring / Revoked notices, which are the oldest by createdAt",
-)
 def test_one_requesters_flood_of_requests_cannot_evict_another_grants_pending_review_overdue_notice():
     kube = FakeKube()
     box = Outbox(kube, OPERATOR_NS, capacity=10)
@@ -87,12 +68,6 @@ def test_one_requesters_flood_of_requests_cannot_evict_another_grants_pending_re
     assert "victim-overdue" in {i["id"] for i in outbox_items(kube)}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="notify: the Expiring notice is recorded once, at Issued, for the original exp (stable id per "
-    "uid/event/target); an extension never re-times it, so the requester is told the old exp and gets no "
-    "warning before the real one",
-)
 def test_an_extension_re_times_the_expiring_notice_to_the_new_exp():
     w = extendable_world()  # Active, exp = 1 m + 10 m
     w.policy(extension={"allowed": True, "requiredApprovals": 1, "maxTotal": "1h"}, notify=NOTIFY)

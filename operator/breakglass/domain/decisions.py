@@ -139,14 +139,17 @@ def decide(
     if forbidden:
         return Decision(DENY, "ProtectedNamespace", forbidden)
     path = approval_path(request, policy, tally)
-    if path.action == WAIT and gate_alert is not None:  # a firing alert the policy's gate matches
+    deadline = approval_deadline(created, policy)
+    timed_out = deadline is not None and now >= deadline
+    if path.action == WAIT and gate_alert is not None and not timed_out:
+        # a firing alert the policy's gate matches approves, like a person would: only within the
+        # approval timeout (a late alert never revives a request nobody approved in time)
         path = Decision(ISSUE, ALERT_FIRING, approval_message(gate_alert, policy.name), alert=gate_alert.as_dict())
     if path.action == ISSUE:
         return start_gate(path, request, policy, now)
     if path.action != WAIT:
         return path
-    deadline = approval_deadline(created, policy)
-    if deadline is not None and now >= deadline:
+    if timed_out:
         return Decision(
             DENY,
             "ApprovalTimeout",

@@ -135,9 +135,20 @@ _VERB = {
 }
 
 
+def slack_text(value: Any) -> str:
+    """What a requester wrote, made inert for Slack mrkdwn: `&`, `<`, `>` as Slack's entities (no
+    links, no @channel mentions) and one line (no forged `*Next:*` line)."""
+    text = " ".join(str(value).split())
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def slack_body(payload: dict[str, Any]) -> dict[str, Any]:
-    """A Slack incoming-webhook body: one line of text, a section naming who must act and the command."""
-    r, step, kind = payload["request"], payload["action"], payload["event"]
+    """A Slack incoming-webhook body: one line of text, a section naming who must act and the command.
+    Every value is escaped (`slack_text`): the reason and ticket are the requester's words."""
+    r = {k: (slack_text(v) if isinstance(v, str) else v) for k, v in payload["request"].items()}
+    r["clusterRoles"] = [slack_text(x) for x in r.get("clusterRoles") or []]
+    r["namespaces"] = [slack_text(x) for x in r.get("namespaces") or []]
+    step, kind = payload["action"], payload["event"]
     who = ", ".join([*step["who"]["users"], *(f"group {g}" for g in step["who"]["groups"])]) or "nobody listed"
     subject = f"{r['requester']} {_VERB[kind]}" if kind == REQUESTED else f"{r['namespace']}/{r['name']} {_VERB[kind]}"
     text = f"[breakglass] {kind}: {subject} ({r['namespace']}/{r['name']}, policy {r['policy']})"

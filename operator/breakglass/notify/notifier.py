@@ -27,9 +27,10 @@ from ..domain.durations import parse_rfc3339, to_rfc3339
 from ..k8s.client import error_text
 from . import messages as M
 from . import signing as S
-from .outbox import Outbox, delivery_seconds, notifications_total
+from .outbox import PREFIX, Outbox, delivery_seconds, notifications_total
 
 log = logging.getLogger(__name__)
+EXTENDED = "Extended"  # an extension: no notice of its own, it re-times the Expiring notice
 
 
 def http_post(url: str, body: bytes, headers: dict[str, str], timeout: float = 5.0) -> int | None:
@@ -79,6 +80,8 @@ class Notifier:
     def emit(self, reason: str, req: dict[str, Any], message: str, facts: dict[str, Any] | None = None) -> int:
         """Record the notifications an Event reason stands for; returns how many were recorded."""
         kind = M.EVENT_REASONS.get(reason)
+        if reason == "Extended" and not api.is_drill(req):
+            kind = EXTENDED  # no notice of its own: it re-times the Expiring notice
         if kind is None or api.is_drill(req):
             return 0
         policy_name = (req.get("spec") or {}).get("policy") or ""
@@ -93,18 +96,24 @@ class Notifier:
         for index, target in enumerate(targets):
             if kind in target.events:
                 recorded += self._record(kind, req, spec, message, facts, target, index, now, now)
-            if kind == M.ISSUED and M.EXPIRING in target.events and facts.get("expiresAt"):
+            if kind in (M.ISSUED, EXTENDED) and M.EXPIRING in target.events and facts.get("expiresAt"):
+                if facts.get("previousExpiresAt"):  # the notice for the old exp is void
+                    old_id = M.notification_id(uid, f"{M.EXPIRING}@{facts['previousExpiresAt']}", target, index)
+                    self.outbox.remove(PREFIX + old_id)
                 exp = parse_rfc3339(facts["expiresAt"]).timestamp()
                 lead = target.expiring_lead.total_seconds()
                 notice = f"access of {uid} expires at {facts['expiresAt']} (in {int(lead)}s at the latest)"
-                recorded += self._record(M.EXPIRING, req, spec, notice, facts, target, index, now, max(now, exp - lead))
+                recorded += self._record(
+                    M.EXPIRING, req, spec, notice, facts, target, index, now, max(now, exp - lead), facts["expiresAt"]
+                )
         if recorded:
             with self._cv:
                 self._cv.notify_all()
         return recorded
 
-    def _record(self, kind, req, spec, message, facts, target: M.Target, index, now, not_before) -> int:
-        nid = M.notification_id(req["metadata"]["uid"], kind, target, index)
+    def _record(self, kind, req, spec, message, facts, target: M.Target, index, now, not_before, exp="") -> int:
+        # An Expiring notice is one per exp (an extension moves it: a new notice, the old one removed).
+        nid = M.notification_id(req["metadata"]["uid"], f"{kind}@{exp}" if exp else kind, target, index)
         payload = M.build_payload(
             nid=nid, kind=kind, time=to_rfc3339_ts(now), req=req, policy_spec=spec, message=message, facts=facts
         )

@@ -97,7 +97,19 @@ class Outbox:
             if name in self._index:
                 return False
             excess = len(self._index) - self.capacity + 1
-            oldest = sorted(self._index.items(), key=lambda kv: kv[1][0].get("createdAt", 0.0))[: max(0, excess)]
+            # Full: make room from the least important notices first (a flood of cheap `Requested`
+            # notices, which any requester can cause, never evicts a Revoked or ReviewOverdue one);
+            # if everything pending matters more than this notice, this one is dropped instead.
+            rank = _rank(item)
+            candidates = sorted(
+                ((n, held) for n, held in self._index.items() if _rank(held[0]) <= rank),
+                key=lambda kv: (_rank(kv[1][0]), kv[1][0].get("createdAt", 0.0)),
+            )
+            oldest = candidates[: max(0, excess)]
+            if excess > 0 and len(oldest) < excess:
+                notifications_total.labels("dropped").inc()
+                log.warning("notification outbox full (%d): dropped %s %s", self.capacity, item.get("kind"), name)
+                return False
         for old_name, (_, _, uid) in oldest:
             if self._delete(old_name, uid):
                 notifications_total.labels("dropped").inc()
@@ -190,3 +202,11 @@ class Outbox:
 
     def _gauge(self) -> None:
         outbox_depth.set(self.depth())
+
+
+# Which notices a full outbox keeps longest: what approvers and reviewers must act on last.
+_PRIORITY = {"Requested": 0, "Approved": 1, "Issued": 2, "Denied": 3, "Expiring": 4, "Revoked": 5, "ReviewOverdue": 6}
+
+
+def _rank(item: dict[str, Any]) -> int:
+    return _PRIORITY.get(item.get("kind", ""), 0)
