@@ -100,12 +100,22 @@ def _run(settings, verbose: bool) -> int:
     if settings.kubeconfig:
         os.environ["KUBECONFIG"] = settings.kubeconfig
     liveness = f"http://{settings.bind_address}:{settings.health_port}/healthz" if settings.health_port else None
+    rc = 0
     try:
         # The settings travel in kopf's memo (handlers read memo.settings), not in a module global.
         kopf.run(clusterwide=True, standalone=True, liveness_endpoint=liveness, memo=kopf.Memo(settings=settings))
     except KeyboardInterrupt:
         pass
-    return 0
+    except Exception:  # e.g. a watched CRD briefly 404 while kube-apiserver restarts: stop, be restarted
+        logging.getLogger("breakglass").exception("operator stopped on an error")
+        rc = 1
+    # Exit now: a thread still blocked on a dead API server (an admission handler, housekeeping) must
+    # not keep a stopped operator alive and unready. Everything that matters is already in the
+    # cluster (ledger, audit head) or fsync'd; an interrupted pass is a crash the design repairs.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(rc)
 
 
 if __name__ == "__main__":
