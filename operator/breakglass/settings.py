@@ -154,8 +154,10 @@ _OPTIONS = [
     (
         "--notify-outbox-capacity",
         "NOTIFY_OUTBOX_CAPACITY",
-        "most notifications pending at once; beyond it the oldest is dropped (counted)",
+        "most notifications pending at once; beyond it the least important is dropped (counted)",
         int,
+    ),
+    (
         "--alertmanager-url",
         "ALERTMANAGER_URL",
         "default Alertmanager (http(s)://host:port) for policies' autoApprove.whenAlertFiring",
