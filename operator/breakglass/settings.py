@@ -156,6 +156,8 @@ _OPTIONS = [
         "NOTIFY_OUTBOX_CAPACITY",
         "most notifications pending at once; beyond it the oldest is dropped (counted)",
         int,
+    ),
+    (
         "--alertmanager-url",
         "ALERTMANAGER_URL",
         "default Alertmanager (http(s)://host:port) for policies' autoApprove.whenAlertFiring",
