@@ -7,9 +7,11 @@ bob approves, the token Secret appears in the operator namespace (breakglass-sys
 request uid, found through status.secretRef; claims shown, never the token) where only alice can read
 it (dave is refused), the grant works in its namespace and nowhere else, revocation deletes the Secret
 and bites, a deleted and re-filed request of the same name gets nothing until a new approval (under a
-new identity; the old token stays dead), and a short grant expires. Everything is stopped at the end
-(DEMO_KEEP=1 keeps it running and prints how to reach it). The demo uses the TokenReview webhook
-path only (no OIDC flags).
+new identity; the old token stays dead), a short grant expires, and then (hack/demo_incident.py, on a
+real Alertmanager the operator polls) a firing alert approves a request under an incident-gated policy,
+the grant is extended, and the alert's resolution revokes it. Everything is stopped at the end, also on
+failure (DEMO_KEEP=1 keeps it running and prints how to reach it). The demo uses the TokenReview
+webhook path only (no OIDC flags).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import base64
 import json
 import os
 import pathlib
+import signal
 import subprocess
 import sys
 import tempfile
@@ -28,6 +31,8 @@ sys.path.insert(0, str(ROOT / "operator"))
 sys.path.insert(0, str(ROOT / "hack"))
 
 
+import demo_incident  # noqa: E402
+from demo_common import BOLD, DIM, RESET, kb, kb_start, show, step  # noqa: E402
 from harness import (  # noqa: E402
     Operator,
     operator_ports,
@@ -39,23 +44,13 @@ from harness import (  # noqa: E402
 
 from breakglass import tls  # noqa: E402
 
-BOLD, DIM, RESET = ("\033[1m", "\033[2m", "\033[0m") if sys.stdout.isatty() else ("", "", "")
-
-
-def step(n, text):
-    print(f"\n{BOLD}[{n}] {text}{RESET}", flush=True)
-
-
-def show(cmd_text, out):
-    print(f"{DIM}$ {cmd_text}{RESET}")
-    print(out.rstrip())
-
 
 def main() -> int:
     work = pathlib.Path(tempfile.mkdtemp(prefix="breakglass-demo-"))
     ports = operator_ports()
     certs = tls.generate(str(work / "operator-tls"), ["127.0.0.1", "localhost"])
     op = None
+    am = demo_incident.Alertmanager(work / "alertmanager")
     cluster_dir = work / "cluster"
     try:
         step(1, "Start the local control plane (etcd + kube-apiserver + kube-controller-manager, Kubernetes 1.20.2)")
@@ -65,10 +60,13 @@ def main() -> int:
         cluster.kubectl("create", "namespace", "team-db")
         cluster.kubectl("create", "namespace", "payments")
 
-        step(2, "Start breakglass-operator (admission webhooks, TokenReview endpoint, metrics)")
-        op = Operator.on_ports(cluster, work / "operator", ports, certs)
+        step(2, "Start a real Alertmanager, then breakglass-operator (webhooks, TokenReview, metrics) polling it")
+        am.start()
+        print(f"alertmanager up: {am.url}, log {am.log_path}")
+        alert_gate = ["--alertmanager-url", am.url, "--alertmanager-poll-interval", "1s"]
+        op = Operator.on_ports(cluster, work / "operator", ports, certs, extra_args=alert_gate)
         op.start()
-        print(f"operator up: issuer {op.issuer}, log {op.log_path}")
+        print(f"operator up: issuer {op.issuer}, log {op.log_path}   (flags: {' '.join(alert_gate)})")
 
         step(3, "An admin applies the policy prod-db: sre may request, one sre-lead must approve, max 1h")
         cluster.kubectl("apply", "-f", str(ROOT / "examples/policy-prod-db.yaml"))
@@ -296,51 +294,36 @@ def main() -> int:
             "custom-columns=REASON:.reason,OBJECT:.involvedObject.name,MESSAGE:.message",
         )
         show("kubectl get events -n team-db", events.stdout)
+
+        demo_incident.run(cluster, op, am, 11)
+
         audit_lines = op.audit_log.read_text().splitlines()
         print(f"\naudit log: {len(audit_lines)} hash-chained records")
         kb(cluster, "admin", "audit", "verify", str(op.audit_log))
         print(f"\n{BOLD}demo finished: every step above was read back from the apiserver.{RESET}")
-        print(f"final phase of db-outage: {_phase(cluster, 'db-outage')}; quick-look: {_phase(cluster, 'quick-look')}")
+        print(
+            f"final phase of db-outage: {_phase(cluster, 'db-outage')}; quick-look: {_phase(cluster, 'quick-look')}; "
+            f"{demo_incident.REQUEST}: {_phase(cluster, demo_incident.REQUEST)}"
+        )
         if os.environ.get("DEMO_KEEP") == "1":
             print(f"\nDEMO_KEEP=1: still running. export KUBECONFIG={cluster.kubeconfig()}  (Ctrl-C to stop)")
+            print(f"Alertmanager: {am.url}")
             while True:
                 time.sleep(3600)
         return 0
+    except BaseException:
+        if op:  # the work directory (and the logs in it) goes away below: show the tail first
+            print(f"\n--- operator log (tail) ---\n{op.log_tail(40)}", file=sys.stderr)
+        raise
     finally:
         if op:
             op.stop()
+        am.stop()
         stop_cluster(cluster_dir)
         if os.environ.get("DEMO_KEEP") != "1":
             import shutil
 
             shutil.rmtree(work, ignore_errors=True)
-
-
-def kb(cluster, user, *args, stdin=None):
-    """`kubectl breakglass ...` exactly as an SRE types it (the plugin is found on PATH)."""
-    env = dict(os.environ, PATH=f"{ROOT / '.venv' / 'bin'}:{os.environ.get('PATH', '')}")
-    proc = subprocess.run(
-        [cluster.kubectl_bin, "breakglass", "--kubeconfig", cluster.kubeconfig(user), *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        input=stdin,
-    )
-    show(f"kubectl breakglass {' '.join(args)}   # as {user}", (proc.stdout + proc.stderr))
-    return proc
-
-
-def kb_start(cluster, user, *args):
-    """Like kb(), but running in the background (for `request --wait`)."""
-    env = dict(os.environ, PATH=f"{ROOT / '.venv' / 'bin'}:{os.environ.get('PATH', '')}")
-    return subprocess.Popen(
-        [cluster.kubectl_bin, "breakglass", "--kubeconfig", cluster.kubeconfig(user), *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
 
 
 def _grant_client(cluster, kubeconfig):
@@ -383,6 +366,8 @@ def _ready(cluster):
 
 
 if __name__ == "__main__":
+    # make's SIGTERM (or a CI timeout) unwinds like Ctrl-C: main()'s finally stops everything it started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         sys.exit(main())
     except KeyboardInterrupt:
