@@ -78,8 +78,9 @@ class Runtime:
         if self.audit.discrepancy:
             self.audit.record("audit-discrepancy", time=to_rfc3339(utcnow()), problem=self.audit.discrepancy)
             self.audit.discrepancy = None
-        if self.notifier is not None:
-            self.notifier.start()  # loads the outbox a previous leader left, then delivers
+        if self.notifier is not None:  # loads the outbox a previous leader left (a LIST), then delivers:
+            # off the elector's thread, which must keep renewing the lease
+            threading.Thread(target=self.notifier.start, name="notifier-start", daemon=True).start()
         self.queue.start()
         self.drill_queue.start()
         self.expiry.start()
@@ -133,9 +134,12 @@ class Runtime:
         """A full list (start, a relist after 410, the safety resync): refresh the index; when leading,
         route every request and name the ones a missed watch event had left behind."""
         bodies = (body for page in pages for body in page)
+        had_index = self.requests.synced.is_set()  # the first list finds everything "new": no warning
         summaries, behind = self.requests.replace_all(bodies, lambda: getattr(pages, "resource_version", ""))
         if not self.leading:
             return
+        if not had_index:
+            behind = set()
         for req in summaries:
             was_queued = self.queue.queued(req.key)
             why = self.route_safely(req)
