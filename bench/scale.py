@@ -258,6 +258,7 @@ def run(n: int, conc: int, expiring: int = 500, approvals: int = 100) -> dict:
 
         # Each milestone polled on its own thread, timed from the process start.
         checks = {"restart_to_admission_s": op_answers(cluster), "restart_to_gauge_right_s": gauge_right}
+        checks["restart_to_expired_secrets_deleted_s"] = lambda: sum(k in ewatch.deleted for k in estarted) >= expiring
         checks["restart_to_expired_cleanup_s"] = cleaned
 
         def timed(item):
@@ -265,7 +266,7 @@ def run(n: int, conc: int, expiring: int = 500, approvals: int = 100) -> dict:
             wait_for(check, 600, key, interval=0.05)
             return key, round(time.monotonic() - t0, 2)
 
-        with cf.ThreadPoolExecutor(3) as pool:
+        with cf.ThreadPoolExecutor(len(checks)) as pool:
             r.update(dict(pool.map(timed, checks.items())))
         total = n + approvals + expiring
         r["restart_api_requests_per_grant"] = round((sum(delta(api_requests(cluster), calls0).values()) - 1) / total, 3)
