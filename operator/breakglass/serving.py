@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import threading
 
 import kopf
 
@@ -131,3 +133,18 @@ async def stop(rt: Runtime) -> None:
     rt.request_informer.stop()
     rt.token_secrets.stop()
     await rt.endpoints.stop()
+    # Our writes are over. If kopf's own shutdown then hangs (its watchers retrying a kube-apiserver
+    # that is restarting, seen in chaos c), do not linger unready: exit; the restart resumes from the
+    # cluster's state. A normal stop returns from kopf.run well before this fires (__main__ exits 0).
+    timer = threading.Timer(EXIT_GRACE, _exit_now, args=(1,))
+    timer.daemon = True
+    timer.start()
+
+
+EXIT_GRACE = 3.0
+
+
+def _exit_now(code: int) -> None:
+    log.error("kopf did not finish stopping within %.0fs: exiting", EXIT_GRACE)
+    logging.shutdown()
+    os._exit(code)
