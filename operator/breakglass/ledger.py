@@ -52,9 +52,6 @@ class Summary(NamedTuple):
     resource_version: str
     secret: tuple[str, str, str]  # the token Secret's namespace, name, uid (expiry deletes it by uid)
 
-    def get(self, key: str, default: Any = None) -> Any:  # dict-style reads in older callers
-        return {"state": self.state, "kid": self.kid, "jti": self.jti, "policy": self.policy}.get(key, default)
-
 
 def summarize(entry: dict[str, Any]) -> Summary:
     req, secret = entry["request"], entry.get("secret") or {}
