@@ -7,7 +7,7 @@ import logging
 
 import kopf
 
-from . import admission, api, bootstrap, metrics, runtime, serving
+from . import admission, api, bootstrap, metrics, serving, wiring
 from .admission import extensions as ext_admission
 from .domain.durations import utcnow
 from .domain.policy import Verdict
@@ -33,7 +33,7 @@ def login(memo: kopf.Memo, **_):
 @kopf.on.startup()
 async def start_operator(settings: kopf.OperatorSettings, memo: kopf.Memo, **_):
     """Build the services, configure kopf, start queue, endpoints, metrics and the catch-up sweep."""
-    memo.rt = await asyncio.get_running_loop().run_in_executor(None, runtime.build, memo.settings)
+    memo.rt = await asyncio.get_running_loop().run_in_executor(None, wiring.build, memo.settings)
     await serving.start(memo.rt, settings)
 
 

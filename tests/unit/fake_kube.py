@@ -344,7 +344,7 @@ class FakeKube:
 
 
 # =====================================================================================================
-# A small world on top of the fake: operator parts wired as runtime.build wires them, a fixed clock.
+# A small world on top of the fake: operator parts wired as wiring.build wires them, a fixed clock.
 # =====================================================================================================
 OPERATOR_NS = api.DEFAULT_OPERATOR_NAMESPACE
 CREATED = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.UTC)

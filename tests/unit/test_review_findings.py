@@ -241,7 +241,7 @@ def test_a_failed_request_watch_makes_the_request_index_readers_fail_closed():
         raise ApiException(status=500, reason="watch broken")
 
     informer = Informer("requests", pages, watch, rt.on_request_list, rt.on_request_event)
-    rt.attach_request_informer(informer)  # as runtime.build wires it
+    rt.attach_request_informer(informer)  # as wiring.build wires it
     informer.start()
     try:
         deadline = real_time.monotonic() + 5
