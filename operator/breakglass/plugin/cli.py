@@ -1,10 +1,11 @@
-"""`kubectl breakglass`: request, extend, approve, deny, review, revoke, list, status, token, verify, audit, explain.
+"""`kubectl breakglass`: request, extend, approve, deny, review, revoke, list, status, usage, token, verify,
+audit, explain.
 
 Exit codes: 0 ok; 1 the thing asked about is not ok (rejected, invalid token, broken audit chain,
 explain says it would be rejected); 2 usage error; 3 cluster/API error; 4 not found; 5 timed out.
 
 This module is the argument parser and the dispatch; the commands live in commands.py (the request
-lifecycle), verify.py, audit_verify.py and explain.py, cluster access in client.py, printing in output.py.
+lifecycle), usage.py, verify.py, audit_verify.py and explain.py, cluster access in client.py, printing in output.py.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from .commands import (
 )
 from .errors import API_ERROR, NOT_FOUND, NOT_OK, OK, TIMEOUT, USAGE, CliError
 from .explain import cmd_explain
+from .usage import cmd_usage
 from .verify import cmd_verify
 
 __all__ = [
@@ -51,6 +53,7 @@ COMMANDS = {
     "revoke": cmd_revoke,
     "list": cmd_list,
     "status": cmd_status,
+    "usage": cmd_usage,
     "token": cmd_token,
     "explain": cmd_explain,
 }
@@ -95,9 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     for verb, helptext in (
         ("approve", "approve a request"),
         ("deny", "deny a request"),
-        ("review", "close an emergency review"),
+        ("review", "close an emergency review (shows the grant's usage first)"),
         ("revoke", "revoke a grant now"),
         ("status", "show one request"),
+        ("usage", "show what a grant did: request counts, limits left, the recent API actions"),
     ):
         c = sub.add_parser(verb, parents=[common], help=helptext)
         c.add_argument("name")

@@ -1,4 +1,5 @@
-"""The request lifecycle from kubectl: request, approve, deny, review, revoke, list, status, token.
+"""The request lifecycle from kubectl: request, approve, deny, review, revoke, list, status, token
+(`usage` is in usage.py; `review` prints its summary first).
 
 Each command takes the parsed args and a Client and returns the exit code; CliError says what failed.
 """
@@ -16,6 +17,7 @@ from ..domain.scheduling import StartAtError, parse_start_at
 from ..tls import write_private
 from .errors import NOT_OK, OK, TIMEOUT, USAGE, CliError, try_or
 from .output import REQUEST_HEADERS, emit, print_status, print_table, request_row
+from .usage import print_review_summary
 
 
 def start_at_value(text: str, now) -> str:
@@ -144,8 +146,9 @@ def cmd_extend(args, client) -> int:
     return OK
 
 
-def _decide(args, client, decision: str) -> int:
-    client.get_request(args.name)  # a clear "not found" before admission says it
+def _decide(args, client, decision: str, checked: bool = False) -> int:
+    if not checked:
+        client.get_request(args.name)  # a clear "not found" before admission says it
     created = client.create_approval(approval_body(args, client.namespace, decision))
     what = f" extension {args.extension}" if getattr(args, "extension", None) else ""
     print(
@@ -164,7 +167,10 @@ def cmd_deny(args, client) -> int:
 
 
 def cmd_review(args, client) -> int:
-    return _decide(args, client, "Review")
+    """Show the reviewer what the grant did (usage summary and the last actions), then file the review."""
+    print_review_summary(client.get_request(args.name), utcnow())
+    print()
+    return _decide(args, client, "Review", checked=True)
 
 
 def cmd_revoke(args, client) -> int:
