@@ -358,6 +358,22 @@ def write_tokenreview_webhook_config(path: pathlib.Path, https_port: int, ca_fil
     ]
 
 
+def write_audit_webhook_config(path: pathlib.Path, https_port: int, ca_file: str, client=None) -> list[str]:
+    """The kubeconfig kube-apiserver's audit webhook backend uses to POST its EventList batches to the
+    operator's /audit (same listener, CA and client certificate as /authenticate); returns the flags:
+    the shipped policy (grant identities only, Metadata, one event per request) in batch mode, flushed
+    at least every second."""
+    user = {"client-certificate": client.cert_file, "client-key": client.key_file} if client else {}
+    path.write_text(kubeconfig(f"https://127.0.0.1:{https_port}/audit", ca_file, user))
+    return [
+        f"--audit-policy-file={ROOT / 'deploy' / 'audit-policy.yaml'}",
+        f"--audit-webhook-config-file={path}",
+        "--audit-webhook-mode=batch",
+        "--audit-webhook-batch-max-wait=1s",
+        "--audit-webhook-version=audit.k8s.io/v1",
+    ]
+
+
 @contextlib.contextmanager
 def control_plane(
     state_dir: pathlib.Path,

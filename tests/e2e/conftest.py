@@ -12,6 +12,7 @@ from harness import (
     Operator,
     control_plane,
     operator_ports,
+    write_audit_webhook_config,
     write_tokenreview_webhook_config,
 )
 
@@ -44,7 +45,7 @@ def operator_tls(e2e_dir):
 
 @pytest.fixture(scope="session")
 def apiserver_client_cert(e2e_dir):
-    """kube-apiserver authenticates to /authenticate with this client certificate."""
+    """kube-apiserver authenticates to /authenticate and /audit with this client certificate."""
     return tls.generate_client(str(e2e_dir / "apiserver-client"), "kube-apiserver")
 
 
@@ -52,6 +53,10 @@ def apiserver_client_cert(e2e_dir):
 def cluster(e2e_dir, ports, operator_tls, apiserver_client_cert):
     flags = write_tokenreview_webhook_config(
         e2e_dir / "tokenreview-webhook.kubeconfig", ports["https"], operator_tls.ca_file, client=apiserver_client_cert
+    )
+    # The audit webhook backend (batch mode) POSTs grant identities' events to the operator's /audit.
+    flags += write_audit_webhook_config(
+        e2e_dir / "audit-webhook.kubeconfig", ports["https"], operator_tls.ca_file, client=apiserver_client_cert
     )
     with control_plane(e2e_dir / "cluster", flags) as c:
         yield c
