@@ -46,6 +46,22 @@ def d(desc, default=None):
     return out
 
 
+def limits(desc):
+    count = {"type": "integer", "minimum": 1}
+    return obj(
+        desc,
+        {
+            "maxRequests": dict(count, description="Revoke once the grant identity made this many API requests."),
+            "maxWrites": dict(
+                count, description="Revoke once it made this many successful writes (create/update/patch/delete)."
+            ),
+            "idleTimeout": d(
+                "Revoke once unused for this long (at least 10s); measured from the last use, or from issue."
+            ),
+        },
+    )
+
+
 def subjects(desc):
     return obj(
         desc,
@@ -184,6 +200,10 @@ POLICY_SPEC = obj(
                 "maxTotal": d("Longest total grant (original + approved extensions); default: maxDuration."),
             },
         ),
+        "limits": limits(
+            "Use limits of every grant, counted from kube-apiserver's audit events (needs the audit sink, "
+            "see README). Fixed at issue; a request may only lower them."
+        ),
         "tokenDelivery": s(
             "Where the token Secret and its reader Role go. OperatorNamespace (default): the operator's "
             "token namespace, readable only by the requester. RequestNamespace: the request's namespace, "
@@ -261,6 +281,7 @@ REQUEST_SPEC = obj(
             "Scheduled and the token is issued at startAt, valid until startAt + duration. Checked by admission.",
             maxLength=64,
         ),
+        "limits": limits("Lower use limits for this grant than its policy's (admission refuses higher ones)."),
         "revoked": {
             "type": "boolean",
             "default": False,
@@ -311,6 +332,36 @@ REQUEST_STATUS = obj(
             "Where the token Secret is (while Active).",
             {"namespace": s("Namespace of the Secret."), "name": s("Name of the Secret.")},
             nullable=True,
+        ),
+        "usage": obj(
+            "What the grant identity did (kube-apiserver audit events, via the operator's audit sink).",
+            {
+                "requests": {"type": "integer", "description": "API requests made."},
+                "denied": {"type": "integer", "description": "Of which answered 403."},
+                "writes": {"type": "integer", "description": "Successful create/update/patch/delete requests."},
+                "firstUsedAt": dict(RFC3339, description="First use."),
+                "lastUsedAt": dict(RFC3339, description="Last use."),
+                "limits": limits("The grant's effective use limits (fixed at issue)."),
+                "trail": arr(
+                    "The most recent actions (at most 50), oldest first; the audit log (event used) has all.",
+                    obj(
+                        "One action.",
+                        {
+                            "seq": {"type": "integer", "description": "Position among all the grant's requests."},
+                            "time": dict(RFC3339, description="kube-apiserver's stageTimestamp."),
+                            "verb": s("The request verb."),
+                            "resource": s("Resource (empty for non-resource requests)."),
+                            "subresource": s("Subresource."),
+                            "namespace": s("Namespace of the object."),
+                            "name": s("Name of the object."),
+                            "uri": s("Request URI of a non-resource request."),
+                            "code": {"type": "integer", "description": "HTTP status answered."},
+                        },
+                    ),
+                    maxItems=50,
+                ),
+                "trailTotal": {"type": "integer", "description": "Actions in total (the trail shows the last 50)."},
+            },
         ),
         "extensions": arr(
             "Extensions the operator decided (BreakGlassExtension), in order.",

@@ -366,7 +366,7 @@ def write_audit_webhook_config(path: pathlib.Path, https_port: int, ca_file: str
     user = {"client-certificate": client.cert_file, "client-key": client.key_file} if client else {}
     path.write_text(kubeconfig(f"https://127.0.0.1:{https_port}/audit", ca_file, user))
     return [
-        f"--audit-policy-file={ROOT / 'deploy' / 'audit-policy.yaml'}",
+        f"--audit-policy-file={ROOT / 'deploy' / 'kube-apiserver' / 'audit-policy.yaml'}",
         f"--audit-webhook-config-file={path}",
         "--audit-webhook-mode=batch",
         "--audit-webhook-batch-max-wait=1s",

@@ -203,6 +203,20 @@ class AuditLog:
             self.on_append(rec["seq"], rec["hash"])
         return rec
 
+    def record_many(self, event: str, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Append one `event` record per item (no keys), committed in as few batches as fit; returns
+        the sealed records. Raises whatever stopped a batch (earlier batches stay recorded)."""
+        pendings = []
+        for fields in items:
+            body = {"kind": "breakglass.audit", "event": event, **fields}
+            refuse_credentials(body)
+            size = len(json.dumps(body, sort_keys=True, separators=(",", ":"))) + SEAL_OVERHEAD_BYTES
+            pendings.append(Pending(body, None, size))
+        records = [p.record for p in self._commits.submit_many(pendings) if p.record is not None]
+        if records and self.on_append is not None:
+            self.on_append(records[-1]["seq"], records[-1]["hash"])
+        return records
+
     def _commit(self, batch: list[Pending]) -> None:
         """Seal `batch` in order, store it in the head with one write, write it with one fsync."""
         with self._lock:

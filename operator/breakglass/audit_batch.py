@@ -52,8 +52,18 @@ class GroupCommit:
         self._committing = False
 
     def submit(self, pending: Pending) -> Pending:
+        return self.submit_many([pending])[0]
+
+    def submit_many(self, pendings: list[Pending]) -> list[Pending]:
+        """Queue several appends at once (in order) and return once all are committed: a caller with
+        many records shares batches with itself instead of one commit per record."""
         with self._cond:
-            self._queue.append(pending)
+            self._queue.extend(pendings)
+        for pending in pendings:
+            self._await(pending)
+        return pendings
+
+    def _await(self, pending: Pending) -> Pending:
         while True:
             with self._cond:
                 while self._committing and not pending.done:

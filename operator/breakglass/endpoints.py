@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import ssl
+import time
 from typing import Any
 
 from aiohttp import web
@@ -22,6 +23,7 @@ from .review_cache import (
 )
 from .stores import KeyStore, RevocationStore
 from .tokens.jwt_tokens import verify
+from .usage_sink import MAX_BODY, UsageSink
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +98,18 @@ def token_review_response(
     }
 
 
+def reuse_state(result, entry: dict[str, Any] | None) -> str | None:
+    """`revoked` or `expired` when a token the operator really issued (signature good, claims equal
+    to the ledger's) is presented after its grant ended; None for anything else."""
+    if entry is None or not result.claims or result.claims != entry.get("claims"):
+        return None
+    if result.reason == "Expired" or entry.get("state") == "Expired":
+        return "expired"
+    if result.ok and entry.get("state") in ("Revoked", "Failed"):
+        return "revoked"
+    return None
+
+
 class Endpoints:
     def __init__(
         self,
@@ -109,9 +123,10 @@ class Endpoints:
         clock=utcnow,
         cache_entries: int = DEFAULT_MAX_ENTRIES,
         cache_bytes: int = DEFAULT_MAX_BYTES,
+        usage: UsageSink | None = None,
     ):
         self.keys, self.revocations, self.issuer, self.audiences = keys, revocations, issuer, audiences
-        self.ledger, self.clock = ledger, clock
+        self.ledger, self.clock, self.usage = ledger, clock, usage
         # With a client CA, /authenticate answers only callers presenting a certificate it signed
         # (kube-apiserver's webhook kubeconfig); JWKS, discovery and revocations stay public.
         self.client_ca_file = client_ca_file
@@ -123,9 +138,10 @@ class Endpoints:
         self._cache_miss = metrics.token_review_cache_total.labels("miss")
 
     def app(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(client_max_size=MAX_BODY)  # kube-apiserver's audit batches reach ~1 MB
         app.add_routes(
             [
+                web.post("/audit", self.audit),
                 web.get("/.well-known/openid-configuration", self.discovery),
                 web.get("/openid/v1/jwks", self.jwks),
                 web.get("/revocations", self.revoked),
@@ -184,10 +200,39 @@ class Endpoints:
             return web.Response(text="ledger not synced", status=503)
         return web.Response(text="ok")
 
+    @staticmethod
+    def _has_client_cert(request: web.Request) -> bool:
+        """The TLS layer verified it against --client-ca-file (CERT_OPTIONAL: checked when presented)."""
+        return bool(request.transport.get_extra_info("peercert") if request.transport else None)
+
+    async def audit(self, request: web.Request) -> web.Response:
+        """kube-apiserver's audit webhook backend (usage_sink.py). Only callers with a client
+        certificate from --client-ca-file; without that flag nobody (forged events could revoke
+        grants through their use limits)."""
+        started = time.perf_counter()
+        if not self.client_ca_file or not self._has_client_cert(request):
+            metrics.audit_events_total.labels("unauthenticated").inc()
+            why = "client certificate required" if self.client_ca_file else "audit sink needs --client-ca-file"
+            return web.json_response({"error": why}, status=401)
+        if self.usage is None:
+            return web.json_response({"error": "audit sink not running"}, status=503)
+        status, message = self.usage.accept(await request.read())
+        metrics.audit_handling_seconds.observe(time.perf_counter() - started)
+        return web.json_response({"error": message} if status >= 400 else {"status": message}, status=status)
+
+    def _note_reuse(self, result, entry: dict[str, Any] | None) -> None:
+        """A revoked or expired break-glass token presented again: a leaked-token alarm (by jti)."""
+        state = reuse_state(result, entry)
+        if state is None:
+            return
+        policy = entry.get("policy", "") if entry else ""
+        metrics.token_reuse_total.labels(policy, state).inc()
+        if entry is not None and self.usage is not None:
+            self.usage.note_reuse(entry["request"]["uid"], state)
+
     async def authenticate(self, request: web.Request) -> web.Response:
         if self.client_ca_file:
-            peer = request.transport.get_extra_info("peercert") if request.transport else None
-            if not peer:
+            if not self._has_client_cert(request):
                 metrics.token_reviews_total.labels("unauthenticated_caller").inc()
                 return web.json_response(
                     {
@@ -262,10 +307,15 @@ class Endpoints:
             del token
         if result.reason in ("MalformedClaims", "MissingClaim"):  # signed but malformed: 401, never a 500
             return malformed()
-        entry = self.ledger.by_jti(result.claims["jti"]) if result.ok else None
+        signed = result.ok or result.reason == "Expired"  # an expired token's claims are verified too
+        entry = self.ledger.by_jti(result.claims["jti"]) if signed and result.claims else None
         verdict = live_grant_check(result, entry, now)
         if verdict[1] == CLAIMS_MISMATCH:
             return malformed()
+        if not verdict[0]:
+            self._note_reuse(result, entry)
+        elif self.usage is not None and self.usage.exhausted(entry["request"]["uid"]):
+            verdict = (False, "UseLimitReached", "the grant reached its use limit; it is being revoked")
         answer = token_review_response(result, entry, now, api_version, verdict=verdict)
         ok = answer["status"]["authenticated"]
         label = "authenticated" if ok else (answer["status"]["error"].split(":")[0].lower())

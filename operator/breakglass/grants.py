@@ -22,6 +22,7 @@ from .domain.claims import build_claims, new_token_id
 from .domain.decisions import Decision
 from .domain.durations import parse_duration, parse_rfc3339, to_rfc3339
 from .domain.policy import Policy, RequestView, effective_duration
+from .domain.usage import effective_limits
 from .k8s import builders
 from .k8s.client import Conflict, Kube, PermanentError, error_text
 from .ledger import ACTIVE, EXPIRED, FAILED, ISSUING, REVOKED, Ledger
@@ -108,6 +109,9 @@ class Grants:
             "approval": approval,
             "drill": api.is_drill(req),
         }
+        limits = effective_limits(policy.limits, view.limits).as_dict()
+        if limits:
+            entry["limits"] = limits
         entry["objects"] = builders.planned_objects(entry, view.namespaces, view.cluster_roles, token_ns)
         return entry
 

@@ -21,11 +21,12 @@ import sys
 import threading
 import zlib
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 from . import api, metrics
 from .domain.durations import parse_rfc3339
+from .domain.usage import idle_deadline
 from .informer import Informer, version_of
 from .k8s.client import Conflict, Kube
 
@@ -51,6 +52,19 @@ class Summary(NamedTuple):
     cleaned: bool
     resource_version: str
     secret: tuple[str, str, str]  # the token Secret's namespace, name, uid (expiry deletes it by uid)
+    # Use (domain/usage.py): actions counted / audited by the leader, token reuses seen / reported,
+    # when idleness revokes it (POSIX seconds, 0: no idleTimeout), whether it has count limits.
+    uses: int = 0
+    audited: int = 0
+    reuses: int = 0
+    reported: int = 0
+    idle_deadline: float = 0.0
+    limited: bool = False
+
+    @property
+    def usage_settled(self) -> bool:
+        """Every use and token reuse the ledger holds is in the audit log (nothing for the leader)."""
+        return self.uses == self.audited and self.reuses == self.reported
 
 
 def summarize(entry: dict[str, Any]) -> Summary:
@@ -69,7 +83,23 @@ def summarize(entry: dict[str, Any]) -> Summary:
         cleaned=bool(entry.get("cleaned")),
         resource_version=entry.get("resourceVersion") or "",
         secret=(shared(secret.get("namespace", "")), secret.get("name", ""), secret.get("uid", "")),
+        **_usage_fields(entry),
     )
+
+
+def _usage_fields(entry: dict[str, Any]) -> dict[str, Any]:
+    usage, reuse, limits = entry.get("usage") or {}, entry.get("reuse") or {}, entry.get("limits") or {}
+    if not (usage or reuse or limits):
+        return {}
+    deadline = idle_deadline(entry) if entry.get("state") == ACTIVE else None
+    return {
+        "uses": int(usage.get("requests", 0)),
+        "audited": int(usage.get("audited", 0)),
+        "reuses": int(reuse.get("seen", 0)),
+        "reported": int(reuse.get("reported", 0)),
+        "idle_deadline": deadline.timestamp() if deadline else 0.0,
+        "limited": limits.get("maxRequests") is not None or limits.get("maxWrites") is not None,
+    }
 
 
 def entry_from_configmap(cm: dict[str, Any]) -> dict[str, Any] | None:
@@ -136,6 +166,9 @@ class Ledger:
             self._on_event,
         )
         self.synced = self.informer.synced
+        # Called with (old, new) when a grant's use, reuse or idle deadline changed (the leader then
+        # records it, writes status.usage and enforces the limits).
+        self.on_usage: Callable[[Summary | None, Summary], None] | None = None
 
     # ------------------------------------------------------------ reads
     def get(self, uid: str) -> dict[str, Any] | None:
@@ -220,6 +253,24 @@ class Ledger:
                 return  # a stale watch event must not roll back our own newer write
             self._put_locked(summary, text)
         self._gauge()
+        self._usage_changed(old, summary)
+
+    def _usage_changed(self, old: Summary | None, new: Summary) -> None:
+        hook = self.on_usage
+        if hook is None or not (new.uses or new.reuses or new.idle_deadline):
+            return
+        if (
+            old is None
+            or (old.uses, old.reuses, old.idle_deadline, old.state)
+            != (
+                new.uses,
+                new.reuses,
+                new.idle_deadline,
+                new.state,
+            )
+            or not new.usage_settled
+        ):
+            hook(old, new)
 
     def _put_locked(self, summary: Summary, text: bytes) -> None:
         old = self._summary.get(summary.uid)

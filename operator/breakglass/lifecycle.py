@@ -24,12 +24,14 @@ from .domain.approvals import ApprovalView, tally_approvals
 from .domain.durations import parse_rfc3339
 from .domain.policy import Policy, RequestView
 from .domain.status import Outcome, next_status, review_due
+from .domain.usage import status_usage
 from .extensions import Extender
 from .grants import ACTIVE, EXPIRED, FAILED, REVOKED, CleanupIncomplete, Grants, IssueFailed
 from .k8s.client import Kube
 from .ledger import Ledger
 from .recording import Recorder
 from .settings import Settings
+from .usage_records import UsageRecords
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +91,7 @@ class Reconciler:
         self.on_orphans: Callable[[str, str], None] | None = None  # set by the runtime (the sweeper)
         self.alert_gates: AlertGates | None = None  # set by the runtime: the alert gate's snapshot
         self.recorder = Recorder(kube=kube, audit=audit, clock=clock)
+        self.usage: UsageRecords | None = UsageRecords(ledger=ledger, audit=audit, recorder=self.recorder)
         self.extender = Extender(
             kube=kube, ledger=ledger, grants=grants, recorder=self.recorder, settings=settings, clock=clock
         )
@@ -114,6 +117,8 @@ class Reconciler:
         if meta.get("deletionTimestamp"):
             self._on_delete(req, view, entry, old)
             return None
+        if entry is not None and self.usage is not None:  # what the audit sinks folded in: audit it first
+            entry = self.usage.settle(req, entry, now)
         policy_body = self.policies.get(view.policy)
         policy = Policy.from_resource(view.policy, policy_body.get("spec")) if policy_body else None
         created = parse_rfc3339(meta["creationTimestamp"])
@@ -138,6 +143,7 @@ class Reconciler:
         )
         if gates is not None:  # an alert-approved grant whose incident resolved (revokeOnResolve)
             decision = gates.on_active(decision, policy, entry, now)
+        decision = D.within_use_limits(decision, entry, now)
         if decision.action == D.ACTIVE and not self.grants.keys.has_kid(entry["kid"]):
             decision = D.Decision(
                 D.REVOKE,
@@ -178,6 +184,9 @@ class Reconciler:
         new = next_status(old, generation=meta.get("generation"), outcome=outcome, grant=entry, tally=tally, now=now)
         if gates is not None:
             new = gates.annotate(new, policy, meta.get("generation"), now)
+        usage = status_usage(entry)
+        if usage is not None:
+            new["usage"] = usage
         self.recorder.publish(req, view, recorded, new, entry, tally, outcome, now)
         if new != old:
             self._write_status(req, new, old)
@@ -195,7 +204,7 @@ class Reconciler:
         requeue = decision.requeue_at
         if decision.action == D.ACTIVE and grant is not None and requeue == grant.expires_at:
             requeue = None  # an extension may have moved exp: the entry's current exp is added below
-        times = [requeue, review_due(new)]
+        times = [requeue, review_due(new), UsageRecords.reuse_due(entry)]
         if entry and entry["state"] == ACTIVE:
             times.append(parse_rfc3339(entry["expiresAt"]))
         return min([t for t in times if t is not None], default=None)

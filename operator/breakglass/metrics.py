@@ -84,3 +84,32 @@ alertmanager_queries_total = Counter(
     ["result"],
     registry=REGISTRY,
 )
+grant_requests_total = Counter(
+    "breakglass_grant_requests_total",
+    "API requests made by grant identities (kube-apiserver audit events), by class (read, write, denied)",
+    ["policy", "verb_class"],
+    registry=REGISTRY,
+)
+audit_events_total = Counter(
+    "breakglass_audit_events_total",
+    "Audit events the sink received, by result (recorded, ignored, dropped, malformed, unauthenticated)",
+    ["result"],
+    registry=REGISTRY,
+)
+audit_sink_lag_seconds = Gauge(
+    "breakglass_audit_sink_lag_seconds",
+    "Seconds from kube-apiserver's stageTimestamp to receipt, for the oldest event of the latest batch",
+    registry=REGISTRY,
+)
+audit_handling_seconds = Histogram(
+    "breakglass_audit_handling_seconds",
+    "Time the audit sink took to answer one batch",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
+    registry=REGISTRY,
+)
+token_reuse_total = Counter(
+    "breakglass_token_reuse_total",
+    "Presentations of a revoked or expired break-glass token to the TokenReview webhook",
+    ["policy", "state"],
+    registry=REGISTRY,
+)

@@ -169,6 +169,8 @@ class Runtime:
         if grant is not None and grant.state == "Active" and req.phase == api.ACTIVE:
             self.expiry.schedule(req.key, *grant.secret, grant.expires)
             self.queue.add_at(req.key, grant.expires)  # the reconcile that ends it, if the fast path misses
+            if grant.idle_deadline:
+                self.queue.add_at(req.key, grant.idle_deadline)
         due = wake_at(req, now)
         if due is not None:
             self.queue.add_at(req.key, due)
@@ -178,6 +180,16 @@ class Runtime:
         if grant is None or self.token_secrets is None:
             return None
         return self.token_secrets.present(grant.secret[0], grant.secret[2])
+
+    def on_grant_usage(self, _old, grant) -> None:
+        """The ledger holds new use or token reuse of a grant (an audit sink's write): when leading,
+        reconcile it (audit records, status.usage, limits); an idle deadline that moved is re-armed."""
+        if not self.leading:
+            return
+        if not grant.usage_settled:
+            self.enqueue(grant.namespace, grant.name)
+        elif grant.idle_deadline:
+            self.queue.add_at((grant.namespace, grant.name), grant.idle_deadline)
 
     def on_token_secret_deleted(self, namespace: str, name: str) -> None:
         if self.leading:

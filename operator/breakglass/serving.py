@@ -61,6 +61,8 @@ async def start(rt: Runtime, kopf_settings: kopf.OperatorSettings) -> None:
     rt.request_informer.start()
     rt.token_secrets.start()
     rt.tasks.append(asyncio.create_task(_start_queues_when_serving(rt)))
+    if rt.endpoints.usage is not None:
+        rt.endpoints.usage.start()
     await rt.endpoints.start(s.bind_address, s.https_port, rt.tls.cert_file, rt.tls.key_file)
     if s.metrics_port:
         from prometheus_client import start_http_server
@@ -133,6 +135,8 @@ async def stop(rt: Runtime) -> None:
     rt.request_informer.stop()
     rt.token_secrets.stop()
     await rt.endpoints.stop()
+    if rt.endpoints.usage is not None:
+        rt.endpoints.usage.stop()  # a last flush of what was queued (best effort)
     # Our writes are over. If kopf's own shutdown then hangs (its watchers retrying a kube-apiserver
     # that is restarting, seen in chaos c), do not linger unready: exit; the restart resumes from the
     # cluster's state. A normal stop returns from kopf.run well before this fires (__main__ exits 0).

@@ -64,6 +64,10 @@ class Settings:
     # by the leader this often (only for gates some live request uses).
     alertmanager_url: str | None = None
     alertmanager_poll_interval: dt.timedelta = dt.timedelta(seconds=5)
+    # Usage trail (POST /audit): grant actions are folded into the ledger this often at most (grants
+    # with count limits at once); beyond usage_max_pending queued actions a batch is dropped (counted).
+    usage_flush_interval: dt.timedelta = dt.timedelta(seconds=2)
+    usage_max_pending: int = 20_000
 
     @property
     def tokens_namespace(self) -> str:
@@ -182,6 +186,18 @@ _OPTIONS = [
         "the operator's own Kubernetes username (default: found at start from its credentials)",
         str,
     ),
+    (
+        "--usage-flush-interval",
+        "USAGE_FLUSH_INTERVAL",
+        "fold audited grant actions into the ledger this often at most (grants with count limits: at once)",
+        str,
+    ),
+    (
+        "--usage-max-pending",
+        "USAGE_MAX_PENDING",
+        "audit sink bound: queued grant actions beyond this are dropped and counted",
+        int,
+    ),
 ]
 
 
@@ -229,6 +245,7 @@ def from_args(ns: argparse.Namespace) -> Settings:
         "notify_max_age",
         "notify_backoff_cap",
         "alertmanager_poll_interval",
+        "usage_flush_interval",
     ):
         if key in values:
             try:
@@ -250,7 +267,7 @@ def from_args(ns: argparse.Namespace) -> Settings:
     for key in ("admin_groups", "token_audiences", "debug_loggers"):
         if key in values:
             values[key] = tuple(g.strip() for g in values[key].split(",") if g.strip())
-    for key in ("notify_max_attempts", "notify_outbox_capacity"):
+    for key in ("notify_max_attempts", "notify_outbox_capacity", "usage_max_pending"):
         if key in values and values[key] < 1:
             raise SettingsError(f"--{key.replace('_', '-')} must be at least 1")
     if not values.get("token_audiences", defaults.token_audiences):

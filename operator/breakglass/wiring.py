@@ -25,6 +25,7 @@ from .settings import Settings
 from .stores import KeyStore, RevocationStore
 from .sweeper import Sweeper
 from .token_secrets import TokenSecrets
+from .usage_sink import UsageSink
 from .workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
@@ -82,7 +83,13 @@ def build(settings: Settings) -> Runtime:
         index=None,
         policy_names=lambda: holder["rt"].policies.names(),
     )
+    usage = UsageSink(
+        ledger,
+        flush_interval=settings.usage_flush_interval.total_seconds(),
+        max_pending=settings.usage_max_pending,
+    )
     endpoints = Endpoints(
+        usage=usage,
         keys=keys,
         revocations=revocations,
         ledger=ledger,
@@ -144,6 +151,7 @@ def build(settings: Settings) -> Runtime:
         )
     )
     reconciler.on_orphans = sweeper.revoke_orphans_of
+    ledger.on_usage = rt.on_grant_usage
     reconciler.alert_gates = AlertGates(
         default_url=settings.alertmanager_url,
         interval=settings.alertmanager_poll_interval.total_seconds(),

@@ -10,14 +10,14 @@ import pytest
 import yaml
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-DEPLOY_POLICY = ROOT / "deploy" / "audit-policy.yaml"
+DEPLOY_POLICY = ROOT / "deploy" / "kube-apiserver" / "audit-policy.yaml"
 CHART_POLICY = ROOT / "charts" / "breakglass-operator" / "files" / "audit-policy.yaml"
 sys.path.insert(0, str(ROOT / "hack"))
 
 
 def test_deploy_and_the_chart_ship_the_same_audit_policy():
     assert DEPLOY_POLICY.read_bytes() == CHART_POLICY.read_bytes(), (
-        "deploy/audit-policy.yaml and charts/breakglass-operator/files/audit-policy.yaml differ: copy one to the other"
+        "deploy/kube-apiserver/audit-policy.yaml and charts/breakglass-operator/files/audit-policy.yaml differ: copy one to the other"
     )
 
 
@@ -56,7 +56,7 @@ def test_the_harness_points_kube_apiserver_at_the_shipped_policy_and_the_audit_p
 
 
 def test_the_example_webhook_kubeconfig_names_the_audit_path_and_a_client_certificate():
-    config = yaml.safe_load((ROOT / "deploy" / "audit-webhook.kubeconfig.example").read_text())
+    config = yaml.safe_load((ROOT / "deploy" / "kube-apiserver" / "audit-webhook.kubeconfig.example").read_text())
     (cluster,) = config["clusters"]
     assert cluster["cluster"]["server"].endswith(".svc:8443/audit")
     assert cluster["cluster"]["certificate-authority"]

@@ -93,11 +93,15 @@ def needs_reconcile(
         return "emergency review overdue"
     if grant is not None and grant.uid != req.uid:
         return "ledger entry of another request"
+    if grant is not None and not getattr(grant, "usage_settled", True):
+        return "use or token reuse not yet audited"
     if req.phase == api.ACTIVE:
         if grant is None or grant.state != "Active":
             return "status Active but the ledger disagrees"
         if grant.expires <= now:
             return "expired"
+        if getattr(grant, "idle_deadline", 0) and grant.idle_deadline <= now:
+            return "idle timeout reached"
         if not key_known(grant.kid):
             return "signing key lost"
         if secret_present is None:

@@ -22,6 +22,7 @@ from .policy import (
     _matches_any,
 )
 from .scheduling import check_start_at
+from .usage import limit_problems, loosens
 
 MIN_REASON, MAX_REASON = 10, 1024
 
@@ -170,6 +171,14 @@ def check_grants_something(req: RequestView, pol: Policy) -> Verdict:
     return Verdict(True, "GrantNonEmpty", "grant is not empty")
 
 
+def check_limits(req: RequestView, pol: Policy) -> Verdict:
+    """spec.limits may only lower the policy's use limits (maxRequests, maxWrites, idleTimeout)."""
+    problems = limit_problems(req.limits, "spec.limits") + loosens(req.limits, pol.limits)
+    if problems:
+        return Verdict(False, "LimitsExceedPolicy", "; ".join(problems))
+    return Verdict(True, "LimitsOk", "use limits within the policy's")
+
+
 REQUEST_CHECKS: tuple[tuple[str, Callable[[RequestView, Policy], Verdict]], ...] = (
     ("requester", check_requester),
     ("reason", check_reason),
@@ -181,6 +190,7 @@ REQUEST_CHECKS: tuple[tuple[str, Callable[[RequestView, Policy], Verdict]], ...]
     ("ticket", check_ticket),
     ("emergency", check_emergency),
     ("grant", check_grants_something),
+    ("limits", check_limits),
 )
 
 

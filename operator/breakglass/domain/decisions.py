@@ -12,6 +12,7 @@ from .checks import evaluate_request, first_failure
 from .durations import DurationError, format_duration, parse_duration, to_rfc3339
 from .policy import Policy, RequestView, effective_duration, validate_policy
 from .scheduling import scheduled_start
+from .usage import idle_deadline, limit_crossed
 
 WAIT, ISSUE, DENY, FAIL, EXPIRE, REVOKE, NOTHING = "wait", "issue", "deny", "fail", "expire", "revoke", "nothing"
 SCHEDULE = "schedule"  # approved, spec.startAt still ahead: hold the issue until then (phase Scheduled)
@@ -94,6 +95,20 @@ def decide_grant(grant: Grant, *, revoked: bool, secret_present: bool, now: dt.d
     if not secret_present:
         return Decision(REVOKE, "SecretDeleted", "the token Secret was deleted before expiry; the token is revoked")
     return Decision(ACTIVE, "Active", "token is valid", requeue_at=grant.expires_at)
+
+
+def within_use_limits(decision: Decision, entry: dict | None, now: dt.datetime) -> Decision:
+    """An Active grant past its policy's use limits (spec.limits) is revoked; one with an
+    idleTimeout is looked at again when it would turn idle."""
+    if decision.action != ACTIVE or entry is None:
+        return decision
+    crossed = limit_crossed(entry, now)
+    if crossed:
+        return Decision(REVOKE, *crossed)
+    deadline = idle_deadline(entry)
+    if deadline is not None and (decision.requeue_at is None or deadline < decision.requeue_at):
+        return replace(decision, requeue_at=deadline)
+    return decision
 
 
 def decide(

@@ -12,6 +12,7 @@ from typing import Any
 
 from .alert_gate import Gate, validate_gate
 from .durations import DurationError, parse_duration
+from .usage import Limits, limit_problems
 
 DEFAULT_AUDIENCES = ("breakglass",)
 # A scope is one token of the JWT `scope` claim: no whitespace, so it can never carry a second scope.
@@ -59,6 +60,7 @@ class Policy:
     extension_required_approvals: int = 1
     extension_max_total: str | None = None
     alert_gate: Gate | None = None  # spec.autoApprove.whenAlertFiring (+ revokeOnResolve, resolveGrace)
+    limits: Limits = Limits()  # spec.limits: use limits of every grant (domain/usage.py)
 
     @classmethod
     def from_resource(cls, name: str, spec: dict[str, Any] | None) -> Policy:
@@ -91,6 +93,7 @@ class Policy:
             extension_required_approvals=int(extension.get("requiredApprovals", 1)),
             extension_max_total=extension.get("maxTotal") or None,
             alert_gate=Gate.from_spec(spec.get("autoApprove")),
+            limits=Limits.from_spec(spec.get("limits")),
         )
 
     def may_request(self, user: str, groups: Iterable[str]) -> bool:
@@ -170,6 +173,7 @@ def validate_policy(policy: Policy) -> list[Verdict]:
             Verdict(False, "WildcardClusterRole", "spec.allowedClusterRoles must name ClusterRoles; '*' is not allowed")
         )
     problems += [Verdict(False, reason, message) for reason, message in validate_gate(policy.alert_gate)]
+    problems += [Verdict(False, "InvalidLimits", message) for message in limit_problems(policy.limits, "spec.limits")]
     return problems
 
 
@@ -196,6 +200,7 @@ class RequestView:
     revoked: bool = False
     policy: str = ""
     start_at: str | None = None  # spec.startAt as written (RFC 3339); see scheduling.py
+    limits: Limits = Limits()  # spec.limits: may only lower the policy's
 
     @classmethod
     def from_resource(cls, body: dict[str, Any]) -> RequestView:
@@ -216,6 +221,7 @@ class RequestView:
             revoked=bool(spec.get("revoked", False)),
             policy=spec.get("policy") or "",
             start_at=spec.get("startAt"),
+            limits=Limits.from_spec(spec.get("limits")),
         )
 
 

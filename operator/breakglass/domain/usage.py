@@ -1,0 +1,275 @@
+"""What a grant did, and whether it may go on: pure functions over kube-apiserver audit events and
+the ledger entry, `now` injected.
+
+kube-apiserver's audit webhook backend sends one `audit.k8s.io/v1` Event per request of a grant
+identity (the shipped audit policy logs `Metadata` for group `breakglass:grant` only, at
+ResponseComplete/Panic). `parse_event` turns one into an `Action` attributed to a request uid (the
+grant username carries it); `fold` adds actions to the usage kept in the grant's ledger entry
+(counters, a bounded trail with per-grant sequence numbers); `limit_crossed` says whether the
+grant's use limits revoke it now, `idle_deadline` when idleness will.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, NamedTuple
+
+from .. import api
+from .durations import DurationError, parse_duration, parse_rfc3339, to_rfc3339
+
+WRITE_VERBS = frozenset({"create", "update", "patch", "delete", "deletecollection"})
+COUNTED_STAGES = frozenset({"ResponseComplete", "Panic"})
+GRANT_GROUP = api.IDENTITY_PREFIX + api.GRANT_GROUP_CLAIM
+LEDGER_TRAIL_MAX = 200  # the ledger keeps this many recent actions (the leader audits them all first)
+STATUS_TRAIL_MAX = 50  # status.usage.trail shows the most recent ones
+USE_LIMIT_REACHED, IDLE_TIMEOUT = "UseLimitReached", "IdleTimeout"
+READ, WRITE, DENIED = "read", "write", "denied"
+
+
+class MalformedEvent(ValueError):
+    """An audit event without the fields every kube-apiserver event carries."""
+
+
+class Action(NamedTuple):
+    """One API request of a grant identity, as the trail keeps it."""
+
+    uid: str  # the request uid the grant username carries
+    username: str
+    verb: str
+    resource: str
+    subresource: str
+    namespace: str
+    name: str
+    uri: str  # set for non-resource requests (/api, /healthz, ...)
+    code: int
+    time: str  # RFC 3339, kube-apiserver's stageTimestamp
+    audit_id: str
+
+    @property
+    def verb_class(self) -> str:
+        return verb_class(self.verb, self.code)
+
+    def trail_item(self, seq: int) -> dict[str, Any]:
+        item = {
+            "seq": seq,
+            "time": self.time,
+            "verb": self.verb,
+            "resource": self.resource,
+            "subresource": self.subresource,
+            "namespace": self.namespace,
+            "name": self.name,
+            "code": self.code,
+            "uri": self.uri,
+        }
+        return {k: v for k, v in item.items() if v != ""}  # empty fields are left out (status patches)
+
+
+class Limits(NamedTuple):
+    max_requests: int | None = None
+    max_writes: int | None = None
+    idle_timeout: str | None = None  # a duration ("20s", "15m")
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any] | None) -> Limits:
+        spec = spec if isinstance(spec, dict) else {}
+        return cls(spec.get("maxRequests"), spec.get("maxWrites"), spec.get("idleTimeout") or None)
+
+    def as_dict(self) -> dict[str, Any]:
+        pairs = (("maxRequests", self.max_requests), ("maxWrites", self.max_writes), ("idleTimeout", self.idle_timeout))
+        return {k: v for k, v in pairs if v is not None}
+
+
+def verb_class(verb: str, code: int) -> str:
+    if code == 403:
+        return DENIED
+    return WRITE if verb in WRITE_VERBS else READ
+
+
+def grant_uid(username: str) -> str | None:
+    """The request uid a grant username (`breakglass:<namespace>:<name>:<uid>`) carries."""
+    if not username.startswith(api.IDENTITY_PREFIX):
+        return None
+    parts = username[len(api.IDENTITY_PREFIX) :].split(":")
+    return parts[2] if len(parts) == 3 and all(parts) else None
+
+
+def parse_event(event: Any) -> Action | None:
+    """The Action of one audit event, or None when it is not a counted use by a grant identity.
+    Raises MalformedEvent for an event that is not shaped like kube-apiserver's."""
+    if not isinstance(event, dict):
+        raise MalformedEvent("an audit event is not an object")
+    user, stage = event.get("user"), event.get("stage")
+    if not isinstance(user, dict) or not isinstance(stage, str) or not isinstance(event.get("verb"), str):
+        raise MalformedEvent("an audit event lacks user, stage or verb")
+    if stage not in COUNTED_STAGES:
+        return None
+    username, groups = user.get("username"), user.get("groups") or []
+    if not isinstance(username, str) or not isinstance(groups, list) or GRANT_GROUP not in groups:
+        return None
+    uid = grant_uid(username)
+    if uid is None:
+        return None
+    ref = event.get("objectRef") if isinstance(event.get("objectRef"), dict) else {}
+    status = event.get("responseStatus") if isinstance(event.get("responseStatus"), dict) else {}
+    code = status.get("code", 500 if stage == "Panic" else 0)
+    when = event.get("stageTimestamp") or event.get("requestReceivedTimestamp")
+    try:
+        when = to_rfc3339(parse_rfc3339(str(when)))
+    except (TypeError, ValueError) as exc:
+        raise MalformedEvent(f"an audit event has no valid stageTimestamp: {exc}") from None
+    if not isinstance(code, int) or isinstance(code, bool):
+        raise MalformedEvent("an audit event's responseStatus.code is not a number")
+
+    def text(value: Any, limit: int = 253) -> str:
+        return value[:limit] if isinstance(value, str) else ""
+
+    return Action(
+        uid=uid,
+        username=username,
+        verb=text(event["verb"], 32),
+        resource=text(ref.get("resource")),
+        subresource=text(ref.get("subresource")),
+        namespace=text(ref.get("namespace")),
+        name=text(ref.get("name")),
+        uri="" if ref else text(event.get("requestURI"), 512),
+        code=code,
+        time=when,
+        audit_id=text(event.get("auditID"), 64),
+    )
+
+
+def fold(usage: dict[str, Any] | None, actions: list[Action], trail_max: int = LEDGER_TRAIL_MAX) -> dict[str, Any]:
+    """The usage after `actions` (in order): counters, first/last use, and the trail with each
+    action's per-grant sequence number (seq = its position among all of the grant's requests)."""
+    usage = dict(usage or {})
+    requests = int(usage.get("requests", 0))
+    trail = list(usage.get("trail") or [])
+    for action in actions:
+        requests += 1
+        kind = action.verb_class
+        usage["denied"] = int(usage.get("denied", 0)) + (kind == DENIED)
+        usage["writes"] = int(usage.get("writes", 0)) + (kind == WRITE and action.code < 400)
+        if not usage.get("firstUsedAt") or action.time < usage["firstUsedAt"]:
+            usage["firstUsedAt"] = action.time
+        if not usage.get("lastUsedAt") or action.time > usage["lastUsedAt"]:
+            usage["lastUsedAt"] = action.time
+        trail.append(action.trail_item(requests))
+    usage["requests"] = requests
+    usage.setdefault("denied", 0)
+    usage.setdefault("writes", 0)
+    usage.setdefault("audited", 0)
+    usage["trail"] = trail[-trail_max:]
+    return usage
+
+
+def unaudited(usage: dict[str, Any] | None) -> tuple[list[dict[str, Any]], int]:
+    """Trail items the audit log does not hold yet, and how many more were lost to the bounded
+    trail before the leader could record them (0 unless the leader fell far behind)."""
+    usage = usage or {}
+    audited = int(usage.get("audited", 0))
+    items = [i for i in usage.get("trail") or [] if i.get("seq", 0) > audited]
+    first = items[0]["seq"] if items else int(usage.get("requests", 0)) + 1
+    return items, max(0, first - audited - 1)
+
+
+def effective_limits(policy: Limits, request: Limits) -> Limits:
+    """The tighter of each limit (a request may only lower its policy's limits)."""
+
+    def low(a, b):
+        return b if a is None else a if b is None else min(a, b)
+
+    idle = policy.idle_timeout
+    if request.idle_timeout:
+        try:
+            if idle is None or parse_duration(request.idle_timeout) < parse_duration(idle):
+                idle = request.idle_timeout
+        except DurationError:
+            idle = idle or request.idle_timeout  # reported by limit_problems; never looser
+    return Limits(low(policy.max_requests, request.max_requests), low(policy.max_writes, request.max_writes), idle)
+
+
+def limit_problems(limits: Limits, field: str) -> list[str]:
+    """What makes limits unusable, as `field.x: why` messages (empty: fine)."""
+    problems = []
+    for key, value in (("maxRequests", limits.max_requests), ("maxWrites", limits.max_writes)):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            problems.append(f"{field}.{key}: must be a whole number of at least 1, not {value!r}")
+    if limits.idle_timeout is not None:
+        try:
+            if parse_duration(limits.idle_timeout) < dt.timedelta(seconds=10):
+                problems.append(f"{field}.idleTimeout: {limits.idle_timeout} is shorter than the minimum 10s")
+        except DurationError as exc:
+            problems.append(f"{field}.idleTimeout: {exc}")
+    return problems
+
+
+def loosens(request: Limits, policy: Limits) -> list[str]:
+    """Request limits above their policy's (a request may only lower them)."""
+    out = []
+    for key, asked, cap in (
+        ("maxRequests", request.max_requests, policy.max_requests),
+        ("maxWrites", request.max_writes, policy.max_writes),
+    ):
+        if asked is not None and cap is not None and asked > cap:
+            out.append(f"spec.limits.{key} {asked} exceeds the policy's {cap} (a request may only lower it)")
+    if request.idle_timeout and policy.idle_timeout:
+        try:
+            if parse_duration(request.idle_timeout) > parse_duration(policy.idle_timeout):
+                out.append(
+                    f"spec.limits.idleTimeout {request.idle_timeout} exceeds the policy's "
+                    f"{policy.idle_timeout} (a request may only lower it)"
+                )
+        except DurationError:
+            pass  # limit_problems names it
+    return out
+
+
+def idle_deadline(entry: dict[str, Any]) -> dt.datetime | None:
+    """When an unused grant is revoked for idleness: its idleTimeout after its last use (or after
+    it became active, when never used)."""
+    idle = (entry.get("limits") or {}).get("idleTimeout")
+    since = (entry.get("usage") or {}).get("lastUsedAt") or entry.get("activatedAt")
+    if not idle or not since:
+        return None
+    try:
+        return parse_rfc3339(since) + parse_duration(idle)
+    except (DurationError, ValueError):
+        return parse_rfc3339(since)  # unreadable idleTimeout: fail closed (idle at once)
+
+
+def limit_crossed(entry: dict[str, Any], now: dt.datetime) -> tuple[str, str] | None:
+    """(reason, message) when the grant's use limits end it now, else None."""
+    limits, usage = entry.get("limits") or {}, entry.get("usage") or {}
+    for key, used_key, noun in (("maxRequests", "requests", "API requests"), ("maxWrites", "writes", "writes")):
+        cap = limits.get(key)
+        if cap is not None and int(usage.get(used_key, 0)) >= cap:
+            return (
+                USE_LIMIT_REACHED,
+                f"{noun} {usage.get(used_key, 0)} reached the limit {key} {cap}; access is revoked",
+            )
+    deadline = idle_deadline(entry)
+    if deadline is not None and now >= deadline:
+        last = usage.get("lastUsedAt")
+        since = f"last used at {last}" if last else f"never used since {entry.get('activatedAt')}"
+        return IDLE_TIMEOUT, f"not used for idleTimeout {limits.get('idleTimeout')} ({since}); access is revoked"
+    return None
+
+
+def status_usage(entry: dict[str, Any] | None) -> dict[str, Any] | None:
+    """status.usage of the request: the counters, the grant's limits and the most recent trail."""
+    if not entry or not (entry.get("usage") or entry.get("limits")):
+        return None
+    usage = entry.get("usage") or {}
+    out: dict[str, Any] = {
+        "requests": int(usage.get("requests", 0)),
+        "denied": int(usage.get("denied", 0)),
+        "writes": int(usage.get("writes", 0)),
+        "trail": list(usage.get("trail") or [])[-STATUS_TRAIL_MAX:],
+        "trailTotal": int(usage.get("requests", 0)),
+    }
+    for key in ("firstUsedAt", "lastUsedAt"):
+        if usage.get(key):
+            out[key] = usage[key]
+    if entry.get("limits"):
+        out["limits"] = dict(entry["limits"])
+    return out
