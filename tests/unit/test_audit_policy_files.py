@@ -17,7 +17,8 @@ sys.path.insert(0, str(ROOT / "hack"))
 
 def test_deploy_and_the_chart_ship_the_same_audit_policy():
     assert DEPLOY_POLICY.read_bytes() == CHART_POLICY.read_bytes(), (
-        "deploy/kube-apiserver/audit-policy.yaml and charts/breakglass-operator/files/audit-policy.yaml differ: copy one to the other"
+        "deploy/kube-apiserver/audit-policy.yaml and charts/breakglass-operator/files/audit-policy.yaml "
+        "differ: copy one to the other"
     )
 
 
