@@ -356,6 +356,7 @@ REQUEST_STATUS = obj(
                             "name": s("Name of the object."),
                             "uri": s("Request URI of a non-resource request."),
                             "code": {"type": "integer", "description": "HTTP status answered."},
+                            "auditID": s("kube-apiserver's auditID (find the event in its own audit log)."),
                         },
                     ),
                     maxItems=50,

@@ -216,7 +216,18 @@ class Endpoints:
             return web.json_response({"error": why}, status=401)
         if self.usage is None:
             return web.json_response({"error": "audit sink not running"}, status=503)
-        status, message = self.usage.accept(await request.read())
+        status, message, actions = self.usage.parse(await request.read())
+        if status == 200 and actions:
+            if not self.usage.admit(len(actions)):
+                status, message = 503, "audit sink busy: send again later"
+            else:
+                try:
+                    await asyncio.get_running_loop().run_in_executor(self.usage.executor, self.usage.record, actions)
+                except Exception as exc:  # noqa: BLE001 — not stored: kube-apiserver sends the batch again
+                    log.warning("audit batch not stored (%s); kube-apiserver will send it again", type(exc).__name__)
+                    status, message = 503, "not stored: send again"
+                finally:
+                    self.usage.release()
         metrics.audit_handling_seconds.observe(time.perf_counter() - started)
         return web.json_response({"error": message} if status >= 400 else {"status": message}, status=status)
 

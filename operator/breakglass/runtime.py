@@ -187,7 +187,9 @@ class Runtime:
         if not self.leading:
             return
         if not grant.usage_settled:
-            self.enqueue(grant.namespace, grant.name)
+            # at once where a count limit may be crossed; otherwise coalesced: one status write per interval
+            delay = 0.0 if grant.limited or grant.reuses != grant.reported else self.usage_status_interval
+            self.queue.add_at((grant.namespace, grant.name), time.time() + delay)
         elif grant.idle_deadline:
             self.queue.add_at((grant.namespace, grant.name), grant.idle_deadline)
 
@@ -239,6 +241,10 @@ class Runtime:
             metrics.errors_total.labels("drill").inc()
             log.warning("drill %s/%s failed to run: %s", key[0], key[1], error_text(exc))
             raise
+
+    @property
+    def usage_status_interval(self) -> float:
+        return self.settings.usage_status_interval.total_seconds()
 
     @property
     def protected_namespaces(self) -> tuple[str, ...]:

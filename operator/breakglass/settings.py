@@ -64,10 +64,10 @@ class Settings:
     # by the leader this often (only for gates some live request uses).
     alertmanager_url: str | None = None
     alertmanager_poll_interval: dt.timedelta = dt.timedelta(seconds=5)
-    # Usage trail (POST /audit): grant actions are folded into the ledger this often at most (grants
-    # with count limits at once); beyond usage_max_pending queued actions a batch is dropped (counted).
-    usage_flush_interval: dt.timedelta = dt.timedelta(seconds=2)
-    usage_max_pending: int = 20_000
+    # Usage trail (POST /audit): a grant's status.usage is written this often at most (grants with
+    # count limits: at once); beyond audit_sink_max_inflight batches at once the sink answers 503.
+    usage_status_interval: dt.timedelta = dt.timedelta(seconds=2)
+    audit_sink_max_inflight: int = 8
 
     @property
     def tokens_namespace(self) -> str:
@@ -187,15 +187,15 @@ _OPTIONS = [
         str,
     ),
     (
-        "--usage-flush-interval",
-        "USAGE_FLUSH_INTERVAL",
-        "fold audited grant actions into the ledger this often at most (grants with count limits: at once)",
+        "--usage-status-interval",
+        "USAGE_STATUS_INTERVAL",
+        "write a grant's status.usage at most this often (grants with count limits: at once)",
         str,
     ),
     (
-        "--usage-max-pending",
-        "USAGE_MAX_PENDING",
-        "audit sink bound: queued grant actions beyond this are dropped and counted",
+        "--audit-sink-max-inflight",
+        "AUDIT_SINK_MAX_INFLIGHT",
+        "audit batches stored at once; more are answered 503 (kube-apiserver retries) and counted",
         int,
     ),
 ]
@@ -245,7 +245,7 @@ def from_args(ns: argparse.Namespace) -> Settings:
         "notify_max_age",
         "notify_backoff_cap",
         "alertmanager_poll_interval",
-        "usage_flush_interval",
+        "usage_status_interval",
     ):
         if key in values:
             try:
@@ -267,7 +267,7 @@ def from_args(ns: argparse.Namespace) -> Settings:
     for key in ("admin_groups", "token_audiences", "debug_loggers"):
         if key in values:
             values[key] = tuple(g.strip() for g in values[key].split(",") if g.strip())
-    for key in ("notify_max_attempts", "notify_outbox_capacity", "usage_max_pending"):
+    for key in ("notify_max_attempts", "notify_outbox_capacity", "audit_sink_max_inflight"):
         if key in values and values[key] < 1:
             raise SettingsError(f"--{key.replace('_', '-')} must be at least 1")
     if not values.get("token_audiences", defaults.token_audiences):

@@ -1,26 +1,28 @@
 """The audit sink: kube-apiserver's audit webhook backend posts grant identities' requests here.
 
 Every replica serves `POST /audit` (kube-apiserver reaches whichever the Service picks) and does the
-same thing: parse the batch (all or nothing), queue its grant actions in bounded memory, answer at
-once. A flusher thread folds the queued actions into each grant's ledger entry (`usage`: counters and
-a bounded trail with per-grant sequence numbers) with a resourceVersion-guarded write, retried on
-conflict, so replicas never lose each other's counts. The leader sees the ledger change and does the
-rest (`usage_records.py`): audit records, status.usage, limits. TokenReview's sightings of revoked or
-expired tokens travel the same way (`reuse`).
+same: parse the batch (all or nothing), fold its grant actions into each grant's ledger entry
+(`usage`: counters and a bounded trail with per-grant sequence numbers) with a resourceVersion-guarded
+write retried on conflict, and only then answer 200. An acknowledged action is stored; anything else
+is answered 503 and kube-apiserver sends the batch again (a repeat is recognised by auditID), so a
+sink crash or a replica switch delays the count but loses nothing acknowledged. At most
+`max_inflight` batches are handled at once (memory stays bounded; the rest are refused, counted).
 
-A grant that has just reached a count limit is refused by this replica's TokenReview at once
-(`exhausted`), before the leader's revocation lands: the overshoot is the audit batch window.
+The leader sees the ledger change and does the rest (`usage_records.py`): audit records,
+status.usage, limits. TokenReview's sightings of revoked or expired tokens travel the same way
+(`reuse`, written by a small flusher thread). A grant that has just reached a count limit is refused
+by this replica's TokenReview at once (`exhausted`), before the leader's revocation lands.
 """
 
 from __future__ import annotations
 
-import collections
 import datetime as dt
 import json
 import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from . import metrics
@@ -31,9 +33,10 @@ from .ledger import Ledger
 
 log = logging.getLogger(__name__)
 
-MAX_PENDING = 20_000  # queued actions (≈300 B each): beyond this a batch is dropped, and counted
-MAX_BODY = 16 * 1024 * 1024
-WRITE_ATTEMPTS = 5
+MAX_INFLIGHT = 8  # batches being written at once; beyond that 503 (kube-apiserver retries), counted
+MAX_BODY = 16 * 1024 * 1024  # at most 16 batches' bodies in memory (answered 413 beyond one)
+WRITE_ATTEMPTS = 8
+REUSE_COALESCE = 1.0
 
 
 class BadBatch(ValueError):
@@ -71,16 +74,15 @@ class UsageSink:
         self,
         ledger: Ledger,
         *,
-        flush_interval: float = 2.0,
-        max_pending: int = MAX_PENDING,
+        max_inflight: int = MAX_INFLIGHT,
         clock: Callable[[], dt.datetime] = utcnow,
     ):
-        self.ledger, self.flush_interval, self.max_pending, self.clock = ledger, flush_interval, max_pending, clock
+        self.ledger, self.max_inflight, self.clock = ledger, max_inflight, clock
+        self.executor = ThreadPoolExecutor(max_workers=max_inflight, thread_name_prefix="audit-sink")
         self._lock = threading.Lock()
-        self._pending: collections.deque[Action] = collections.deque()
+        self._inflight = 0
         self._reuse: dict[str, dict[str, int]] = {}  # uid -> {state: count} seen by TokenReview
         self._wake = threading.Event()
-        self._urgent = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._exhausted: dict[str, float] = {}  # uid -> exp: count limit reached, refused by TokenReview
@@ -88,91 +90,101 @@ class UsageSink:
         self._ignored = metrics.audit_events_total.labels("ignored")
         self._dropped = metrics.audit_events_total.labels("dropped")
 
-    # ------------------------------------------------------------ receiving (event loop)
-    def accept(self, body: bytes) -> tuple[int, str]:
-        """One POST body: (HTTP status, message). Never blocks on the API server."""
+    # ------------------------------------------------------------ receiving
+    def parse(self, body: bytes) -> tuple[int, str, list[Action]]:
+        """(HTTP status, message, grant actions) of one POST body; counts what it ignores."""
         try:
             actions, ignored, oldest = parse_batch(body)
         except BadBatch as exc:
             metrics.audit_events_total.labels("malformed").inc()
-            return 400, str(exc)
+            return 400, str(exc), []
         self._ignored.inc(ignored)
         if oldest is not None:
             metrics.audit_sink_lag_seconds.set(max(0.0, time.time() - oldest))
-        if not actions:
-            return 200, "ok"
-        urgent = False
+        return 200, "ok", actions
+
+    def admit(self, count: int) -> bool:
+        """Room for one more batch in flight (memory stays bounded; a refused batch is retried by
+        kube-apiserver and counted as dropped here)."""
         with self._lock:
-            if len(self._pending) + len(actions) > self.max_pending:
-                self._dropped.inc(len(actions))
-                log.warning("audit sink full: %d grant action(s) dropped (counted)", len(actions))
-                return 200, "dropped"  # a retry would only make the flood worse
-            self._pending.extend(actions)
-            for action in actions:
-                summary = self.ledger.summary(action.uid)
-                urgent = urgent or bool(summary and summary.limited)
-            self._urgent = self._urgent or urgent
-        self._wake.set()
-        return 200, "ok"
+            if self._inflight >= self.max_inflight:
+                self._dropped.inc(count)
+                return False
+            self._inflight += 1
+            return True
+
+    def release(self) -> None:
+        with self._lock:
+            self._inflight -= 1
+
+    def record(self, actions: list[Action]) -> None:
+        """Fold one batch into the ledger, grant by grant (guarded writes, retried on conflict).
+        Returns once every grant's actions are stored: only then is the batch acknowledged. Raises
+        if one could not be written (the others are; kube-apiserver's retry is deduplicated by
+        auditID)."""
+        by_uid: dict[str, list[Action]] = {}
+        for action in actions:
+            by_uid.setdefault(action.uid, []).append(action)
+        failed: Exception | None = None
+        for uid, mine in by_uid.items():
+            try:
+                self._write(uid, mine, {})
+            except Exception as exc:  # noqa: BLE001 — the others still go in
+                failed = exc
+        if failed is not None:
+            metrics.errors_total.labels("usage").inc()
+            raise failed
 
     def note_reuse(self, uid: str, state: str) -> None:
         """TokenReview saw a revoked or expired token of grant `uid` (the metric is counted there)."""
         with self._lock:
             seen = self._reuse.setdefault(uid, {})
             seen[state] = seen.get(state, 0) + 1
-            self._urgent = True
         self._wake.set()
 
     def exhausted(self, uid: str) -> bool:
         return uid in self._exhausted
 
-    # ------------------------------------------------------------ flushing (own thread)
+    # ------------------------------------------------------------ token reuse (own thread)
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="usage-flush", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="reuse-flush", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
+        self.executor.shutdown(wait=False, cancel_futures=True)
 
     def _run(self) -> None:
         while not self._stop.is_set():
             self._wake.wait()
-            with self._lock:
-                urgent, self._urgent = self._urgent, False
-            if not urgent:  # coalesce: one ledger write per grant per interval at most
-                self._stop.wait(self.flush_interval)
+            self._stop.wait(REUSE_COALESCE)  # a burst of presentations becomes one ledger write
             self._wake.clear()
-            try:
-                self.flush()
-            except Exception as exc:  # noqa: BLE001 — a pass failing must not end the thread
-                metrics.errors_total.labels("usage").inc()
-                log.warning("usage flush failed: %s", error_text(exc))
+            with self._lock:
+                reuse, self._reuse = self._reuse, {}
+            for uid, seen in reuse.items():
+                try:
+                    self._write(uid, [], seen)
+                except Exception as exc:  # noqa: BLE001 — counted in the metric already; retried
+                    log.warning("token reuse of grant %s not recorded yet: %s", uid, error_text(exc))
+                    with self._lock:
+                        for state, count in seen.items():
+                            mine = self._reuse.setdefault(uid, {})
+                            mine[state] = mine.get(state, 0) + count
+                    self._wake.set()
 
-    def flush(self) -> int:
-        """Fold everything queued into the ledger; returns how many grants were written."""
-        with self._lock:
-            actions, self._pending = list(self._pending), collections.deque()
-            reuse, self._reuse = self._reuse, {}
-        by_uid: dict[str, list[Action]] = {}
-        for action in actions:
-            by_uid.setdefault(action.uid, []).append(action)
-        written = 0
-        for uid in by_uid.keys() | reuse.keys():
-            written += self._write(uid, by_uid.get(uid, []), reuse.get(uid, {}))
-        now = time.time()
-        self._exhausted = {u: exp for u, exp in self._exhausted.items() if exp > now}
-        return written
-
-    def _write(self, uid: str, actions: list[Action], reuse: dict[str, int]) -> int:
+    def _write(self, uid: str, actions: list[Action], reuse: dict[str, int]) -> None:
         entry = self.ledger.get(uid) or self.ledger.fetch(uid)
         for _attempt in range(WRITE_ATTEMPTS):
             if entry is None or (actions and entry.get("username") != actions[0].username):
                 self._ignored.inc(len(actions))  # no grant of ours (a purged ledger entry): nothing to count
-                return 0
+                return
             changes: dict[str, Any] = {}
+            before = int((entry.get("usage") or {}).get("requests", 0))
             if actions:
                 changes["usage"] = fold(entry.get("usage"), actions)
+                if changes["usage"]["requests"] == before:
+                    return  # every action already counted (kube-apiserver retried an acknowledged batch)
             if reuse:
                 changes["reuse"] = add_reuse(entry.get("reuse"), reuse, to_rfc3339(self.clock()))
             try:
@@ -180,29 +192,21 @@ class UsageSink:
             except Conflict:
                 entry = self.ledger.fetch(uid)
                 continue
-            except Exception as exc:  # noqa: BLE001 — the API server is away: keep them for the next pass
-                self._requeue(actions, reuse, uid, exc)
-                return 0
-            self._recorded.inc(len(actions))
-            for action in actions:
-                metrics.grant_requests_total.labels(entry.get("policy", ""), action.verb_class).inc()
-            crossed = limit_crossed(stored, self.clock())
-            if crossed and crossed[0] == "UseLimitReached" and stored.get("state") == "Active":
-                self._exhausted[uid] = parse_rfc3339(stored["expiresAt"]).timestamp()
-            return 1
-        self._requeue(actions, reuse, uid, Conflict("ledger entry kept changing"))
-        return 0
+            if actions:
+                self._counted(uid, stored, actions, int(stored["usage"]["requests"]) - before)
+            return
+        raise Conflict(f"ledger entry of grant {uid} kept changing")
 
-    def _requeue(self, actions: list[Action], reuse: dict[str, int], uid: str, exc: Exception) -> None:
-        metrics.errors_total.labels("usage").inc()
-        log.warning("usage of grant %s not written yet (%s): retried next pass", uid, error_text(exc))
-        with self._lock:
-            room = self.max_pending - len(self._pending)
-            kept = actions[:room] if room > 0 else []
-            self._dropped.inc(len(actions) - len(kept))
-            self._pending.extendleft(reversed(kept))
-            for state, count in reuse.items():
-                self._reuse.setdefault(uid, {})[state] = self._reuse.get(uid, {}).get(state, 0) + count
+    def _counted(self, uid: str, stored: dict[str, Any], actions: list[Action], new: int) -> None:
+        self._recorded.inc(new)
+        for action in actions[len(actions) - new :]:
+            metrics.grant_requests_total.labels(stored.get("policy", ""), action.verb_class).inc()
+        crossed = limit_crossed(stored, self.clock())
+        if crossed and crossed[0] == "UseLimitReached" and stored.get("state") == "Active":
+            self._exhausted[uid] = parse_rfc3339(stored["expiresAt"]).timestamp()
+        now = time.time()
+        if len(self._exhausted) > 1000:
+            self._exhausted = {u: exp for u, exp in self._exhausted.items() if exp > now}
 
 
 def add_reuse(old: dict[str, Any] | None, seen: dict[str, int], now: str) -> dict[str, Any]:

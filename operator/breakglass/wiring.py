@@ -83,11 +83,7 @@ def build(settings: Settings) -> Runtime:
         index=None,
         policy_names=lambda: holder["rt"].policies.names(),
     )
-    usage = UsageSink(
-        ledger,
-        flush_interval=settings.usage_flush_interval.total_seconds(),
-        max_pending=settings.usage_max_pending,
-    )
+    usage = UsageSink(ledger, max_inflight=settings.audit_sink_max_inflight)
     endpoints = Endpoints(
         usage=usage,
         keys=keys,

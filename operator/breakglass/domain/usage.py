@@ -60,6 +60,7 @@ class Action(NamedTuple):
             "name": self.name,
             "code": self.code,
             "uri": self.uri,
+            "auditID": self.audit_id,
         }
         return {k: v for k, v in item.items() if v != ""}  # empty fields are left out (status patches)
 
@@ -140,11 +141,16 @@ def parse_event(event: Any) -> Action | None:
 
 def fold(usage: dict[str, Any] | None, actions: list[Action], trail_max: int = LEDGER_TRAIL_MAX) -> dict[str, Any]:
     """The usage after `actions` (in order): counters, first/last use, and the trail with each
-    action's per-grant sequence number (seq = its position among all of the grant's requests)."""
+    action's per-grant sequence number (seq = its position among all of the grant's requests).
+    An action whose auditID the trail already holds is not counted again."""
     usage = dict(usage or {})
     requests = int(usage.get("requests", 0))
     trail = list(usage.get("trail") or [])
+    seen = {item.get("auditID") for item in trail} - {None, ""}
     for action in actions:
+        if action.audit_id and action.audit_id in seen:
+            continue  # kube-apiserver sent this batch again (its answer was lost): counted once
+        seen.add(action.audit_id)
         requests += 1
         kind = action.verb_class
         usage["denied"] = int(usage.get("denied", 0)) + (kind == DENIED)
