@@ -38,6 +38,7 @@ from harness import (
     start_control_plane,
     stop_cluster,
     wait_for,
+    write_audit_webhook_config,
     write_tokenreview_webhook_config,
 )
 from kubernetes import client as k8s
@@ -244,6 +245,9 @@ class ChaosEnv:
         self.lb_webhook = TcpBalancer(_free_port(), [p["webhook"] for p in ports]).start()
         flags = write_tokenreview_webhook_config(
             self.base / "tokenreview.kubeconfig", self.lb_https.port, self.certs.ca_file, client=self.client_cert
+        )
+        flags += write_audit_webhook_config(  # grant identities' requests -> whichever replica the LB picks
+            self.base / "audit-webhook.kubeconfig", self.lb_https.port, self.certs.ca_file, client=self.client_cert
         )
         self.cluster = start_control_plane(self.base / "cluster", flags)
         self._apply_webhook_configurations()

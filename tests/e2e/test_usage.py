@@ -6,42 +6,20 @@ from __future__ import annotations
 
 import json
 import re
-import ssl
 import time
-import urllib.error
-import urllib.request
 
 import pytest
 from harness import secret_token, wait_for
 
 from .scenario import event_reasons, policy, request, token_secret, unique, wait_phase
 from .test_tokens_cluster import plugin
-
-
-class Api:
-    """Raw HTTPS calls with one bearer token (kubectl would add discovery requests to the count)."""
-
-    def __init__(self, cluster, token: str):
-        self.server, self.token = cluster.server, token
-        self.ctx = ssl.create_default_context(cafile=cluster.ca_file)
-
-    def call(self, method: str, path: str, body: dict | None = None) -> int:
-        data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self.server + path, data=data, method=method)
-        req.add_header("Authorization", f"Bearer {self.token}")
-        if data is not None:
-            req.add_header("Content-Type", "application/json")
-        try:
-            with urllib.request.urlopen(req, context=self.ctx, timeout=10) as resp:
-                return resp.status
-        except urllib.error.HTTPError as err:
-            return err.code
+from .tokens_helpers import BearerApi
 
 
 def issue(cluster, ns, pol_name, name, **spec):
     cluster.apply(request(name, ns, pol_name, **spec), user="alice", verb="create")
     obj = wait_phase(cluster, name, ns, "Active")
-    return obj, Api(cluster, secret_token(token_secret(cluster, name, ns)))
+    return obj, BearerApi(cluster, secret_token(token_secret(cluster, name, ns)))
 
 
 def usage_of(cluster, name, ns) -> dict:

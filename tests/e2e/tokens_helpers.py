@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import base64
+import json
 import pathlib
+import ssl
 import subprocess
 import tempfile
+import urllib.error
+import urllib.request
 
 from harness import Cluster, kubeconfig
 
@@ -44,3 +48,23 @@ def unauthorized(proc: subprocess.CompletedProcess) -> bool:
 
 def forbidden(proc: subprocess.CompletedProcess) -> bool:
     return proc.returncode != 0 and "forbidden" in proc.stderr.lower() and "Unauthorized" not in proc.stderr
+
+
+class BearerApi:
+    """Raw HTTPS calls with one bearer token (kubectl would add discovery requests to the count)."""
+
+    def __init__(self, cluster, token: str):
+        self.server, self.token = cluster.server, token
+        self.ctx = ssl.create_default_context(cafile=cluster.ca_file)
+
+    def call(self, method: str, path: str, body: dict | None = None) -> int:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.server + path, data=data, method=method)
+        req.add_header("Authorization", f"Bearer {self.token}")
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(req, context=self.ctx, timeout=10) as resp:
+                return resp.status
+        except urllib.error.HTTPError as err:
+            return err.code
