@@ -21,7 +21,6 @@ import json
 import os
 import pathlib
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,13 +31,28 @@ sys.path.insert(0, str(ROOT / "hack"))
 
 
 import demo_incident  # noqa: E402
-from demo_common import BOLD, DIM, RESET, kb, kb_start, show, step  # noqa: E402
+from demo_common import (  # noqa: E402
+    BOLD,
+    DIM,
+    RESET,
+    grant_client,
+    kb,
+    kb_start,
+    ledger_state,
+    phase,
+    policy_ready,
+    secret_ref,
+    show,
+    show_ledger,
+    step,
+)
 from harness import (  # noqa: E402
     Operator,
     operator_ports,
     start_control_plane,
     stop_cluster,
     wait_for,
+    write_audit_webhook_config,
     write_tokenreview_webhook_config,
 )
 
@@ -54,7 +68,11 @@ def main() -> int:
     cluster_dir = work / "cluster"
     try:
         step(1, "Start the local control plane (etcd + kube-apiserver + kube-controller-manager, Kubernetes 1.20.2)")
-        flags = write_tokenreview_webhook_config(work / "tokenreview.kubeconfig", ports["https"], certs.ca_file)
+        # kube-apiserver calls /authenticate (TokenReview) and /audit (audit webhook: what grants did) with
+        # a client certificate the operator trusts (--client-ca-file)
+        client = tls.generate_client(str(work / "apiserver-client"), "kube-apiserver")
+        flags = write_tokenreview_webhook_config(work / "tokenreview.kubeconfig", ports["https"], certs.ca_file, client)
+        flags += write_audit_webhook_config(work / "audit-webhook.kubeconfig", ports["https"], certs.ca_file, client)
         cluster = start_control_plane(cluster_dir, flags)
         show("kubectl version --short", cluster.kubectl("version", "--short").stdout)
         cluster.kubectl("create", "namespace", "team-db")
@@ -64,13 +82,14 @@ def main() -> int:
         am.start()
         print(f"alertmanager up: {am.url}, log {am.log_path}")
         alert_gate = ["--alertmanager-url", am.url, "--alertmanager-poll-interval", "1s"]
-        op = Operator.on_ports(cluster, work / "operator", ports, certs, extra_args=alert_gate)
+        extra = [*alert_gate, "--client-ca-file", client.ca_file]
+        op = Operator.on_ports(cluster, work / "operator", ports, certs, extra_args=extra)
         op.start()
         print(f"operator up: issuer {op.issuer}, log {op.log_path}   (flags: {' '.join(alert_gate)})")
 
         step(3, "An admin applies the policy prod-db: sre may request, one sre-lead must approve, max 1h")
         cluster.kubectl("apply", "-f", str(ROOT / "examples/policy-prod-db.yaml"))
-        wait_for(lambda: _ready(cluster), 10, "policy Ready")
+        wait_for(lambda: policy_ready(cluster), 10, "policy Ready")
         show("kubectl get breakglasspolicy prod-db", cluster.kubectl("get", "bgp", "prod-db").stdout)
 
         step(4, "It's 3 a.m.: alice (group sre) asks for view in team-db for 30m")
@@ -98,7 +117,7 @@ def main() -> int:
             "--scope",
             "db:read",
         )
-        wait_for(lambda: _phase(cluster, "db-outage") == "Pending", 10, "Pending")
+        wait_for(lambda: phase(cluster, "db-outage") == "Pending", 10, "Pending")
         kb(cluster, "alice", "-n", "team-db", "list")
         req = cluster.get("bgr", "db-outage", "team-db")
         print(
@@ -110,10 +129,10 @@ def main() -> int:
         step(5, "bob (sre-leads) approves")
         t0 = time.monotonic()
         kb(cluster, "bob", "-n", "team-db", "approve", "db-outage", "--comment", "go, page me when done")
-        ref = wait_for(lambda: _secret_ref(cluster, "db-outage"), 10, "status.secretRef", interval=0.05)
+        ref = wait_for(lambda: secret_ref(cluster, "db-outage"), 10, "status.secretRef", interval=0.05)
         wait_for(lambda: cluster.get("secret", ref[1], ref[0]), 10, "the token Secret", interval=0.05)
         print(f"token Secret {ref[0]}/{ref[1]} appeared {time.monotonic() - t0:.2f}s after the approval command")
-        wait_for(lambda: _phase(cluster, "db-outage") == "Active", 10, "Active")
+        wait_for(lambda: phase(cluster, "db-outage") == "Active", 10, "Active")
         kb(cluster, "alice", "-n", "team-db", "status", "db-outage")
         first = cluster.get("bgr", "db-outage", "team-db")
         first_uid, first_user = first["metadata"]["uid"], first["status"]["username"]
@@ -147,7 +166,7 @@ def main() -> int:
         step(7, "The grant works against the cluster: allowed in team-db, forbidden elsewhere")
         kc = work / "grant.kubeconfig"
         kb(cluster, "alice", "-n", "team-db", "token", "db-outage", "--kubeconfig-out", str(kc))
-        grant = _grant_client(cluster, kc)
+        grant = grant_client(cluster, kc)
         r = grant("auth", "can-i", "list", "pods", "-n", "team-db")
         show("kubectl --kubeconfig <grant> auth can-i list pods -n team-db", r.stdout or r.stderr)
         r = grant("get", "pods", "-n", "team-db")
@@ -156,6 +175,9 @@ def main() -> int:
         show("kubectl --kubeconfig <grant> get pods -n payments", r.stderr)
         r = grant("delete", "serviceaccount", "default", "-n", "team-db")
         show("kubectl --kubeconfig <grant> delete sa default -n team-db", r.stderr)
+        print("What did the grant do? kube-apiserver's audit webhook told the operator (one event per request):")
+        wait_for(lambda: _used(cluster, "db-outage") >= 4, 20, "the grant's requests in status.usage")
+        kb(cluster, "bob", "-n", "team-db", "usage", "db-outage")
 
         step(
             8, "Incident over: alice revokes. The Secret in breakglass-system goes at once and the token stops working"
@@ -171,8 +193,10 @@ def main() -> int:
         )
         r = grant("get", "pods", "-n", "team-db")
         show("kubectl --kubeconfig <grant> get pods -n team-db   # once kube-apiserver's auth cache lapses", r.stderr)
+        reuse = wait_for(lambda: _events(cluster, "db-outage", "RevokedTokenUsed"), 20, "the leaked-token alarm")
+        show("kubectl get events -n team-db   # a revoked token presented again: treat it as leaked", reuse[-1])
         kb(cluster, "alice", "verify", "-", stdin=token)  # token on stdin: never on a command line
-        wait_for(lambda: _ledger_state(cluster, first_uid) == "Revoked", 10, "ledger entry Revoked")
+        wait_for(lambda: ledger_state(cluster, first_uid) == "Revoked", 10, "ledger entry Revoked")
         show_ledger(cluster, first_uid)
         show("kubectl get bgr -n team-db", cluster.kubectl("get", "bgr", "-n", "team-db").stdout)
 
@@ -207,14 +231,14 @@ def main() -> int:
             "--role",
             "edit",
         )
-        wait_for(lambda: _phase(cluster, "db-outage") == "Pending", 10, "Pending")
+        wait_for(lambda: phase(cluster, "db-outage") == "Pending", 10, "Pending")
         time.sleep(3)  # give the operator every chance to (wrongly) issue on the old approval
         second = cluster.get("bgr", "db-outage", "team-db")
         second_uid = second["metadata"]["uid"]
         st = second.get("status") or {}
         print(
             f"new uid {second_uid} (was {first_uid}); after 3 s: phase {st.get('phase')}, "
-            f"secretRef {st.get('secretRef')}, ledger entry {_ledger_state(cluster, second_uid)}"
+            f"secretRef {st.get('secretRef')}, ledger entry {ledger_state(cluster, second_uid)}"
         )
         assert st.get("phase") == "Pending" and not st.get("secretRef"), "issued without a new approval"
         assert cluster.get("configmap", f"breakglass-grant-{second_uid}", "breakglass-system") is None
@@ -232,7 +256,7 @@ def main() -> int:
         )
         kb(cluster, "alice", "-n", "team-db", "status", "db-outage")
         kb(cluster, "bob", "-n", "team-db", "approve", "db-outage", "--comment", "ok, edit this time")
-        ref2 = wait_for(lambda: _secret_ref(cluster, "db-outage"), 10, "status.secretRef", interval=0.05)
+        ref2 = wait_for(lambda: secret_ref(cluster, "db-outage"), 10, "status.secretRef", interval=0.05)
         second_user = cluster.get("bgr", "db-outage", "team-db")["status"]["username"]
         print(f"issued only now, on bob's new approval: Secret {ref2[0]}/{ref2[1]}, identity {second_user}")
         assert ref2 != ref and second_user != first_user
@@ -271,16 +295,16 @@ def main() -> int:
             f"{DIM}$ kubectl breakglass -n team-db request ... --name quick-look --duration 10s --wait &"
             f"   # as alice, in the background{RESET}"
         )
-        wait_for(lambda: _phase(cluster, "quick-look") == "Pending", 20, "Pending")
+        wait_for(lambda: phase(cluster, "quick-look") == "Pending", 20, "Pending")
         kb(cluster, "carol", "-n", "team-db", "approve", "quick-look")
         out, err = waiter.communicate(timeout=60)
         show("# the background request --wait returns (progress on stderr, then the Secret on stdout)", err + out)
         ref3 = tuple(out.strip().splitlines()[-1].split("/", 1))
-        assert ref3 == _secret_ref(cluster, "quick-look"), f"--wait printed {out!r}"
-        wait_for(lambda: _phase(cluster, "quick-look") == "Active", 10, "Active")
+        assert ref3 == secret_ref(cluster, "quick-look"), f"--wait printed {out!r}"
+        wait_for(lambda: phase(cluster, "quick-look") == "Active", 10, "Active")
         exp = cluster.get("bgr", "quick-look", "team-db")["status"]["expiresAt"]
         print(f"quick-look is Active until {exp}; waiting...")
-        wait_for(lambda: _phase(cluster, "quick-look") == "Expired", 30, "Expired", interval=0.2)
+        wait_for(lambda: phase(cluster, "quick-look") == "Expired", 30, "Expired", interval=0.2)
         wait_for(lambda: cluster.get("secret", ref3[1], ref3[0]) is None, 10, "Secret deleted at expiry")
         print(f"Secret {ref3[0]}/{ref3[1]} present after expiry: {cluster.get('secret', ref3[1], ref3[0]) is not None}")
         kb(cluster, "alice", "-n", "team-db", "list")
@@ -302,8 +326,9 @@ def main() -> int:
         kb(cluster, "admin", "audit", "verify", str(op.audit_log))
         print(f"\n{BOLD}demo finished: every step above was read back from the apiserver.{RESET}")
         print(
-            f"final phase of db-outage: {_phase(cluster, 'db-outage')}; quick-look: {_phase(cluster, 'quick-look')}; "
-            f"{demo_incident.REQUEST}: {_phase(cluster, demo_incident.REQUEST)}"
+            f"final phase of db-outage: {phase(cluster, 'db-outage')}; "
+            f"quick-look: {phase(cluster, 'quick-look')}; "
+            f"{demo_incident.REQUEST}: {phase(cluster, demo_incident.REQUEST)}"
         )
         if os.environ.get("DEMO_KEEP") == "1":
             print(f"\nDEMO_KEEP=1: still running. export KUBECONFIG={cluster.kubeconfig()}  (Ctrl-C to stop)")
@@ -326,43 +351,14 @@ def main() -> int:
             shutil.rmtree(work, ignore_errors=True)
 
 
-def _grant_client(cluster, kubeconfig):
-    return lambda *a: subprocess.run(
-        [cluster.kubectl_bin, "--kubeconfig", str(kubeconfig), *a], capture_output=True, text=True
-    )
+def _used(cluster, name):
+    return (((cluster.get("bgr", name, "team-db") or {}).get("status") or {}).get("usage") or {}).get("requests", 0)
 
 
-def _secret_ref(cluster, name):
-    """(namespace, name) of the request's token Secret, from status.secretRef (set while Active)."""
-    ref = ((cluster.get("bgr", name, "team-db") or {}).get("status") or {}).get("secretRef")
-    return (ref["namespace"], ref["name"]) if ref else None
-
-
-def _ledger(cluster, uid):
-    cm = cluster.get("configmap", f"breakglass-grant-{uid}", "breakglass-system")
-    return json.loads(cm["data"]["grant.json"]) if cm else None
-
-
-def _ledger_state(cluster, uid):
-    return (_ledger(cluster, uid) or {}).get("state")
-
-
-def show_ledger(cluster, uid):
-    entry = _ledger(cluster, uid) or {}
-    print(f"{DIM}$ kubectl get configmap breakglass-grant-{uid} -n breakglass-system   # the grant ledger{RESET}")
-    print(json.dumps({k: entry.get(k) for k in ("state", "username", "jti", "expiresAt", "secret")}, indent=2))
-
-
-def _phase(cluster, name):
-    obj = cluster.get("bgr", name, "team-db")
-    return (obj or {}).get("status", {}).get("phase")
-
-
-def _ready(cluster):
-    obj = cluster.get("bgp", "prod-db")
-    return any(
-        c["type"] == "Ready" and c["status"] == "True" for c in (obj or {}).get("status", {}).get("conditions", [])
-    )
+def _events(cluster, name, reason):
+    return [
+        f"{e['type']}  {e['reason']}  {e['message']}" for e in cluster.events("team-db", name) if e["reason"] == reason
+    ]
 
 
 if __name__ == "__main__":

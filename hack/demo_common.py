@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import shlex
@@ -53,3 +54,37 @@ def kb_start(cluster, user, *args):
 def phase(cluster, name, namespace="team-db"):
     obj = cluster.get("bgr", name, namespace)
     return ((obj or {}).get("status") or {}).get("phase")
+
+
+def grant_client(cluster, kubeconfig):
+    return lambda *a: subprocess.run(
+        [cluster.kubectl_bin, "--kubeconfig", str(kubeconfig), *a], capture_output=True, text=True
+    )
+
+
+def secret_ref(cluster, name):
+    """(namespace, name) of the request's token Secret, from status.secretRef (set while Active)."""
+    ref = ((cluster.get("bgr", name, "team-db") or {}).get("status") or {}).get("secretRef")
+    return (ref["namespace"], ref["name"]) if ref else None
+
+
+def ledger_entry(cluster, uid):
+    cm = cluster.get("configmap", f"breakglass-grant-{uid}", "breakglass-system")
+    return json.loads(cm["data"]["grant.json"]) if cm else None
+
+
+def ledger_state(cluster, uid):
+    return (ledger_entry(cluster, uid) or {}).get("state")
+
+
+def show_ledger(cluster, uid):
+    entry = ledger_entry(cluster, uid) or {}
+    print(f"{DIM}$ kubectl get configmap breakglass-grant-{uid} -n breakglass-system   # the grant ledger{RESET}")
+    print(json.dumps({k: entry.get(k) for k in ("state", "username", "jti", "expiresAt", "secret")}, indent=2))
+
+
+def policy_ready(cluster):
+    obj = cluster.get("bgp", "prod-db")
+    return any(
+        c["type"] == "Ready" and c["status"] == "True" for c in (obj or {}).get("status", {}).get("conditions", [])
+    )

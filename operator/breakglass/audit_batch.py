@@ -59,8 +59,15 @@ class GroupCommit:
         many records shares batches with itself instead of one commit per record."""
         with self._cond:
             self._queue.extend(pendings)
-        for pending in pendings:
-            self._await(pending)
+        try:
+            for pending in pendings:
+                self._await(pending)
+        except BaseException:
+            with self._cond:  # a failed batch fails the call: its other records are not committed later
+                for pending in pendings:
+                    if not pending.done and pending in self._queue:
+                        self._queue.remove(pending)
+            raise
         return pendings
 
     def _await(self, pending: Pending) -> Pending:

@@ -117,8 +117,6 @@ class Reconciler:
         if meta.get("deletionTimestamp"):
             self._on_delete(req, view, entry, old)
             return None
-        if entry is not None and self.usage is not None:  # what the audit sinks folded in: audit it first
-            entry = self.usage.settle(req, entry, now)
         policy_body = self.policies.get(view.policy)
         policy = Policy.from_resource(view.policy, policy_body.get("spec")) if policy_body else None
         created = parse_rfc3339(meta["creationTimestamp"])
@@ -181,6 +179,8 @@ class Reconciler:
             )
             self.recorder.publish(req, view, old, recorded, None, tally, waiting, now)
         outcome, entry = self._apply(decision, req, view, policy, entry, old, now)
+        if entry is not None and self.usage is not None:  # what the audit sinks folded in (after a revoke:
+            entry = self.usage.settle(req, entry, now)  # ending a grant never waits for its trail)
         new = next_status(old, generation=meta.get("generation"), outcome=outcome, grant=entry, tally=tally, now=now)
         if gates is not None:
             new = gates.annotate(new, policy, meta.get("generation"), now)
@@ -305,6 +305,9 @@ class Reconciler:
                     "Revoked",
                     f"the request was deleted before its scheduled start at {view.start_at}; nothing was issued",
                 )
+        last = self.ledger.get(req["metadata"]["uid"])
+        if last is not None and self.usage is not None:  # its trail is recorded before the request goes
+            self.usage.settle(req, last, self.clock())
         self._remove_finalizer(req)
 
     # ------------------------------------------------------- events & audit

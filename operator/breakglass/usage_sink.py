@@ -175,8 +175,14 @@ class UsageSink:
 
     def _write(self, uid: str, actions: list[Action], reuse: dict[str, int]) -> None:
         entry = self.ledger.get(uid) or self.ledger.fetch(uid)
+        if entry is not None:  # only actions of this grant's identity (the uid alone is not enough)
+            mine = [a for a in actions if a.username == entry.get("username")]
+            self._ignored.inc(len(actions) - len(mine))
+            if actions and not mine and not reuse:
+                return
+            actions = mine
         for _attempt in range(WRITE_ATTEMPTS):
-            if entry is None or (actions and entry.get("username") != actions[0].username):
+            if entry is None:
                 self._ignored.inc(len(actions))  # no grant of ours (a purged ledger entry): nothing to count
                 return
             changes: dict[str, Any] = {}

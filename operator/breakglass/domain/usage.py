@@ -132,7 +132,7 @@ def parse_event(event: Any) -> Action | None:
         subresource=text(ref.get("subresource")),
         namespace=text(ref.get("namespace")),
         name=text(ref.get("name")),
-        uri="" if ref else text(event.get("requestURI"), 512),
+        uri="" if ref else text(event.get("requestURI"), 512).split("?")[0],  # the path, not client parameters
         code=code,
         time=when,
         audit_id=text(event.get("auditID"), 64),
@@ -154,7 +154,7 @@ def fold(usage: dict[str, Any] | None, actions: list[Action], trail_max: int = L
         requests += 1
         kind = action.verb_class
         usage["denied"] = int(usage.get("denied", 0)) + (kind == DENIED)
-        usage["writes"] = int(usage.get("writes", 0)) + (kind == WRITE and action.code < 400)
+        usage["writes"] = int(usage.get("writes", 0)) + (kind == WRITE and 200 <= action.code < 400)
         if not usage.get("firstUsedAt") or action.time < usage["firstUsedAt"]:
             usage["firstUsedAt"] = action.time
         if not usage.get("lastUsedAt") or action.time > usage["lastUsedAt"]:
