@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -29,6 +28,7 @@ from .extensions import Extender
 from .grants import ACTIVE, EXPIRED, FAILED, REVOKED, CleanupIncomplete, Grants, IssueFailed
 from .k8s.client import Kube
 from .ledger import Ledger
+from .policy_cache import PolicyCache
 from .recording import Recorder
 from .settings import Settings
 from .usage_records import UsageRecords
@@ -37,39 +37,6 @@ log = logging.getLogger(__name__)
 
 OWN_WRITES_REMEMBERED = 2048
 PHASE_OF_STATE = {REVOKED: api.REVOKED, EXPIRED: api.EXPIRED, FAILED: api.FAILED}
-
-
-class PolicyCache:
-    """Policies as last seen by the watch, falling back to a GET on a miss (never 'not found' from
-    an unfilled cache). Entries expire after `ttl` seconds as a guard against a missed event."""
-
-    def __init__(self, kube: Kube, ttl: float = 30.0):
-        self.kube, self.ttl = kube, ttl
-        self._lock = threading.Lock()
-        self._items: dict[str, tuple[float, dict[str, Any]]] = {}
-
-    def get(self, name: str) -> dict[str, Any] | None:
-        with self._lock:
-            hit = self._items.get(name)
-            if hit and time.monotonic() - hit[0] < self.ttl:
-                return hit[1]
-        body = self.kube.get_policy(name)
-        if body is not None:
-            self.put(body)
-        return body
-
-    def put(self, body: dict[str, Any]) -> None:
-        with self._lock:
-            self._items[body["metadata"]["name"]] = (time.monotonic(), body)
-
-    def names(self) -> list[str]:
-        """Every policy the watch has shown (the gauges list each, even with no grants)."""
-        with self._lock:
-            return list(self._items)
-
-    def forget(self, name: str) -> None:
-        with self._lock:
-            self._items.pop(name, None)
 
 
 class Reconciler:
