@@ -144,15 +144,6 @@ class Sweeper:
         horizon = self.clock().timestamp() - 60
         return {s.kid for s in self.ledger.summaries() if s.kid and s.state in LIVE_STATES and s.expires > horizon}
 
-    def resync_stale(self, requests: list[dict] | None = None) -> None:
-        """Enqueue requests a missed approval event could leave behind: still Pending or undecided, a
-        spec change not decided yet, or being deleted (from the index; the slow full list catches
-        missed request events)."""
-        index = index_of(requests) if requests is not None else self.index
-        for req in index.all():
-            if req.phase in ("", api.PENDING) or req.deleting or req.observed_generation != req.generation:
-                self.enqueue(req.namespace, req.name)
-
     def refresh_gauges(self, check_overdue: Callable | None = None, requests: list[dict] | None = None) -> None:
         """From the ledger view and the request index: no API call."""
         index = index_of(requests) if requests is not None else self.index

@@ -243,29 +243,6 @@ def test_a_tenant_secret_claiming_a_key_id_does_not_pin_it():
     assert "retired-kid" not in s.sweeper.kids_in_use()
 
 
-# ------------------------------------------------------------------------------------- resync
-def req(name, phase=None, generation=1, observed=1, deleting=False):
-    meta = {"name": name, "namespace": "ns", "generation": generation, "creationTimestamp": "2026-01-01T11:00:00Z"}
-    if deleting:
-        meta["deletionTimestamp"] = "2026-01-01T12:00:00Z"
-    status = {"phase": phase, "observedGeneration": observed} if phase else {}
-    return {"metadata": meta, "status": status}
-
-
-def test_the_resync_picks_up_what_a_missed_watch_event_could_leave_behind():
-    items = [
-        req("new"),
-        req("pending", "Pending"),
-        req("active", "Active"),
-        req("revoked-unseen", "Active", generation=2, observed=1),
-        req("deleting", "Expired", deleting=True),
-        req("done", "Expired"),
-    ]
-    seen = []
-    Sweeper(None, None, None, None, None, None, lambda ns, n: seen.append(n), lambda: NOW).resync_stale(items)
-    assert seen == ["new", "pending", "revoked-unseen", "deleting"]
-
-
 def test_a_grant_issued_after_the_request_list_was_taken_is_not_revoked_as_an_orphan():
     """The sweep's request list may predate a new request: the uid is checked against the API server."""
     s = issued()
