@@ -60,5 +60,9 @@ deploy: venv  ## regenerate deploy/ (the chart rendered with default values)
 bench: venv cluster-build  ## performance figures; `make bench BENCH_ARGS=--scale` for the 10,000-grant Scale table
 	$(PY) bench/bench.py $(BENCH_ARGS)
 
+.PHONY: bench-audit
+bench-audit: venv cluster-build  ## audit sink (#13): throughput, drain, per-call latency sink on/off, /audit ceiling vs raw writes (~2 min)
+	$(PY) bench/audit.py $(BENCH_ARGS)
+
 clean:
 	rm -rf .state build *.egg-info
