@@ -16,6 +16,7 @@ from . import api, metrics
 from .audit import AuditLog
 from .domain.catchup import RequestSummary, needs_reconcile, wake_at
 from .domain.durations import utcnow
+from .domain.usage import LEDGER_TRAIL_MAX
 from .drills import DrillRunner
 from .endpoints import Endpoints
 from .expiry import ExpiryTimer
@@ -37,6 +38,7 @@ from .token_secrets import TokenSecrets
 from .workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
+TRAIL_URGENT = LEDGER_TRAIL_MAX // 4  # unaudited actions that make the leader record them at once
 
 
 @dataclass
@@ -188,7 +190,9 @@ class Runtime:
             return
         if not grant.usage_settled:
             # at once where a count limit may be crossed; otherwise coalesced: one status write per interval
-            delay = 0.0 if grant.limited or grant.reuses != grant.reported else self.usage_status_interval
+            # (and before the ledger's bounded trail could overflow the actions not yet audited)
+            urgent = grant.limited or grant.reuses != grant.reported or grant.uses - grant.audited >= TRAIL_URGENT
+            delay = 0.0 if urgent else self.usage_status_interval
             self.queue.add_at((grant.namespace, grant.name), time.time() + delay)
         elif grant.idle_deadline:
             self.queue.add_at((grant.namespace, grant.name), grant.idle_deadline)

@@ -22,7 +22,7 @@ from breakglass.domain.durations import to_rfc3339
 from breakglass.domain.usage import Action, fold
 from breakglass.k8s.client import Conflict
 from breakglass.ledger import Ledger, summarize
-from breakglass.usage_records import UsageRecords
+from breakglass.usage_records import MARK_ATTEMPTS, UsageRecords
 
 T0 = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.UTC)
 NOW = T0 + dt.timedelta(minutes=10)
@@ -204,12 +204,40 @@ def test_a_sink_writing_meanwhile_makes_the_mark_retry_with_the_fresh_entry_and_
     assert verify_lines(s.lines(), b"k" * 32)[1] is None
 
 
-def test_an_entry_that_keeps_changing_raises_after_a_few_attempts(setup):
+def test_an_entry_that_keeps_changing_raises_after_a_bounded_number_of_attempts_recording_each_action_once(setup):
     s = setup(grant(usage=fold(None, [action(1)])), ledger_cls=MovingLedger)
     with pytest.raises(Conflict):
         s.settle(entry=dict(s.ledger.entry(), resourceVersion="1"))
-    assert s.ledger.conflicts == 5
-    assert {r["useSeq"] for r in s.logged("used")} == {1}, "repeated at most, never a different action"
+    assert s.ledger.conflicts == MARK_ATTEMPTS
+    assert [r["useSeq"] for r in s.logged("used")] == [1], "retries write only the mark, never the records again"
+
+
+class GrowingLedger(FakeLedger):
+    """A sink folds two more actions and one more token reuse in right after our first read."""
+
+    grown = False
+
+    def fetch(self, uid: str) -> dict | None:
+        if not self.grown:
+            self.grown = True
+            stored = self.entry()
+            more = fold(stored.get("usage"), [action(2), action(3)])
+            reuse = dict(stored["reuse"], counts={"revoked": 4}, seen=4)
+            self.move(usage=more, reuse=reuse)
+        return super().fetch(uid)
+
+
+def test_a_mark_lost_to_a_sinks_write_is_retried_recording_only_the_new_actions_and_no_second_event(setup):
+    s = setup(grant(usage=fold(None, [action(1)]), reuse=dict(REUSED)), ledger_cls=GrowingLedger)
+    stale = dict(s.ledger.entry(), resourceVersion="1")  # the view lagged: the first mark write conflicts
+
+    stored = s.settle(entry=stale)
+
+    assert [r["useSeq"] for r in s.logged("used")] == [1, 2, 3]
+    assert stored["usage"]["audited"] == 3
+    assert len(s.logged("token-reuse")) == 1 and len(s.recorder.events) == 1, "one Event a minute"
+    assert stored["reuse"]["reported"] == 3 and stored["reuse"]["eventAt"] == to_rfc3339(NOW)
+    assert UsageRecords.reuse_due(stored) == NOW + dt.timedelta(minutes=1), "the 4th is reported after the minute"
 
 
 def test_an_entry_purged_meanwhile_ends_the_settle_quietly(setup):
