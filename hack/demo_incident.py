@@ -6,86 +6,25 @@ IncidentResolved after the policy's 5 s grace. Waits are polls with deadlines.""
 
 from __future__ import annotations
 
-import datetime as dt
 import json
-import os
-import pathlib
-import signal
 import subprocess
 import time
-import urllib.request
 
+import alertmanager
 import yaml
-from demo_common import DIM, RESET, ROOT, kb, phase, show, step
-from harness import free_port, wait_for
+from demo_common import DIM, RESET, kb, phase, show, step
+from harness import wait_for
 
 POLICY, REQUEST, NS = "prod-db-incident", "pg-down", "team-db"
 LABELS = {"alertname": "PostgresDown", "namespace": NS}
 GRACE = 5  # seconds: the policy's resolveGrace
 
 
-def alertmanager_binary() -> pathlib.Path:
-    out = subprocess.run([str(ROOT / "hack" / "monitoring.sh"), "bin"], capture_output=True, text=True, check=True)
-    return pathlib.Path(out.stdout.strip())
+class Alertmanager(alertmanager.Alertmanager):
+    """The shared Alertmanager (hack/alertmanager.py), plus what the demo shows with amtool."""
 
-
-class Alertmanager:
-    """A real Alertmanager with a null receiver, on a free port, no clustering; stopped by stop()."""
-
-    def __init__(self, workdir: pathlib.Path):
-        self.bin = alertmanager_binary()
-        self.workdir, self.port = workdir, free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = workdir / "alertmanager.log"
-        self.proc = None
-
-    def start(self) -> None:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        config = self.workdir / "alertmanager.yml"
-        config.write_text('route:\n  receiver: "null"\nreceivers:\n  - name: "null"\n')
-        cmd = [
-            str(self.bin / "alertmanager"),
-            f"--config.file={config}",
-            f"--storage.path={self.workdir / 'data'}",
-            f"--web.listen-address=127.0.0.1:{self.port}",
-            "--cluster.listen-address=",
-        ]
-        with open(self.log_path, "a") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-
-        def ready():
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"alertmanager exited with {self.proc.returncode}: {self.log_path.read_text()}")
-            with urllib.request.urlopen(f"{self.url}/-/ready", timeout=2) as r:
-                return r.status == 200
-
-        wait_for(ready, 30, "alertmanager to be ready", interval=0.1)
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-
-    def post(self, labels: dict, ends_in: float) -> str:
-        """POST one alert to /api/v2/alerts (ends_in=0: resolved now); returns the body sent."""
-        now = dt.datetime.now(dt.UTC)
-        alert = {
-            "labels": labels,
-            "annotations": {"summary": "primary database of team-db is down"},
-            "startsAt": (now - dt.timedelta(seconds=1)).isoformat(timespec="seconds"),
-            "endsAt": (now + dt.timedelta(seconds=ends_in)).isoformat(timespec="seconds"),
-        }
-        body = json.dumps([alert])
-        req = urllib.request.Request(
-            f"{self.url}/api/v2/alerts", data=body.encode(), headers={"Content-Type": "application/json"}
-        )
-        with urllib.request.urlopen(req, timeout=5) as r:
-            assert r.status == 200, r.status
-        return body
+    def post(self, labels: dict, ends_in: float, annotations: dict | None = None) -> str:
+        return super().post(labels, ends_in, annotations or {"summary": "primary database of team-db is down"})
 
     def amtool_query(self) -> str:
         cmd = [str(self.bin / "amtool"), f"--alertmanager.url={self.url}", "alert", "query", "alertname=PostgresDown"]

@@ -8,17 +8,12 @@ The module runs its own operator (same ports, TLS and cluster as the session one
 
 from __future__ import annotations
 
-import datetime as dt
-import json
-import os
 import re
-import signal
-import subprocess
 import time
-import urllib.request
 
 import pytest
-from harness import Operator, free_port, wait_for
+from alertmanager import Alertmanager
+from harness import Operator, wait_for
 
 from .scenario import approve, condition, event_reasons, policy, request, token_secret, unique, wait_phase
 from .security_helpers import audit_records
@@ -28,64 +23,13 @@ POLL = "1s"  # the operator's --alertmanager-poll-interval in this module
 GRACE = 3  # seconds: the policies' resolveGrace
 
 
-class Alertmanager:
-    def __init__(self, binary, workdir):
-        self.binary, self.workdir = binary, workdir
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "alertmanager.yml").write_text('route:\n  receiver: "null"\nreceivers:\n  - name: "null"\n')
-        self.log_path = workdir / "alertmanager.log"
-        self.proc = None
-
-    def start(self):
-        cmd = [
-            str(self.binary),
-            f"--config.file={self.workdir / 'alertmanager.yml'}",
-            f"--storage.path={self.workdir / 'data'}",
-            f"--web.listen-address=127.0.0.1:{self.port}",
-            "--cluster.listen-address=",
-        ]
-        with open(self.log_path, "a") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-
-        def ready():
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"alertmanager exited with {self.proc.returncode}: {self.log_path.read_text()}")
-            with urllib.request.urlopen(f"{self.url}/-/ready", timeout=2) as r:
-                return r.status == 200
-
-        wait_for(ready, 30, "alertmanager to be ready", interval=0.1)
-
-    def stop(self):
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(timeout=15)
-
-    def post(self, labels: dict, ends_in: float) -> None:
-        now = dt.datetime.now(dt.UTC)
-        alert = {
-            "labels": labels,
-            "startsAt": (now - dt.timedelta(seconds=1)).isoformat(),
-            "endsAt": (now + dt.timedelta(seconds=ends_in)).isoformat(),
-        }
-        req = urllib.request.Request(
-            f"{self.url}/api/v2/alerts",
-            data=json.dumps([alert]).encode(),
-            headers={"Content-Type": "application/json"},
-            method="POST",
-        )
-        with urllib.request.urlopen(req, timeout=5) as r:
-            assert r.status == 200
-
-
 @pytest.fixture(scope="module")
 def gated(cluster, operator, e2e_dir, ports, operator_tls, apiserver_client_cert):
     """(alertmanager, operator with --alertmanager-url)."""
-    binary = monitoring_bin() / "alertmanager"
-    if not binary.is_file():
-        pytest.skip(f"no alertmanager binary at {binary} (hack/monitoring.sh install)")
-    am = Alertmanager(binary, e2e_dir / f"alertmanager-{unique('am')}")
+    bin_dir = monitoring_bin()
+    if not (bin_dir / "alertmanager").is_file():
+        pytest.skip(f"no alertmanager binary in {bin_dir} (hack/monitoring.sh install)")
+    am = Alertmanager(e2e_dir / f"alertmanager-{unique('am')}", bin_dir)
     am.start()
     operator.stop()
     op = Operator.on_ports(
