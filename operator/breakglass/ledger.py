@@ -17,89 +17,23 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 import threading
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from typing import Any, NamedTuple
+from typing import Any
 
 from . import api, metrics
 from .domain.durations import parse_rfc3339
-from .domain.usage import idle_deadline
 from .informer import Informer, version_of
 from .k8s.client import Conflict, Kube
+from .ledger_summary import Summary, summarize
 
 log = logging.getLogger(__name__)
 
 ISSUING, ACTIVE, FAILED, REVOKED, EXPIRED = "Issuing", "Active", "Failed", "Revoked", "Expired"
 LIVE_STATES = frozenset({ISSUING, ACTIVE})
 SELECTOR = f"{api.MANAGED_BY_LABEL}={api.MANAGED_BY},{api.LEDGER_LABEL}=grant"
-
-
-class Summary(NamedTuple):
-    """What housekeeping scans for every grant, without parsing the whole entry."""
-
-    uid: str
-    namespace: str
-    name: str
-    state: str
-    jti: str
-    kid: str
-    policy: str
-    expires: float  # exp as a POSIX timestamp
-    drill: bool
-    cleaned: bool
-    resource_version: str
-    secret: tuple[str, str, str]  # the token Secret's namespace, name, uid (expiry deletes it by uid)
-    # Use (domain/usage.py): actions counted / audited by the leader, token reuses seen / reported,
-    # when idleness revokes it (POSIX seconds, 0: no idleTimeout), whether it has count limits.
-    uses: int = 0
-    audited: int = 0
-    reuses: int = 0
-    reported: int = 0
-    idle_deadline: float = 0.0
-    limited: bool = False
-
-    @property
-    def usage_settled(self) -> bool:
-        """Every use and token reuse the ledger holds is in the audit log (nothing for the leader)."""
-        return self.uses == self.audited and self.reuses == self.reported
-
-
-def summarize(entry: dict[str, Any]) -> Summary:
-    req, secret = entry["request"], entry.get("secret") or {}
-    shared = sys.intern  # namespaces, states, kids and policies repeat across thousands of grants
-    return Summary(
-        uid=req["uid"],
-        namespace=shared(req["namespace"]),
-        name=req["name"],
-        state=shared(entry.get("state", "")),
-        jti=entry.get("jti", ""),
-        kid=shared(entry.get("kid", "")),
-        policy=shared(entry.get("policy", "")),
-        expires=parse_rfc3339(entry["expiresAt"]).timestamp(),
-        drill=bool(entry.get("drill")),
-        cleaned=bool(entry.get("cleaned")),
-        resource_version=entry.get("resourceVersion") or "",
-        secret=(shared(secret.get("namespace", "")), secret.get("name", ""), secret.get("uid", "")),
-        **_usage_fields(entry),
-    )
-
-
-def _usage_fields(entry: dict[str, Any]) -> dict[str, Any]:
-    usage, reuse, limits = entry.get("usage") or {}, entry.get("reuse") or {}, entry.get("limits") or {}
-    if not (usage or reuse or limits):
-        return {}
-    deadline = idle_deadline(entry) if entry.get("state") == ACTIVE else None
-    return {
-        "uses": int(usage.get("requests", 0)),
-        "audited": int(usage.get("audited", 0)),
-        "reuses": int(reuse.get("seen", 0)),
-        "reported": int(reuse.get("reported", 0)),
-        "idle_deadline": deadline.timestamp() if deadline else 0.0,
-        "limited": limits.get("maxRequests") is not None or limits.get("maxWrites") is not None,
-    }
 
 
 def entry_from_configmap(cm: dict[str, Any]) -> dict[str, Any] | None:
@@ -127,6 +61,14 @@ def configmap_for(namespace: str, entry: dict[str, Any]) -> dict[str, Any]:
         "metadata": meta,
         "data": {api.LEDGER_KEY: json.dumps(body, sort_keys=True)},
     }
+
+
+USE_FIELDS = frozenset({"usage", "reuse"})  # written by the audit sinks of every replica
+USE_RETRIES = 10
+
+
+def _beyond_use(entry: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in entry.items() if k not in USE_FIELDS and k != "resourceVersion"}
 
 
 def is_live(entry: dict[str, Any] | None, now) -> bool:
@@ -231,12 +173,24 @@ class Ledger:
         return stored, created
 
     def update(self, entry: dict[str, Any], **changes: Any) -> dict[str, Any]:
-        """Write `changes` guarded by the entry's resourceVersion (Conflict if it moved)."""
-        new = dict(entry, **changes)
-        cm = self.kube.replace_configmap(configmap_for(self.namespace, new))
-        stored = entry_from_configmap(cm)
-        self._remember(stored)
-        return stored
+        """Write `changes` guarded by the entry's resourceVersion (Conflict if it moved). A move of
+        the use fields alone (an audit sink of any replica folding actions in) is no conflict for a
+        write that does not touch them: it is made again on the fresh entry, keeping its use."""
+        for _attempt in range(USE_RETRIES):
+            try:
+                cm = self.kube.replace_configmap(configmap_for(self.namespace, dict(entry, **changes)))
+            except Conflict:
+                if USE_FIELDS & changes.keys():
+                    raise  # the caller merges use itself (usage_sink, usage_records)
+                fresh = self.fetch(entry["request"]["uid"])
+                if fresh is None or _beyond_use(fresh) != _beyond_use(entry):
+                    raise  # something else changed the grant: the caller decides again
+                entry = fresh
+                continue
+            stored = entry_from_configmap(cm)
+            self._remember(stored)
+            return stored
+        raise Conflict(f"ledger entry {api.ledger_name(entry['request']['uid'])} kept changing its use")
 
     def delete(self, entry: dict[str, Any]) -> None:
         cm = self.kube.read("ConfigMap", self.namespace, api.ledger_name(entry["request"]["uid"]))

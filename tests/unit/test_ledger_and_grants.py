@@ -385,11 +385,31 @@ def test_one_failing_delete_does_not_keep_the_other_objects_alive():
 def test_a_failing_ledger_write_on_revoke_still_deletes_everything_then_raises():
     world = World()
     entry = active(world)
-    world.kube.fail("replace", "ConfigMap", exc=Conflict("changed meanwhile"))
+    world.kube.fail("replace", "ConfigMap", exc=ConnectionError("kube-apiserver unreachable"))
+    with pytest.raises(ConnectionError):
+        world.grants.end(entry, "Revoked", "Revoked", "x")
+    assert not world.grant_objects()
+    assert world.revocations.published == []
+
+
+def test_a_revoke_racing_another_writer_of_the_grant_deletes_everything_and_leaves_the_decision_to_the_next_pass():
+    world = World()
+    entry = active(world)
+    world.ledger.update(entry, reason="someone else")  # e.g. another replica ended it meanwhile
     with pytest.raises(Conflict):
         world.grants.end(entry, "Revoked", "Revoked", "x")
     assert not world.grant_objects()
     assert world.revocations.published == []
+
+
+def test_a_revoke_racing_an_audit_sink_keeps_the_use_it_folded_in_and_succeeds():
+    world = World()
+    entry = active(world)
+    world.ledger.update(entry, usage={"requests": 3, "audited": 0})  # a sink's write: the view is behind
+    ended = world.grants.end(entry, "Revoked", "UseLimitReached", "x")
+    assert ended["state"] == "Revoked" and ended["cleaned"]
+    assert ended["usage"] == {"requests": 3, "audited": 0}
+    assert world.revocations.published and not world.grant_objects()
 
 
 def test_the_secret_counts_as_present_only_while_it_is_the_one_we_created():
