@@ -371,6 +371,8 @@ def write_audit_webhook_config(path: pathlib.Path, https_port: int, ca_file: str
         "--audit-webhook-mode=batch",
         "--audit-webhook-batch-max-wait=1s",
         "--audit-webhook-version=audit.k8s.io/v1",
+        # a batch the sink answered 503 (busy, or a ledger write failed) comes back after 1 s, not 10 s
+        "--audit-webhook-initial-backoff=1s",
     ]
 
 

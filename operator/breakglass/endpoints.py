@@ -13,6 +13,7 @@ from aiohttp import web
 
 from . import api, metrics
 from .domain.durations import utcnow
+from .domain.usage import purged_policy, reuse_state
 from .ledger import Ledger, is_live
 from .review_cache import (
     DEFAULT_MAX_BYTES,
@@ -98,18 +99,6 @@ def token_review_response(
     }
 
 
-def reuse_state(result, entry: dict[str, Any] | None) -> str | None:
-    """`revoked` or `expired` when a token the operator really issued (signature good, claims equal
-    to the ledger's) is presented after its grant ended; None for anything else."""
-    if entry is None or not result.claims or result.claims != entry.get("claims"):
-        return None
-    if result.reason == "Expired" or entry.get("state") == "Expired":
-        return "expired"
-    if result.ok and entry.get("state") in ("Revoked", "Failed"):
-        return "revoked"
-    return None
-
-
 class Endpoints:
     def __init__(
         self,
@@ -138,7 +127,7 @@ class Endpoints:
         self._cache_miss = metrics.token_review_cache_total.labels("miss")
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=MAX_BODY)  # kube-apiserver's audit batches reach ~1 MB
+        app = web.Application()  # 1 MiB bodies; /audit reads its own (MAX_BODY) after admission
         app.add_routes(
             [
                 web.post("/audit", self.audit),
@@ -216,18 +205,21 @@ class Endpoints:
             return web.json_response({"error": why}, status=401)
         if self.usage is None:
             return web.json_response({"error": "audit sink not running"}, status=503)
-        status, message, actions = self.usage.parse(await request.read())
-        if status == 200 and actions:
-            if not self.usage.admit(len(actions)):
-                status, message = 503, "audit sink busy: send again later"
-            else:
-                try:
-                    await asyncio.get_running_loop().run_in_executor(self.usage.executor, self.usage.record, actions)
-                except Exception as exc:  # noqa: BLE001 — not stored: kube-apiserver sends the batch again
-                    log.warning("audit batch not stored (%s); kube-apiserver will send it again", type(exc).__name__)
-                    status, message = 503, "not stored: send again"
-                finally:
-                    self.usage.release()
+        length = request.content_length
+        if length is None or length > MAX_BODY:
+            metrics.audit_events_total.labels("malformed").inc()
+            return web.json_response({"error": f"a batch needs a Content-Length of at most {MAX_BODY}"}, status=413)
+        if not self.usage.admit():  # before the body is read: memory stays bounded by max in flight
+            return web.json_response({"error": "audit sink busy: send again later"}, status=503)
+        try:
+            body = await request.content.readexactly(length)
+            status, message = await asyncio.get_running_loop().run_in_executor(
+                self.usage.executor, self.usage.handle, body
+            )
+        except asyncio.IncompleteReadError:
+            status, message = 400, "body shorter than its Content-Length"
+        finally:
+            self.usage.release()
         metrics.audit_handling_seconds.observe(time.perf_counter() - started)
         return web.json_response({"error": message} if status >= 400 else {"status": message}, status=status)
 
@@ -236,7 +228,7 @@ class Endpoints:
         state = reuse_state(result, entry)
         if state is None:
             return
-        policy = entry.get("policy", "") if entry else ""
+        policy = entry.get("policy", "") if entry else purged_policy(result.claims)
         metrics.token_reuse_total.labels(policy, state).inc()
         if entry is not None and self.usage is not None:
             self.usage.note_reuse(entry["request"]["uid"], state)

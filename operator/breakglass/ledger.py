@@ -127,7 +127,8 @@ class Ledger:
         return entry_from_configmap(cm) if cm else None
 
     def by_jti(self, jti: str) -> dict[str, Any] | None:
-        """The whole entry of a jti (read-only: shared with other readers)."""
+        """The entry of a jti without its use fields (usage, reuse: up to ~100 KB parsed, which a
+        cache of 1,024 hot entries must not hold) — for TokenReview; read-only, never written back."""
         with self._lock:
             uid = self._by_jti.get(jti)
             text = self._text.get(uid) if uid else None
@@ -137,7 +138,7 @@ class Ledger:
             if hit is not None and hit.get("resourceVersion") == self._summary[uid].resource_version:
                 self._parsed.move_to_end(uid)
                 return hit
-        entry = _unpack(text)
+        entry = {k: v for k, v in _unpack(text).items() if k not in USE_FIELDS}
         with self._lock:
             self._parsed[uid] = entry
             while len(self._parsed) > PARSED_CACHE:

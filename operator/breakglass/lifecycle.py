@@ -23,10 +23,10 @@ from .domain.approvals import ApprovalView, tally_approvals
 from .domain.durations import parse_rfc3339
 from .domain.policy import Policy, RequestView
 from .domain.status import Outcome, next_status, review_due
-from .domain.usage import status_usage
+from .domain.usage import IDLE_TIMEOUT, status_usage
 from .extensions import Extender
 from .grants import ACTIVE, EXPIRED, FAILED, REVOKED, CleanupIncomplete, Grants, IssueFailed
-from .k8s.client import Kube
+from .k8s.client import Kube, error_text
 from .ledger import Ledger
 from .policy_cache import PolicyCache
 from .recording import Recorder
@@ -108,7 +108,11 @@ class Reconciler:
         )
         if gates is not None:  # an alert-approved grant whose incident resolved (revokeOnResolve)
             decision = gates.on_active(decision, policy, entry, now)
-        decision = D.within_use_limits(decision, entry, now)
+        limited = D.within_use_limits(decision, entry, now)
+        if limited.reason == IDLE_TIMEOUT:  # the view may lag a use another replica's sink just stored
+            entry = self.ledger.fetch(meta["uid"]) or entry
+            limited = D.within_use_limits(decision, entry, now)
+        decision = limited
         if decision.action == D.ACTIVE and not self.grants.keys.has_kid(entry["kid"]):
             decision = D.Decision(
                 D.REVOKE,
@@ -146,8 +150,14 @@ class Reconciler:
             )
             self.recorder.publish(req, view, old, recorded, None, tally, waiting, now)
         outcome, entry = self._apply(decision, req, view, policy, entry, old, now)
+        usage_retry = None
         if entry is not None and self.usage is not None:  # what the audit sinks folded in (after a revoke:
-            entry = self.usage.settle(req, entry, now)  # ending a grant never waits for its trail)
+            try:  # ending a grant never waits for its trail)
+                entry = self.usage.settle(req, entry, now)
+            except Exception as exc:  # noqa: BLE001 — the status still says what happened; retried soon
+                metrics.errors_total.labels("usage").inc()
+                log.warning("recording the use of %s/%s failed: %s", namespace, name, error_text(exc))
+                usage_retry = now + dt.timedelta(seconds=1)
         new = next_status(old, generation=meta.get("generation"), outcome=outcome, grant=entry, tally=tally, now=now)
         if gates is not None:
             new = gates.annotate(new, policy, meta.get("generation"), now)
@@ -171,7 +181,7 @@ class Reconciler:
         requeue = decision.requeue_at
         if decision.action == D.ACTIVE and grant is not None and requeue == grant.expires_at:
             requeue = None  # an extension may have moved exp: the entry's current exp is added below
-        times = [requeue, review_due(new), UsageRecords.reuse_due(entry)]
+        times = [requeue, review_due(new), UsageRecords.reuse_due(entry), usage_retry]
         if entry and entry["state"] == ACTIVE:
             times.append(parse_rfc3339(entry["expiresAt"]))
         return min([t for t in times if t is not None], default=None)

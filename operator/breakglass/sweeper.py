@@ -30,6 +30,7 @@ from .request_index import RequestIndex
 from .stores import KeyStore, RevocationStore
 
 log = logging.getLogger(__name__)
+UNSETTLED_RETENTION = dt.timedelta(days=1)
 RETENTION = dt.timedelta(minutes=10)
 
 
@@ -80,9 +81,11 @@ class Sweeper:
                     self.grants.cleanup(entry)
                     self.ledger.update(entry, cleaned=True)
                     acted += 1
-                elif stamp > s.expires + RETENTION.total_seconds() and (
-                    req is None or req.phase in api.TERMINAL_PHASES
-                ):
+                elif (
+                    stamp > s.expires + RETENTION.total_seconds()
+                    and (req is None or req.phase in api.TERMINAL_PHASES)
+                    and (s.usage_settled or stamp > s.expires + UNSETTLED_RETENTION.total_seconds())
+                ):  # its trail audited first (unless the leader could not for a day)
                     self.ledger.delete({"request": {"uid": s.uid}, "resourceVersion": s.resource_version})
             except Exception as exc:  # one entry must not stop the others
                 metrics.errors_total.labels("sweep").inc()

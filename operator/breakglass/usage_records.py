@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import threading
 from collections import OrderedDict
 from typing import Any
 
@@ -36,16 +37,19 @@ class UsageRecords:
         # ledger's marks until a mark write wins against the sinks' writes: a retry records only
         # what is new and never repeats an Event. Bounded; a new leader starts from the marks.
         self._through: OrderedDict[str, tuple[int, int, str]] = OrderedDict()
+        self._lock = threading.Lock()
 
     def _known(self, uid: str) -> tuple[int, int, str]:
-        return self._through.get(uid, (0, 0, ""))
+        with self._lock:
+            return self._through.get(uid, (0, 0, ""))
 
     def _remember(self, uid: str, used: int, reported: int, event_at: str = "") -> None:
-        old = self._known(uid)
-        self._through[uid] = (max(old[0], used), max(old[1], reported), max(old[2], event_at))
-        self._through.move_to_end(uid)
-        while len(self._through) > REMEMBERED_GRANTS:
-            self._through.popitem(last=False)
+        with self._lock:  # reconcile workers of different grants share it
+            old = self._through.get(uid, (0, 0, ""))
+            self._through[uid] = (max(old[0], used), max(old[1], reported), max(old[2], event_at))
+            self._through.move_to_end(uid)
+            while len(self._through) > REMEMBERED_GRANTS:
+                self._through.popitem(last=False)
 
     def settle(self, req: dict[str, Any], entry: dict[str, Any], now: dt.datetime) -> dict[str, Any]:
         """Audit what the ledger holds beyond its marks; returns the entry as stored afterwards.

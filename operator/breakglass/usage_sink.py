@@ -27,16 +27,21 @@ from typing import Any
 
 from . import metrics
 from .domain.durations import parse_rfc3339, to_rfc3339, utcnow
-from .domain.usage import Action, MalformedEvent, fold, limit_crossed, parse_event
+from .domain.usage import UNAUDITED_MAX, Action, MalformedEvent, fold, limit_crossed, parse_event
 from .k8s.client import Conflict, error_text
 from .ledger import Ledger
 
 log = logging.getLogger(__name__)
 
 MAX_INFLIGHT = 8  # batches being written at once; beyond that 503 (kube-apiserver retries), counted
-MAX_BODY = 16 * 1024 * 1024  # at most 16 batches' bodies in memory (answered 413 beyond one)
+MAX_BODY = 4 * 1024 * 1024  # one batch (kube-apiserver's default 400 Metadata events ≈ 0.5 MB); 413 beyond
 WRITE_ATTEMPTS = 8
 REUSE_COALESCE = 1.0
+ENDED_SLACK = dt.timedelta(seconds=2)  # requests authenticated just before the grant ended
+
+
+class SinkBusy(RuntimeError):
+    """Not stored now (too much not audited yet): answered 503, kube-apiserver sends it again."""
 
 
 class BadBatch(ValueError):
@@ -48,7 +53,7 @@ def parse_batch(body: bytes) -> tuple[list[Action], int, float | None]:
     All or nothing: any malformed event rejects the whole batch."""
     try:
         doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise BadBatch(f"body is not JSON: {exc}") from None
     if not isinstance(doc, dict) or doc.get("kind") != "EventList" or not isinstance(doc.get("items"), list):
         raise BadBatch("body is not an audit.k8s.io EventList (kind EventList with items)")
@@ -103,11 +108,13 @@ class UsageSink:
             metrics.audit_sink_lag_seconds.set(max(0.0, time.time() - oldest))
         return 200, "ok", actions
 
-    def admit(self, count: int) -> bool:
-        """Room for one more batch in flight (memory stays bounded; a refused batch is retried by
-        kube-apiserver and counted as dropped here)."""
+    def admit(self, count: int = 0) -> bool:
+        """Room for one more batch in flight, asked before its body is read (memory stays bounded;
+        kube-apiserver resends a refused batch). Counted as `busy` (batches), and its `count`
+        events, when known, as `dropped`."""
         with self._lock:
             if self._inflight >= self.max_inflight:
+                metrics.audit_events_total.labels("busy").inc()
                 self._dropped.inc(count)
                 return False
             self._inflight += 1
@@ -116,6 +123,23 @@ class UsageSink:
     def release(self) -> None:
         with self._lock:
             self._inflight -= 1
+
+    def handle(self, body: bytes) -> tuple[int, str]:
+        """One admitted POST body, off the event loop: (HTTP status, message). 200 only once every
+        grant action in it is stored; 503 (kube-apiserver resends) when one could not be."""
+        status, message, actions = self.parse(body)
+        if status != 200 or not actions:
+            return status, message
+        try:
+            self.record(actions)
+        except SinkBusy as exc:
+            self._dropped.inc(len(actions))
+            log.warning("audit batch refused: %s", exc)
+            return 503, "busy: send again later"
+        except Exception as exc:  # noqa: BLE001 — not stored: kube-apiserver sends the batch again
+            log.warning("audit batch not stored (%s); kube-apiserver will send it again", error_text(exc))
+            return 503, "not stored: send again"
+        return 200, "ok"
 
     def record(self, actions: list[Action]) -> None:
         """Fold one batch into the ledger, grant by grant (guarded writes, retried on conflict).
@@ -186,13 +210,19 @@ class UsageSink:
                 self._ignored.inc(len(actions))  # no grant of ours (a purged ledger entry): nothing to count
                 return
             changes: dict[str, Any] = {}
-            before = int((entry.get("usage") or {}).get("requests", 0))
+            usage = entry.get("usage") or {}
+            before = int(usage.get("requests", 0))
+            late = reuse_after_end(entry, actions)
             if actions:
-                changes["usage"] = fold(entry.get("usage"), actions)
-                if changes["usage"]["requests"] == before:
-                    return  # every action already counted (kube-apiserver retried an acknowledged batch)
-            if reuse:
-                changes["reuse"] = add_reuse(entry.get("reuse"), reuse, to_rfc3339(self.clock()))
+                changes["usage"] = fold(usage, actions)
+                if changes["usage"] == usage and not late and not reuse:
+                    return  # every action already counted (kube-apiserver resent an acknowledged batch)
+                backlog = int(changes["usage"]["requests"]) - int(usage.get("audited", 0))
+                if backlog > UNAUDITED_MAX:  # the leader is far behind: refuse (503), kube-apiserver resends
+                    raise SinkBusy(f"grant {uid} has {backlog} actions the leader has not audited yet")
+            if reuse or late:
+                seen = {**reuse, **{k: reuse.get(k, 0) + v for k, v in late.items()}}
+                changes["reuse"] = add_reuse(entry.get("reuse"), seen, to_rfc3339(self.clock()))
             try:
                 stored = self.ledger.update(entry, **changes)
             except Conflict:
@@ -209,10 +239,23 @@ class UsageSink:
             metrics.grant_requests_total.labels(stored.get("policy", ""), action.verb_class).inc()
         crossed = limit_crossed(stored, self.clock())
         if crossed and crossed[0] == "UseLimitReached" and stored.get("state") == "Active":
-            self._exhausted[uid] = parse_rfc3339(stored["expiresAt"]).timestamp()
-        now = time.time()
-        if len(self._exhausted) > 1000:
-            self._exhausted = {u: exp for u, exp in self._exhausted.items() if exp > now}
+            now = time.time()
+            with self._lock:
+                if len(self._exhausted) > 1000:
+                    self._exhausted = {u: exp for u, exp in self._exhausted.items() if exp > now}
+                self._exhausted[uid] = parse_rfc3339(stored["expiresAt"]).timestamp()
+
+
+def reuse_after_end(entry: dict[str, Any], actions: list[Action]) -> dict[str, int]:
+    """Actions of a grant that had ended (beyond a short slack for requests in flight) are token
+    reuse too: on the OIDC path and within kube-apiserver's own 10 s success cache TokenReview never
+    sees them, the audit events do."""
+    ended = entry.get("endedAt")
+    if not ended or entry.get("state") not in ("Revoked", "Expired") or not actions:
+        return {}
+    cutoff = to_rfc3339(parse_rfc3339(ended) + ENDED_SLACK)
+    late = sum(1 for a in actions if a.time > cutoff)
+    return {"revoked" if entry["state"] == "Revoked" else "expired": late} if late else {}
 
 
 def add_reuse(old: dict[str, Any] | None, seen: dict[str, int], now: str) -> dict[str, Any]:

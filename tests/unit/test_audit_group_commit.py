@@ -280,19 +280,19 @@ def test_a_batch_that_finds_the_chain_forked_follows_the_head_and_reseals_the_wh
     assert verify_against_head(lines, cms.head(), KEY) == (5, None)
 
 
-def test_a_batch_holds_at_most_32_records(tmp_path):
+def test_a_batch_holds_at_most_max_batch_records_records(tmp_path):
     cms, path = GatedConfigMap(), tmp_path / "audit.log"
     log = _log(cms, path)
     cms.hold(0)
     callers = Callers(log)
     callers.start("first", queued=False)
     cms.wait_held(0)
-    for n in range(40):
+    for n in range(MAX_BATCH_RECORDS + 8):
         callers.start(f"r{n}")
     cms.release(0)
     callers.join()
     assert [len(head_records(json.loads(raw))) for raw in cms.heads] == [1, MAX_BATCH_RECORDS, 8]
-    assert verify_against_head(_lines(path), cms.head(), KEY) == (41, None)
+    assert verify_against_head(_lines(path), cms.head(), KEY) == (MAX_BATCH_RECORDS + 9, None)
 
 
 def test_large_records_are_split_into_batches_that_keep_the_head_well_under_one_mebibyte(tmp_path):

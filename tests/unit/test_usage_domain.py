@@ -264,16 +264,32 @@ def test_sequence_numbers_continue_across_folds():
     assert (usage["requests"], usage["writes"]) == (3, 1)
 
 
-def test_the_trail_keeps_the_most_recent_actions_while_the_counters_keep_everything():
+def test_the_trail_keeps_every_action_the_leader_has_not_audited_yet():
     usage = U.fold(None, [action(n) for n in range(1, U.LEDGER_TRAIL_MAX + 51)])
     assert usage["requests"] == U.LEDGER_TRAIL_MAX + 50
+    assert [i["seq"] for i in usage["trail"]] == list(range(1, U.LEDGER_TRAIL_MAX + 51))
+
+
+def test_once_audited_the_trail_keeps_the_most_recent_actions_while_the_counters_keep_everything():
+    usage = U.fold(None, [action(n) for n in range(1, U.LEDGER_TRAIL_MAX + 51)])
+    usage = U.fold(dict(usage, audited=U.LEDGER_TRAIL_MAX + 50), [action(U.LEDGER_TRAIL_MAX + 51)])
+    assert usage["requests"] == U.LEDGER_TRAIL_MAX + 51
     assert len(usage["trail"]) == U.LEDGER_TRAIL_MAX
-    assert (usage["trail"][0]["seq"], usage["trail"][-1]["seq"]) == (51, U.LEDGER_TRAIL_MAX + 50)
+    assert (usage["trail"][0]["seq"], usage["trail"][-1]["seq"]) == (52, U.LEDGER_TRAIL_MAX + 51)
 
 
-def test_a_smaller_trail_bound_is_honoured():
-    usage = U.fold(None, [action(n) for n in range(1, 6)], trail_max=2)
-    assert [i["seq"] for i in usage["trail"]] == [4, 5]
+def test_a_smaller_trail_bound_is_honoured_for_audited_actions():
+    usage = dict(U.fold(None, [action(n) for n in range(1, 6)]), audited=5)
+    assert [i["seq"] for i in U.fold(usage, [action(6)], trail_max=2)["trail"]] == [5, 6]
+
+
+def test_a_batch_share_sent_again_after_many_newer_actions_is_still_counted_once():
+    first = [action(1), action(2)]
+    usage = U.fold(None, first)
+    for n in range(3, 3 + 3 * U.LEDGER_TRAIL_MAX, 10):  # 60 batches of 10: the auditIDs left the trail
+        usage = dict(U.fold(usage, [action(n + i) for i in range(10)]), audited=n + 9)
+    assert "audit-1" not in {i["auditID"] for i in usage["trail"]}
+    assert U.fold(usage, first) == usage
 
 
 def test_a_batch_sent_again_is_counted_once():
@@ -313,8 +329,10 @@ def test_a_trail_item_leaves_out_empty_fields():
 
 # ------------------------------------------------------------------------------------ unaudited
 def usage_of(requests: int, audited: int, trail_max: int = U.LEDGER_TRAIL_MAX) -> dict:
-    usage = U.fold(None, [action(n) for n in range(1, requests + 1)], trail_max=trail_max)
-    return dict(usage, audited=audited)
+    """`requests` actions of which `audited` are audited, the trail cut to `trail_max` (as a ledger
+    entry from before the trail kept every unaudited action would hold it)."""
+    usage = U.fold(None, [action(n) for n in range(1, requests + 1)])
+    return dict(usage, audited=audited, trail=usage["trail"][-trail_max:])
 
 
 @pytest.mark.parametrize(

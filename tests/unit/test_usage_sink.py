@@ -459,6 +459,8 @@ def signed_entry(state: str, claims: dict | None = CLAIMS) -> dict:
         (result(claims=None), signed_entry("Revoked"), None),
         (result(False, "BadSignature"), signed_entry("Revoked"), None),
         (result(False, "Revoked"), signed_entry("Revoked"), None),
+        (result(False, "Expired", {**CLAIMS, "breakglass": {"policy": "prod"}}), None, "expired"),
+        (result(False, "Expired"), None, None),
     ],
     ids=[
         "a verified token of a revoked grant: revoked",
@@ -474,9 +476,11 @@ def signed_entry(state: str, claims: dict | None = CLAIMS) -> dict:
         "a result without claims: nothing to attribute",
         "a bad signature is no token of ours",
         "a token refused for another reason is not counted",
+        "an expired token of ours whose ledger entry was purged: expired, by the policy it names",
+        "an expired token naming no policy: nothing to attribute",
     ],
 )
-def test_reuse_state(verified, entry, state):
+def test_a_token_presented_after_its_grant_ended_is_classified_as_reuse(verified, entry, state):
     assert reuse_state(verified, entry) == state
 
 

@@ -12,12 +12,16 @@ grant's use limits revoke it now, `idle_deadline` when idleness will.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from typing import Any, NamedTuple
 
 from .. import api
 from .durations import DurationError, parse_duration, parse_rfc3339, to_rfc3339
 
 WRITE_VERBS = frozenset({"create", "update", "patch", "delete", "deletecollection"})
+SESSION_SUBRESOURCES = frozenset({"exec", "attach", "portforward", "proxy"})
+BATCH_MARKS = 64  # batch shares remembered per grant (a resend is recognised among these)
+UNAUDITED_MAX = 2000  # actions the ledger holds for the leader to audit; beyond, the sink refuses (503)
 COUNTED_STAGES = frozenset({"ResponseComplete", "Panic"})
 GRANT_GROUP = api.IDENTITY_PREFIX + api.GRANT_GROUP_CLAIM
 LEDGER_TRAIL_MAX = 200  # the ledger keeps this many recent actions (the leader audits them all first)
@@ -47,7 +51,7 @@ class Action(NamedTuple):
 
     @property
     def verb_class(self) -> str:
-        return verb_class(self.verb, self.code)
+        return verb_class(self.verb, self.code, self.subresource)
 
     def trail_item(self, seq: int) -> dict[str, Any]:
         item = {
@@ -80,10 +84,12 @@ class Limits(NamedTuple):
         return {k: v for k, v in pairs if v is not None}
 
 
-def verb_class(verb: str, code: int) -> str:
+def verb_class(verb: str, code: int, subresource: str = "") -> str:
+    """denied (403), write (a mutating verb, or a session into a pod: exec/attach/portforward/proxy,
+    whatever verb the client upgraded with), else read."""
     if code == 403:
         return DENIED
-    return WRITE if verb in WRITE_VERBS else READ
+    return WRITE if verb in WRITE_VERBS or subresource in SESSION_SUBRESOURCES else READ
 
 
 def grant_uid(username: str) -> str | None:
@@ -139,22 +145,34 @@ def parse_event(event: Any) -> Action | None:
     )
 
 
+def batch_mark(actions: list[Action]) -> str:
+    """A short fingerprint of one grant's share of one audit batch: kube-apiserver resends a batch
+    unchanged, so a resend carries the same mark (however many newer actions came meanwhile)."""
+    return hashlib.sha256(",".join(a.audit_id for a in actions).encode()).hexdigest()[:16]
+
+
 def fold(usage: dict[str, Any] | None, actions: list[Action], trail_max: int = LEDGER_TRAIL_MAX) -> dict[str, Any]:
     """The usage after `actions` (in order): counters, first/last use, and the trail with each
     action's per-grant sequence number (seq = its position among all of the grant's requests).
-    An action whose auditID the trail already holds is not counted again."""
+    Counted once: a batch share whose mark is among the grant's last BATCH_MARKS, or an action whose
+    auditID the trail holds, was counted before. The trail keeps every action the leader has not
+    audited yet, and at least the last `trail_max`."""
     usage = dict(usage or {})
+    marks = list(usage.get("batches") or [])
+    mark = batch_mark(actions) if actions else ""
+    if mark and mark in marks:
+        return usage  # kube-apiserver sent this batch again (our answer was lost or refused)
     requests = int(usage.get("requests", 0))
     trail = list(usage.get("trail") or [])
     seen = {item.get("auditID") for item in trail} - {None, ""}
     for action in actions:
         if action.audit_id and action.audit_id in seen:
-            continue  # kube-apiserver sent this batch again (its answer was lost): counted once
+            continue
         seen.add(action.audit_id)
         requests += 1
         kind = action.verb_class
         usage["denied"] = int(usage.get("denied", 0)) + (kind == DENIED)
-        usage["writes"] = int(usage.get("writes", 0)) + (kind == WRITE and 200 <= action.code < 400)
+        usage["writes"] = int(usage.get("writes", 0)) + (kind == WRITE and succeeded(action.code))
         if not usage.get("firstUsedAt") or action.time < usage["firstUsedAt"]:
             usage["firstUsedAt"] = action.time
         if not usage.get("lastUsedAt") or action.time > usage["lastUsedAt"]:
@@ -164,8 +182,16 @@ def fold(usage: dict[str, Any] | None, actions: list[Action], trail_max: int = L
     usage.setdefault("denied", 0)
     usage.setdefault("writes", 0)
     usage.setdefault("audited", 0)
-    usage["trail"] = trail[-trail_max:]
+    keep = max(trail_max, requests - int(usage["audited"]))  # never drop what is not audited yet
+    usage["trail"] = trail[-keep:]
+    if mark:
+        usage["batches"] = (marks + [mark])[-BATCH_MARKS:]
     return usage
+
+
+def succeeded(code: int) -> bool:
+    """2xx/3xx, and 101: exec, attach and port-forward sessions switch protocols."""
+    return 200 <= code < 400 or code == 101
 
 
 def unaudited(usage: dict[str, Any] | None) -> tuple[list[dict[str, Any]], int]:
@@ -234,7 +260,7 @@ def idle_deadline(entry: dict[str, Any]) -> dt.datetime | None:
     """When an unused grant is revoked for idleness: its idleTimeout after its last use (or after
     it became active, when never used)."""
     idle = (entry.get("limits") or {}).get("idleTimeout")
-    since = (entry.get("usage") or {}).get("lastUsedAt") or entry.get("activatedAt")
+    since = max((entry.get("usage") or {}).get("lastUsedAt") or "", entry.get("activatedAt") or "")
     if not idle or not since:
         return None
     try:
@@ -279,3 +305,25 @@ def status_usage(entry: dict[str, Any] | None) -> dict[str, Any] | None:
     if entry.get("limits"):
         out["limits"] = dict(entry["limits"])
     return out
+
+
+def reuse_state(result: Any, entry: dict[str, Any] | None) -> str | None:
+    """`revoked` or `expired` when a token the operator really issued (signature good, claims equal
+    to the ledger's) is presented after its grant ended; `expired` too for a correctly signed expired
+    token whose ledger entry was already purged; None for anything else."""
+    if entry is None:
+        return "expired" if result.reason == "Expired" and purged_policy(result.claims) else None
+    if not result.claims or result.claims != entry.get("claims"):
+        return None
+    if result.reason == "Expired" or entry.get("state") == "Expired":
+        return "expired"
+    if result.ok and entry.get("state") in ("Revoked", "Failed"):
+        return "revoked"
+    return None
+
+
+def purged_policy(claims: Any) -> str:
+    """The policy a signed token names (its grant's ledger entry may be gone); '' if none."""
+    bg = claims.get("breakglass") if isinstance(claims, dict) else None
+    policy = bg.get("policy") if isinstance(bg, dict) else None
+    return policy[:253] if isinstance(policy, str) else ""
