@@ -4,12 +4,14 @@ and a way to know the operator's housekeeping has run."""
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import json
 import os
 import ssl
 import subprocess
 import urllib.error
 import urllib.request
+import uuid
 from typing import Any
 
 import yaml
@@ -230,3 +232,110 @@ def housekeeping_passes(cluster: Cluster, operator: Operator, passes: int = 2, t
             interval=0.25,
         )
         cluster.kubectl("delete", "breakglasspolicy", marker, "--wait=false", check=False)
+
+
+# ------------------------------------------------------------------ usage trail (POST /audit)
+def metric(operator: Operator, name: str, **labels: str) -> float:
+    """Sum of the samples of `name` whose labels include `labels` (0 when absent)."""
+    total = 0.0
+    for line in (operator.metrics_text() or "").splitlines():
+        if not (line.startswith(name + "{") or line.startswith(name + " ")):
+            continue
+        if all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def usage_of(cluster: Cluster, name: str, namespace: str) -> dict:
+    return ((cluster.get("breakglassrequest", name, namespace) or {}).get("status") or {}).get("usage") or {}
+
+
+def api_call(
+    cluster: Cluster,
+    token: str,
+    method: str,
+    path: str,
+    body: dict | None = None,
+    headers: dict[str, str] | None = None,
+    content_type: str = "application/json",
+    timeout: float = 30,
+) -> int:
+    """One raw HTTPS request to kube-apiserver with a bearer token (kubectl would add discovery
+    requests, and cannot set headers such as Audit-ID or Impersonate-*); returns the status code."""
+    ctx = ssl.create_default_context(cafile=cluster.ca_file)
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(cluster.server + path, data=data, method=method)
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    if data is not None:
+        req.add_header("Content-Type", content_type)
+    for key, value in (headers or {}).items():
+        req.add_header(key, value)
+    try:
+        with urllib.request.urlopen(req, context=ctx, timeout=timeout) as resp:
+            resp.read()
+            return resp.status
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+def user_token(user: str) -> str:
+    """The static bearer token of an e2e user (hack/cluster.sh's token file)."""
+    return f"{user}-token"
+
+
+def forged_event_list(username: str, namespace: str, count: int, verb: str = "delete", code: int = 200) -> bytes:
+    """An audit.k8s.io/v1 EventList shaped exactly like kube-apiserver's, naming a grant identity."""
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    items = [
+        {
+            "kind": "Event",
+            "apiVersion": "audit.k8s.io/v1",
+            "level": "Metadata",
+            "auditID": str(uuid.uuid4()),
+            "stage": "ResponseComplete",
+            "requestURI": f"/api/v1/namespaces/{namespace}/configmaps/forged-{i}",
+            "verb": verb,
+            "user": {"username": username, "groups": ["breakglass:grant", "system:authenticated"]},
+            "sourceIPs": ["127.0.0.1"],
+            "userAgent": "kube-apiserver-admission",
+            "objectRef": {"resource": "configmaps", "namespace": namespace, "name": f"forged-{i}", "apiVersion": "v1"},
+            "responseStatus": {"metadata": {}, "code": code},
+            "requestReceivedTimestamp": now,
+            "stageTimestamp": now,
+        }
+        for i in range(count)
+    ]
+    return json.dumps({"kind": "EventList", "apiVersion": "audit.k8s.io/v1", "metadata": {}, "items": items}).encode()
+
+
+def post_audit(operator: Operator, body: bytes, client_cert=None, port: int | None = None) -> str:
+    """POST an EventList to the operator's /audit (TLS, optionally with a client certificate);
+    returns `HTTP <code>` or the name of the error that stopped it (a TLS handshake refusal)."""
+    if port is None or port == operator.https_port:
+        ctx = ssl.create_default_context(cafile=operator.tls_ca)
+    else:  # another of the operator's TLS listeners (its admission webhook, with its own CA)
+        ctx = ssl._create_unverified_context()  # noqa: S323 — we only ask whether it serves /audit
+    if client_cert is not None:
+        ctx.load_cert_chain(client_cert.cert_file, client_cert.key_file)
+    url = f"https://127.0.0.1:{port or operator.https_port}/audit"
+    req = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, context=ctx, timeout=15) as r:
+            return f"HTTP {r.status}"
+    except urllib.error.HTTPError as exc:
+        return f"HTTP {exc.code}"
+    except (OSError, ssl.SSLError) as exc:
+        return type(exc).__name__ + ": " + str(exc)[:120]
+
+
+def post_plain(url: str, body: bytes) -> str:
+    """POST over plain HTTP (the metrics and health ports, or the HTTPS port spoken to without TLS)."""
+    req = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=15) as r:
+            return f"HTTP {r.status}"
+    except urllib.error.HTTPError as exc:
+        return f"HTTP {exc.code}"
+    except OSError as exc:
+        return type(exc).__name__ + ": " + str(exc)[:120]

@@ -11,34 +11,47 @@ One invariant per section; the section header names it.
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import datetime as dt
 import json
 import os
+import ssl
 import subprocess
 import sys
+import threading
+import time
+import urllib.parse
+import urllib.request
 import uuid
 
 import jwt as pyjwt
 import yaml
 from harness import ROOT, wait_for
 
-from .scenario import approval, approve, policy, request, unique, wait_phase
+from breakglass import tls
+
+from .scenario import approval, approve, event_reasons, policy, request, unique, wait_phase
 from .security_helpers import (
     OPERATOR_NS,
     TOKEN_SECRET_TYPE,
     admission_refused,
+    api_call,
     audit_records,
     authenticate,
     bindings_for_user,
     create,
     delete_and_wait_gone,
+    forged_event_list,
     housekeeping_passes,
     ledger_cm,
     ledger_entries_for,
     ledger_entry,
     make_namespace_admin,
+    metric,
     patch,
     plugin,
+    post_audit,
+    post_plain,
     rbac_forbidden,
     refused,
     review_body,
@@ -47,6 +60,8 @@ from .security_helpers import (
     token_of,
     token_review,
     token_secret,
+    usage_of,
+    user_token,
     webhook_authenticates,
 )
 from .tokens_helpers import forbidden, unauthorized, with_token
@@ -1171,3 +1186,514 @@ def test_a_token_signed_with_system_masters_claims_is_not_cluster_admin_through_
         out = with_token(cluster, forged, *args)
         assert out.returncode != 0 and (unauthorized(out) or forbidden(out)), (args, out.stdout, out.stderr)
         assert 'User "system:admin"' not in out.stderr
+
+
+# =====================================================================================================
+# 12. The usage trail (#13): only kube-apiserver feeds /audit; what a grant did is counted, by the grant
+#     only, and its use limits hold whatever the grant puts in its requests.
+# =====================================================================================================
+def _use_policy(cluster, **spec) -> str:
+    name = unique("use")
+    cluster.apply(policy(name, requiredApprovals=0, **spec))
+    return name
+
+
+def _revoked_reason(cluster, name, ns) -> str | None:
+    obj = cluster.get("breakglassrequest", name, ns) or {}
+    cond = next(
+        (
+            c
+            for c in (obj.get("status") or {}).get("conditions") or []
+            if c["type"] == "Revoked" and c["status"] == "True"
+        ),
+        None,
+    )
+    return cond and cond["reason"]
+
+
+def _phase(cluster, name, ns) -> str | None:
+    return ((cluster.get("breakglassrequest", name, ns) or {}).get("status") or {}).get("phase")
+
+
+def _revoked_for(cluster, name, ns, reason: str, timeout: float) -> str | None:
+    """None once the request is Revoked for `reason` within `timeout`, else what it is instead."""
+    try:
+        wait_for(lambda: _revoked_reason(cluster, name, ns) == reason, timeout, f"{ns}/{name} revoked ({reason})")
+        return None
+    except TimeoutError:
+        usage = usage_of(cluster, name, ns)
+        return (
+            f"{ns}/{name} is {_phase(cluster, name, ns)} (revoked: {_revoked_reason(cluster, name, ns)}) "
+            f"{timeout:.0f}s later; status.usage requests={usage.get('requests')} writes={usage.get('writes')}"
+        )
+
+
+def test_a_forged_audit_batch_without_kube_apiservers_client_certificate_records_nothing_and_revokes_nothing(
+    cluster, running_operator, apiserver_client_cert, tmp_path
+):
+    op = running_operator
+    ns = cluster.new_namespace("forge")
+    pol = _use_policy(cluster, limits={"maxRequests": 3, "maxWrites": 1})
+    victim = _issue(cluster, ns, pol, "victim", user="dave")
+    uid, username = victim["metadata"]["uid"], victim["status"]["username"]
+    forged = forged_event_list(username, ns, 50)  # 50 successful deletes by dave's grant
+    before = metric(op, "breakglass_audit_events_total", result="unauthenticated")
+    # Same subject names as the real client CA and client certificate, another key.
+    lookalike = tls.generate_client(str(tmp_path / "lookalike"), "kube-apiserver")
+    attempts = {
+        "no client certificate": post_audit(op, forged),
+        "a certificate from a lookalike client CA": post_audit(op, forged, lookalike),
+        "the admission webhook port": post_audit(op, forged, port=op.webhook_port),
+        "the admission webhook port, lookalike certificate": post_audit(op, forged, lookalike, port=op.webhook_port),
+        "plain HTTP to the HTTPS port": post_plain(f"http://127.0.0.1:{op.https_port}/audit", forged),
+        "the metrics port": post_plain(f"http://127.0.0.1:{op.metrics_port}/audit", forged),
+        "the health port": post_plain(f"http://127.0.0.1:{op.health_port}/audit", forged),
+    }
+    print("forged /audit batches:", json.dumps(attempts, indent=1))
+    assert not {k: v for k, v in attempts.items() if v.startswith("HTTP 2")}, attempts
+    assert attempts["no client certificate"] == "HTTP 401", attempts
+    assert metric(op, "breakglass_audit_events_total", result="unauthenticated") >= before + 1
+
+    # One real action of the grant through kube-apiserver: once counted, it is all the trail holds.
+    token = token_of(cluster, victim, "dave")
+    assert api_call(cluster, token, "GET", f"/api/v1/namespaces/{ns}/serviceaccounts") == 200
+    wait_for(lambda: usage_of(cluster, "victim", ns).get("requests"), 20, "the real action to be counted")
+    used = wait_for(
+        lambda: [r for r in audit_records(op) if r.get("event") == "used" and r.get("uid") == uid],
+        10,
+        "its used record",
+    )
+    time.sleep(2)
+    usage = usage_of(cluster, "victim", ns)
+    assert (usage["requests"], usage["writes"]) == (1, 0), usage
+    assert not [t for t in usage["trail"] if "forged" in t.get("name", "")], usage["trail"]
+    assert [(r["verb"], r["resource"]) for r in used] == [("list", "serviceaccounts")], used
+    assert _phase(cluster, "victim", ns) == "Active"
+
+    # The very same batch, for a control grant and with kube-apiserver's own certificate, is counted
+    # and revokes it: only the client certificate stood between the forger and the victim.
+    control = _issue(cluster, ns, pol, "control", user="dave")
+    sent = post_audit(op, forged_event_list(control["status"]["username"], ns, 50), apiserver_client_cert)
+    assert sent == "HTTP 200", sent
+    assert _revoked_for(cluster, "control", ns, "UseLimitReached", 20) is None
+
+
+def test_a_grant_cannot_slip_past_max_requests_by_choosing_its_own_audit_id(cluster, running_operator):
+    """kube-apiserver takes an event's auditID from the client's `Audit-ID` header; the sink drops
+    an action whose auditID the grant's trail already holds (meant for kube-apiserver's resends)."""
+    ns = cluster.new_namespace("auditid")
+    pol = _use_policy(cluster, limits={"maxRequests": 5, "maxWrites": 2})
+    variants = {
+        "replay": lambda i: "0f1e2d3c-aaaa-bbbb-cccc-000000000000",  # the same Audit-ID every time
+        "prefix": lambda i: "p" * 64 + f"-{i}",  # distinct, but equal in the 64 characters the trail keeps
+    }
+    served, failures = {}, []
+    for name, audit_id in variants.items():
+        req = _issue(cluster, ns, pol, name, clusterRoles=["edit"])
+        token = token_of(cluster, req, "alice")
+        reads = writes = 0
+        for i in range(20):
+            code = api_call(
+                cluster, token, "GET", f"/api/v1/namespaces/{ns}/serviceaccounts", headers={"Audit-ID": audit_id(i)}
+            )
+            if code != 200:
+                break
+            reads += 1
+        for i in range(6):
+            cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": f"{name}-{i}"}}
+            code = api_call(
+                cluster,
+                token,
+                "POST",
+                f"/api/v1/namespaces/{ns}/configmaps",
+                cm,
+                headers={"Audit-ID": audit_id(100 + i)},
+            )
+            if code != 201:
+                break
+            writes += 1
+        served[name] = (reads, writes)
+        problem = _revoked_for(cluster, name, ns, "UseLimitReached", 20)
+        if problem:
+            failures.append(
+                f"{name}: {reads} reads and {writes} creates served with a client-chosen Audit-ID "
+                f"(maxRequests 5, maxWrites 2); {problem}"
+            )
+    print("served (reads, writes):", served)
+    assert not failures, "\n".join(failures)
+
+
+def test_a_grant_cannot_stop_being_counted_by_bloating_its_trail_past_the_ledgers_size_limit(cluster, running_operator):
+    """Each trail item keeps namespace, resource, name and subresource up to 253 characters; an
+    astral character is 12 bytes in the ledger's JSON (\\ud83d\\ude00): ~12 KB per action, and
+    1 MiB (a ConfigMap's limit) after ~85 of the 200 kept. Every later write of the grant's usage fails."""
+    op = running_operator
+    ns = cluster.new_namespace("bloat")
+    pol = _use_policy(cluster, limits={"maxRequests": 120})
+    req = _issue(cluster, ns, pol, "bloated")
+    token = token_of(cluster, req, "alice")
+    fat = urllib.parse.quote("\U0001f600" * 253, safe="")
+    path = f"/api/v1/namespaces/{fat}/{fat}/{fat}/{fat}"  # namespace, resource, name, subresource
+    errors_before = metric(op, "breakglass_errors_total", stage="usage")
+    served = 0
+    for _ in range(160):
+        if api_call(cluster, token, "GET", path) == 401:  # revoked (the requests themselves are denied)
+            break
+        served += 1
+    problem = _revoked_for(cluster, "bloated", ns, "UseLimitReached", 30)
+    errors = metric(op, "breakglass_errors_total", stage="usage") - errors_before
+    assert problem is None, (
+        f"{served} requests served with maxRequests 120: {problem}; ledger writes of usage failed {errors:.0f} times"
+    )
+
+
+def test_a_requester_cannot_ask_for_use_limits_above_the_policys(cluster, running_operator):
+    ns = cluster.new_namespace("limits")
+    pol = _use_policy(cluster, limits={"maxRequests": 5, "maxWrites": 2, "idleTimeout": "5m"})
+    failures = []
+    for i, limits in enumerate(
+        (
+            {"maxRequests": 6},
+            {"maxWrites": 3},
+            {"idleTimeout": "6m"},
+            {"idleTimeout": "1h"},
+            {"idleTimeout": "99999999999h"},
+            {"maxRequests": 0},
+            {"maxRequests": -1},
+            {"maxRequests": "1000"},
+            {"maxRequests": 5.5},
+            {"idleTimeout": "5s"},
+            {"idleTimeout": "forever"},
+        )
+    ):
+        name = f"loose-{i}"
+        out = cluster.try_create(request(name, ns, pol, limits=limits), "alice")
+        if not (refused(out) and "spec.limits" in out.stderr):
+            failures.append(f"{limits}: rc={out.returncode} {out.stderr.strip()}")
+        if cluster.get("breakglassrequest", name, ns) is not None:
+            failures.append(f"{limits}: request {name} exists")
+    assert not failures, "\n".join(failures)
+    # Lower is fine, and the grant carries the tighter of each limit.
+    tight = _issue(cluster, ns, pol, "tight", limits={"maxRequests": 4, "idleTimeout": "2m"})
+    assert tight["status"]["usage"]["limits"] == {"maxRequests": 4, "maxWrites": 2, "idleTimeout": "2m"}
+
+
+def test_a_requester_cannot_loosen_or_drop_spec_limits_once_filed_not_even_between_two_approvals(
+    cluster, running_operator
+):
+    ns = cluster.new_namespace("relimit")
+    pol = unique("relimit")
+    cluster.apply(policy(pol, requiredApprovals=2, limits={"maxRequests": 50}))
+    create(cluster, request("capped", ns, pol, limits={"maxRequests": 2}), "alice")
+    wait_phase(cluster, "capped", ns, "Pending")
+    approve(cluster, "bob", "capped", ns)  # bob approves a grant of at most 2 requests
+    changes = {
+        "raise spec.limits.maxRequests 2 -> 50": patch(
+            cluster, "alice", "breakglassrequest", "capped", ns, {"spec": {"limits": {"maxRequests": 50}}}
+        ),
+        "drop spec.limits": patch(
+            cluster, "alice", "breakglassrequest", "capped", ns, [{"op": "remove", "path": "/spec/limits"}], "json"
+        ),
+    }
+    approve(cluster, "carol", "capped", ns)
+    active = wait_phase(cluster, "capped", ns, "Active")
+    changes["change spec.limits after issue"] = patch(
+        cluster, "alice", "breakglassrequest", "capped", ns, {"spec": {"limits": {"maxRequests": 40}}}
+    )
+    failures = [
+        f"{what}: admitted ({out.stdout.strip()})" for what, out in changes.items() if not admission_refused(out)
+    ]
+    limits = active["status"]["usage"]["limits"]
+    if limits != {"maxRequests": 2}:
+        failures.append(f"the grant bob approved at maxRequests 2 was issued with {limits}")
+    spec_limits = cluster.get("breakglassrequest", "capped", ns)["spec"].get("limits")
+    if spec_limits != {"maxRequests": 2}:
+        failures.append(f"spec.limits is now {spec_limits}")
+    assert not failures, "\n".join(failures)
+
+
+def test_no_requester_or_approver_can_write_status_usage(cluster, running_operator):
+    ns = cluster.new_namespace("status")
+    make_namespace_admin(cluster, "alice", ns)  # even admin of the request's namespace
+    pol = _use_policy(cluster, limits={"maxRequests": 3})
+    req = _issue(cluster, ns, pol, "counted")
+    token = token_of(cluster, req, "alice")
+    assert api_call(cluster, token, "GET", f"/api/v1/namespaces/{ns}/serviceaccounts") == 200
+    wait_for(lambda: usage_of(cluster, "counted", ns).get("requests") == 1, 20, "one action counted")
+    fake = {
+        "status": {
+            "usage": {"requests": 0, "writes": 0, "denied": 0, "trail": [], "trailTotal": 0, "limits": {}},
+            "phase": "Active",
+        }
+    }
+    base = f"/apis/breakglass.dev/v1alpha1/namespaces/{ns}/breakglassrequests/counted"
+    merge = "application/merge-patch+json"
+    for user in ("alice", "dave", "bob", "carol", "mallory"):
+        code = api_call(cluster, user_token(user), "PATCH", base + "/status", fake, content_type=merge)
+        assert code == 403, (user, code)
+        full = cluster.get("breakglassrequest", "counted", ns)
+        code = api_call(cluster, user_token(user), "PUT", base + "/status", dict(full, **fake))
+        assert code == 403, (user, "PUT", code)
+        # On the main resource status is ignored (a subresource): nothing changes, whoever is allowed.
+        api_call(cluster, user_token(user), "PATCH", base, fake, content_type=merge)
+    usage = usage_of(cluster, "counted", ns)
+    assert usage["requests"] == 1 and usage["limits"] == {"maxRequests": 3}, usage
+    # The ledger decides: two more requests reach maxRequests 3 and revoke.
+    for _ in range(3):
+        api_call(cluster, token, "GET", f"/api/v1/namespaces/{ns}/serviceaccounts")
+    assert _revoked_for(cluster, "counted", ns, "UseLimitReached", 20) is None
+
+
+def test_traffic_the_audit_policy_does_not_send_neither_keeps_another_grant_alive_nor_counts_against_it(
+    cluster, running_operator
+):
+    ns = cluster.new_namespace("quietly")
+    victim = _issue(cluster, ns, _use_policy(cluster, limits={"maxRequests": 3, "idleTimeout": "20s"}), "idle", "dave")
+    username = victim["status"]["username"]
+    mine = _issue(cluster, ns, _use_policy(cluster), "mine")  # alice's own grant, no limits
+    my_token = token_of(cluster, mine, "alice")
+    as_victim = {"Impersonate-User": username, "Impersonate-Group": "breakglass:grant"}
+    # An unsigned token claiming the victim's identity, and one signed with a key of the attacker's own.
+    claims = {
+        "sub": username,
+        "k8s_user": username,
+        "k8s_groups": ["breakglass:grant"],
+        "jti": victim["status"]["tokenId"],
+    }
+    forged_tokens = [
+        pyjwt.encode(claims, key=None, algorithm="none"),
+        pyjwt.encode(claims, key="attacker-chosen-secret-of-32-bytes!", algorithm="HS256"),
+    ]
+    sa = f"/api/v1/namespaces/{ns}/serviceaccounts"
+    mine_sent = 0
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and _phase(cluster, "idle", ns) == "Active":
+        for user in ("alice", "bob", "mallory"):
+            assert api_call(cluster, user_token(user), "GET", sa, headers=as_victim) == 403
+            api_call(cluster, user_token(user), "GET", sa)
+            api_call(cluster, user_token(user), "GET", "/version")
+            api_call(cluster, user_token(user), "GET", f"/api/v1/namespaces/{ns}/secrets")
+        for token in (*forged_tokens, "not-a-token"):
+            assert api_call(cluster, token, "GET", sa) == 401
+        assert api_call(cluster, my_token, "GET", sa, headers=as_victim) == 403  # her grant, denied
+        mine_sent += 1
+        time.sleep(1)
+    revoked = wait_phase(cluster, "idle", ns, "Revoked", timeout=30)
+    cond = next(c for c in revoked["status"]["conditions"] if c["type"] == "Revoked")
+    assert cond["reason"] == "IdleTimeout", cond
+    assert (revoked["status"].get("usage") or {}).get("requests", 0) == 0, revoked["status"].get("usage")
+    # What alice's grant did is counted against alice's grant, as denied.
+    usage = wait_for(lambda: (u := usage_of(cluster, "mine", ns)).get("requests") == mine_sent and u, 20, "her count")
+    assert usage["denied"] == mine_sent, usage
+
+
+def test_a_token_superseded_by_an_extension_raises_the_leaked_token_alarm_when_presented_again(
+    cluster, running_operator
+):
+    op = running_operator
+    ns = cluster.new_namespace("superseded")
+    pol = unique("superseded")
+    cluster.apply(
+        policy(pol, requiredApprovals=0, extension={"allowed": True, "requiredApprovals": 1, "maxTotal": "30m"})
+    )
+    req = _issue(cluster, ns, pol, "extended", duration="10m")
+    old_token, old_jti = token_of(cluster, req, "alice"), req["status"]["tokenId"]
+    assert _works(cluster, old_token, ns)
+    ext = {
+        "apiVersion": "breakglass.dev/v1alpha1",
+        "kind": "BreakGlassExtension",
+        "metadata": {"name": "more", "namespace": ns},
+        "spec": {"request": "extended", "by": "10m", "reason": "the restore needs more time"},
+    }
+    create(cluster, ext, "alice")
+    create(cluster, approval("extended", ns, extension="more"), "bob")
+    wait_for(
+        lambda: cluster.get("breakglassrequest", "extended", ns)["status"]["tokenId"] != old_jti, 30, "the new token"
+    )
+    before = metric(op, "breakglass_token_reuse_total", policy=pol)
+    # The copy of the old token someone kept: refused (it is on the revocation list)...
+    wait_for(lambda: unauthorized(with_token(cluster, old_token, "get", "serviceaccounts", "-n", ns)), 20, "a 401")
+    for _ in range(5):
+        assert unauthorized(with_token(cluster, old_token, "get", "serviceaccounts", "-n", ns))
+    # ...and, like any revoked token of the operator's presented again, it is an alarm.
+    try:
+        wait_for(lambda: "RevokedTokenUsed" in event_reasons(cluster, ns, "extended"), 20, "a RevokedTokenUsed Event")
+    except TimeoutError:
+        raise AssertionError(
+            f"the superseded token (jti {old_jti}) was presented {6}+ times and refused, yet no RevokedTokenUsed "
+            f"Event; breakglass_token_reuse_total{{policy={pol}}} {before} -> "
+            f"{metric(op, 'breakglass_token_reuse_total', policy=pol)}"
+        ) from None
+    assert metric(op, "breakglass_token_reuse_total", policy=pol) > before
+
+
+def _same_signature_variants(token: str) -> list[str]:
+    """The token with every spelling of its last base64url character that decodes to the same
+    signature bytes (the unused low bits differ): distinct strings, so no cache recognises them."""
+    head, _, sig = token.rpartition(".")
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    spare = {2: 4, 3: 2}.get(len(sig) % 4, 0)
+    if not spare:
+        return [token]
+    base = alphabet.index(sig[-1]) & ~((1 << spare) - 1)
+    return [f"{head}.{sig[:-1]}{alphabet[base | k]}" for k in range(1 << spare)]
+
+
+def test_a_flood_of_a_revoked_token_raises_one_alarm_a_minute_and_the_token_appears_nowhere(cluster, running_operator):
+    op = running_operator
+    ns = cluster.new_namespace("flood")
+    pol = _use_policy(cluster)
+    req = _issue(cluster, ns, pol, "flooded")
+    token = token_of(cluster, req, "alice")
+    assert api_call(cluster, token, "GET", f"/api/v1/namespaces/{ns}/serviceaccounts") == 200
+    patch(cluster, "alice", "breakglassrequest", "flooded", ns, {"spec": {"revoked": True}})
+    wait_phase(cluster, "flooded", ns, "Revoked")
+    variants = _same_signature_variants(token)
+    sa = f"/api/v1/namespaces/{ns}/serviceaccounts"
+    started = time.monotonic()
+    codes: list[int] = []
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        while time.monotonic() - started < 15:
+            codes += pool.map(lambda t: api_call(cluster, t, "GET", sa), variants * 2)
+    assert set(codes) <= {401, 403}, sorted(set(codes))
+    wait_for(lambda: "RevokedTokenUsed" in event_reasons(cluster, ns, "flooded"), 20, "a RevokedTokenUsed Event")
+    time.sleep(3)
+    alarms = [e for e in cluster.events(ns, "flooded") if e["reason"] == "RevokedTokenUsed"]
+    print(f"{len(codes)} presentations ({len(variants)} spellings) -> {len(alarms)} Event(s): {alarms[0]['message']}")
+    assert len(alarms) == 1 and alarms[0].get("count", 1) == 1, alarms
+    assert metric(op, "breakglass_token_reuse_total", policy=pol, state="revoked") >= 1
+    reuse = [r for r in audit_records(op) if r.get("event") == "token-reuse" and r.get("uid") == req["metadata"]["uid"]]
+    assert len(reuse) == 1, reuse
+    # The token (any spelling of it, or its signature) is nowhere a tenant or an auditor reads.
+    signature = token.rsplit(".", 1)[1][:-1]
+    places = {
+        "the request": json.dumps(cluster.get("breakglassrequest", "flooded", ns)),
+        "its Events": json.dumps(cluster.events(ns, "flooded")),
+        "the audit log": op.audit_log.read_text(),
+        "the operator log": op.log_path.read_text(errors="replace"),
+    }
+    assert not [where for where, text in places.items() if signature in text], "token found"
+
+
+def test_a_parallel_burst_of_writes_stops_within_a_few_writes_of_max_writes(cluster, running_operator):
+    """README: "a grant can make a few more requests than its limit allows". Counting is asynchronous
+    (audit batch wait, sink, leader, RoleBinding deletion); parallel clients fill that window."""
+    ns = cluster.new_namespace("burst")
+    pol = _use_policy(cluster, limits={"maxWrites": 3})
+    req = _issue(cluster, ns, pol, "burst", clusterRoles=["edit"])
+    token = token_of(cluster, req, "alice")
+    names = iter(range(1_000_000))
+
+    def create_one(_):
+        cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": f"burst-{next(names)}"}}
+        return api_call(cluster, token, "POST", f"/api/v1/namespaces/{ns}/configmaps", cm), time.monotonic()
+
+    started, results = time.monotonic(), []
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        while time.monotonic() - started < 20:
+            round_ = list(pool.map(create_one, range(32)))
+            results += round_
+            if not any(code == 201 for code, _ in round_):
+                break
+    created = [at for code, at in results if code == 201]
+    window = (max(created) - started) if created else 0.0
+    problem = _revoked_for(cluster, "burst", ns, "UseLimitReached", 30)
+    stored = len(cluster.list("configmaps", ns))
+    print(f"maxWrites 3: {len(created)} creates answered 201 within {window:.1f}s ({stored} ConfigMaps in {ns})")
+    assert problem is None, problem
+    assert len(created) <= 3 + 10, (
+        f"maxWrites 3, yet {len(created)} ConfigMaps were created by 16 parallel clients in {window:.1f}s"
+    )
+
+
+def test_a_watch_the_grant_keeps_open_is_counted_and_in_its_trail_while_it_is_open(cluster, running_operator):
+    """The shipped audit policy omits ResponseStarted: a long-running request (watch, and exec/attach/
+    port-forward sessions) becomes an event only when it ends, possibly after the grant did."""
+    ns = cluster.new_namespace("watcher")
+    pol = _use_policy(cluster, limits={"maxRequests": 50})
+    req = _issue(cluster, ns, pol, "watcher")
+    token = token_of(cluster, req, "alice")
+    seen: list[str] = []
+    ctx = ssl.create_default_context(cafile=cluster.ca_file)
+    url = f"{cluster.server}/api/v1/namespaces/{ns}/configmaps?watch=1&timeoutSeconds=90"
+    opened = urllib.request.urlopen(
+        urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"}), context=ctx, timeout=120
+    )
+
+    def stream():
+        try:
+            for line in opened:
+                seen.append(json.loads(line)["object"]["metadata"]["name"])
+        except (OSError, ValueError, AttributeError):  # closed under it at the end of the test
+            pass
+
+    reader = threading.Thread(target=stream, daemon=True)
+    reader.start()
+    cluster.apply({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "while-active", "namespace": ns}})
+    wait_for(lambda: "while-active" in seen, 10, "the grant's watch to deliver")
+    time.sleep(5)  # several audit batch periods
+    usage_while_open = usage_of(cluster, "watcher", ns)
+    patch(cluster, "alice", "breakglassrequest", "watcher", ns, {"spec": {"revoked": True}})
+    wait_phase(cluster, "watcher", ns, "Revoked")
+    time.sleep(12)  # past kube-apiserver's cache of the token's authentication
+    cluster.apply({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "after-revoke", "namespace": ns}})
+    time.sleep(3)
+    after = "after-revoke" in seen
+    opened.close()
+    reader.join(5)
+    print(f"open watch: status.usage while open {usage_while_open}; delivered after revocation: {after}")
+    assert usage_while_open.get("requests", 0) >= 1, (
+        f"the grant's watch was open and delivering for 5s+, yet status.usage counts "
+        f"{usage_while_open.get('requests', 0)} requests (trail {usage_while_open.get('trail')}); "
+        f"it kept delivering after revocation: {after}"
+    )
+
+
+def test_a_grant_cannot_make_audit_batches_too_large_for_the_sink_and_take_other_grants_counts_with_them(
+    cluster, running_operator, apiserver_client_cert
+):
+    """A request URI of ~1 MB is accepted by kube-apiserver and copied whole into its audit event; a
+    second's worth of them makes a batch above the sink's 16 MiB body limit: answered 413, resent
+    for ~90 s, then dropped by kube-apiserver, with every other grant's events of that batch."""
+    op = running_operator
+    ns = cluster.new_namespace("hugeuri")
+    pol = _use_policy(cluster, limits={"maxRequests": 40})
+    attacker = _issue(cluster, ns, pol, "huge", user="alice")
+    bystander = _issue(cluster, ns, _use_policy(cluster), "bystander", user="dave")
+    a_token, b_token = token_of(cluster, attacker, "alice"), token_of(cluster, bystander, "dave")
+    path = f"/api/v1/namespaces/{ns}/serviceaccounts?limit=1&junk=" + "x" * 950_000
+    done = threading.Event()
+    bystander_codes: list[int] = []
+
+    def bystanding():
+        while not done.is_set() and len(bystander_codes) < 5:
+            bystander_codes.append(api_call(cluster, b_token, "GET", f"/api/v1/namespaces/{ns}/configmaps"))
+            time.sleep(0.3)
+
+    side = threading.Thread(target=bystanding)
+    side.start()
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        codes = list(pool.map(lambda _: api_call(cluster, a_token, "GET", path, timeout=60), range(80)))
+    done.set()
+    side.join()
+    served = sum(c == 200 for c in codes)
+    print(f"attacker: {served} of 80 requests served ({sorted(set(codes))}); bystander: {bystander_codes}")
+    assert served >= 40, codes
+    failures = []
+    problem = _revoked_for(cluster, "huge", ns, "UseLimitReached", 30)
+    if problem:
+        failures.append(f"attacker made {served} requests with maxRequests 40: {problem}")
+    try:
+        wait_for(
+            lambda: usage_of(cluster, "bystander", ns).get("requests") == len(bystander_codes),
+            5,
+            "the bystander's requests",
+        )
+    except TimeoutError:
+        failures.append(
+            f"bystander made {len(bystander_codes)} requests during the burst, 35s later status.usage counts "
+            f"{usage_of(cluster, 'bystander', ns).get('requests')}"
+        )
+    if failures:  # what the sink answers kube-apiserver for a batch of that size (its own certificate)
+        failures.append(f"a 17 MiB batch is answered {post_audit(op, b' ' * (17 << 20), apiserver_client_cert)}")
+    assert not failures, "\n".join(failures)
