@@ -13,7 +13,7 @@ from aiohttp import web
 
 from . import api, metrics
 from .domain.durations import utcnow
-from .domain.usage import purged_policy, reuse_state
+from .domain.usage import purged_policy, reuse_state, superseded
 from .ledger import Ledger, is_live
 from .review_cache import (
     DEFAULT_MAX_BYTES,
@@ -313,7 +313,9 @@ class Endpoints:
         signed = result.ok or result.reason == "Expired"  # an expired token's claims are verified too
         entry = self.ledger.by_jti(result.claims["jti"]) if signed and result.claims else None
         verdict = live_grant_check(result, entry, now)
-        if verdict[1] == CLAIMS_MISMATCH:
+        if verdict[1] == CLAIMS_MISMATCH and superseded(result, entry):
+            verdict = (False, "Superseded", "an extension replaced this token; only the newer one authenticates")
+        elif verdict[1] == CLAIMS_MISMATCH:
             return malformed()
         if not verdict[0]:
             self._note_reuse(result, entry)

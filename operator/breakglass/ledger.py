@@ -229,12 +229,14 @@ class Ledger:
 
     def _put_locked(self, summary: Summary, text: bytes) -> None:
         old = self._summary.get(summary.uid)
-        if old and old.jti and old.jti != summary.jti:
-            self._by_jti.pop(old.jti, None)
+        if old:
+            for jti in {old.jti, *old.previous_jtis} - {summary.jti, *summary.previous_jtis, ""}:
+                self._by_jti.pop(jti, None)
         self._summary[summary.uid], self._text[summary.uid] = summary, text
         self._parsed.pop(summary.uid, None)
-        if summary.jti:
-            self._by_jti[summary.jti] = summary.uid
+        for jti in (summary.jti, *summary.previous_jtis):  # replaced tokens too: their reuse is named
+            if jti:
+                self._by_jti[jti] = summary.uid
 
     def _forget(self, uid: str, version: str | None = None) -> None:
         with self._lock:
@@ -244,8 +246,8 @@ class Ledger:
                 self._deleted[uid] = deleted_at
             self._text.pop(uid, None)
             self._parsed.pop(uid, None)
-            if old and old.jti:
-                self._by_jti.pop(old.jti, None)
+            for jti in (old.jti, *old.previous_jtis) if old else ():
+                self._by_jti.pop(jti, None)
         self._gauge()
 
     def _gauge(self) -> None:
@@ -287,7 +289,7 @@ class Ledger:
                     del summaries[uid], texts[uid]
             self._deleted = {u: v for u, v in self._deleted.items() if listed and v > listed}
             self._summary, self._text, self._parsed = summaries, texts, OrderedDict()
-            self._by_jti = {s.jti: uid for uid, s in summaries.items() if s.jti}
+            self._by_jti = {j: uid for uid, s in summaries.items() for j in (s.jti, *s.previous_jtis) if j}
         self._gauge()
 
     def _on_event(self, type_: str, cm: dict[str, Any]) -> None:

@@ -34,6 +34,7 @@ class Summary(NamedTuple):
     reported: int = 0
     idle_deadline: float = 0.0
     limited: bool = False
+    previous_jtis: tuple[str, ...] = ()  # tokens an extension replaced (TokenReview names their reuse)
 
     @property
     def usage_settled(self) -> bool:
@@ -57,6 +58,7 @@ def summarize(entry: dict[str, Any]) -> Summary:
         cleaned=bool(entry.get("cleaned")),
         resource_version=entry.get("resourceVersion") or "",
         secret=(shared(secret.get("namespace", "")), secret.get("name", ""), secret.get("uid", "")),
+        previous_jtis=tuple(entry.get("previousJtis") or ()),
         **_usage_fields(entry),
     )
 

@@ -34,7 +34,7 @@ from .ledger import Ledger
 log = logging.getLogger(__name__)
 
 MAX_INFLIGHT = 8  # batches being written at once; beyond that 503 (kube-apiserver retries), counted
-MAX_BODY = 4 * 1024 * 1024  # one batch (kube-apiserver's default 400 Metadata events ≈ 0.5 MB); 413 beyond
+MAX_BODY = 8 * 1024 * 1024  # one batch (kube-apiserver splits at --audit-webhook-truncate-max-batch-size); 413 beyond
 WRITE_ATTEMPTS = 8
 REUSE_COALESCE = 1.0
 ENDED_SLACK = dt.timedelta(seconds=2)  # requests authenticated just before the grant ended

@@ -106,7 +106,12 @@ def test_max_requests_revokes_the_grant_and_access_is_gone(cluster, running_oper
     revoked = wait_phase(cluster, "capped", ns, "Revoked")
     cond = next(c for c in revoked["status"]["conditions"] if c["type"] == "Revoked")
     assert cond["reason"] == "UseLimitReached", cond
-    assert "UseLimitReached" in cond["reason"] and "maxRequests 5" in cond["message"]
+    assert "maxRequests 5" in cond["message"]
+    assert metric(running_operator, "breakglass_revocations_total", reason="UseLimitReached") >= 1
+    revoked_events = [e for e in cluster.events(ns, "capped") if e["reason"] == "Revoked"]
+    assert revoked_events and "maxRequests 5" in revoked_events[-1]["message"], revoked_events
+    records = [json.loads(x) for x in running_operator.audit_log.read_text().splitlines() if '"revoked"' in x]
+    assert any(r.get("reason") == "UseLimitReached" and r["request"]["name"] == "capped" for r in records)
     # 403 at once (its RoleBinding is gone); 401 once kube-apiserver's own 10 s cache of successful
     # authentications (not configurable in 1.20) lets the TokenReview webhook answer again
     wait_for(lambda: api.call("GET", f"/api/v1/namespaces/{ns}/serviceaccounts") == 401, 15, "the token refused")

@@ -68,6 +68,7 @@ def action(n: int, verb: str = "get", code: int = 200, seconds: float | None = N
         code=code,
         time=at(n if seconds is None else seconds),
         audit_id=f"audit-{n}" if audit_id is None else audit_id,
+        key=f"key-{n}",
     )
 
 
@@ -86,14 +87,52 @@ def test_a_grant_identitys_completed_request_becomes_an_action_attributed_to_the
         code=200,
         time="2026-01-01T12:00:00Z",
         audit_id="0b1c-audit-1",
+        key=U.event_key(event()),
     )
+
+
+def test_the_event_key_is_not_the_client_chosen_audit_id_alone():
+    """kube-apiserver copies a client's Audit-ID header into the event: two requests with the same
+    auditID are still two keys; the same event resent is the same key."""
+    first = event(auditID="chosen", requestReceivedTimestamp="2026-01-01T12:00:00.100000Z")
+    second = event(auditID="chosen", requestReceivedTimestamp="2026-01-01T12:00:00.200000Z")
+    assert U.event_key(first) != U.event_key(second)
+    assert U.event_key(first) == U.event_key(dict(first))
+    usage = U.fold(None, [U.parse_event(first), U.parse_event(second)])
+    assert usage["requests"] == 2
+
+
+@pytest.mark.parametrize(
+    "stage,verb,subresource,code,counted",
+    [
+        ("ResponseStarted", "watch", "", 200, True),
+        ("ResponseComplete", "watch", "", 200, False),
+        ("ResponseComplete", "watch", "", 403, True),
+        ("ResponseStarted", "create", "exec", 101, True),
+        ("ResponseComplete", "create", "exec", 101, False),
+        ("ResponseComplete", "get", "log", 200, False),
+        ("ResponseComplete", "list", "", 200, True),
+    ],
+    ids=[
+        "a watch counts when its response starts",
+        "and not again when it ends",
+        "a refused watch (no response started) counts when it completes",
+        "an exec session counts when it starts",
+        "and not again when it ends",
+        "logs are long-running too: counted at their start",
+        "an ordinary request counts when it completes",
+    ],
+)
+def test_a_long_running_request_counts_once_when_its_response_starts(stage, verb, subresource, code, counted):
+    ref = {"resource": "pods", "namespace": "team-a", "name": "p", "subresource": subresource}
+    got = U.parse_event(event(stage=stage, verb=verb, objectRef=ref, responseStatus={"code": code}))
+    assert (got is not None) == counted
 
 
 @pytest.mark.parametrize(
     "changes",
     [
         {"stage": "RequestReceived"},
-        {"stage": "ResponseStarted"},
         {"user": {"username": "alice", "groups": ["system:authenticated"]}},
         {"user": {"username": USERNAME, "groups": ["system:authenticated"]}},
         {"user": {"username": USERNAME}},
@@ -105,8 +144,7 @@ def test_a_grant_identitys_completed_request_becomes_an_action_attributed_to_the
         {"user": {"username": USERNAME, "groups": "breakglass:grant"}},
     ],
     ids=[
-        "RequestReceived is not counted (only the completed request is)",
-        "ResponseStarted of a watch is not counted",
+        "RequestReceived is not counted (only the completed or started response is)",
         "a user who is not a grant identity is ignored",
         "a grant-shaped username without the breakglass:grant group is ignored",
         "a grant-shaped username without any groups is ignored",
@@ -191,7 +229,12 @@ def test_oversized_fields_are_cut_to_their_bounds():
     got = U.parse_event(
         event(verb="v" * 100, auditID="a" * 100, objectRef={"resource": "r" * 400, "name": 7, "namespace": None})
     )
-    assert (len(got.verb), len(got.audit_id), len(got.resource), got.name, got.namespace) == (32, 64, 253, "", "")
+    assert (len(got.verb), len(got.audit_id), len(got.resource), got.name, got.namespace) == (32, 40, 64, "", "")
+
+
+def test_a_field_is_capped_by_its_bytes_as_json_whatever_the_characters():
+    got = U.parse_event(event(objectRef={"resource": "pods", "namespace": "team-a", "name": "\U0001f600" * 200}))
+    assert len(__import__("json").dumps(got.name)) <= 128 and got.name
 
 
 # ------------------------------------------------------------------------------------ verb_class
@@ -324,6 +367,7 @@ def test_a_trail_item_leaves_out_empty_fields():
         "code": 200,
         "uri": "/version",
         "auditID": "0b1c-audit-1",
+        "key": U.event_key(event(objectRef=DROP, requestURI="/version", verb="get")),
     }
 
 

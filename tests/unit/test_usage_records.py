@@ -73,8 +73,8 @@ class FakeRecorder:
 
 def action(n: int, verb: str = "get", code: int = 200, uri: str = "") -> Action:
     if uri:  # a non-resource request
-        return Action(UID, USERNAME, verb, "", "", "", "", uri, code, at(n), f"audit-{n}")
-    return Action(UID, USERNAME, verb, "pods", "", "team-a", f"p{n}", "", code, at(n), f"audit-{n}")
+        return Action(UID, USERNAME, verb, "", "", "", "", uri, code, at(n), f"audit-{n}", f"key-{n}")
+    return Action(UID, USERNAME, verb, "pods", "", "team-a", f"p{n}", "", code, at(n), f"audit-{n}", f"key-{n}")
 
 
 def grant(usage=None, reuse=None) -> dict:

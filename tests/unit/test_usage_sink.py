@@ -98,7 +98,18 @@ def ledger_entry(uid: str = UID, name: str = "r1", state: str = "Active", limits
 
 def action(n: int, uid: str = UID, verb: str = "get", code: int = 200, name: str = "r1") -> Action:
     return Action(
-        uid, username(uid, name), verb, "pods", "", "team-a", f"p{n}", "", code, at(n), f"audit-{uid[-1]}-{n}"
+        uid,
+        username(uid, name),
+        verb,
+        "pods",
+        "",
+        "team-a",
+        f"p{n}",
+        "",
+        code,
+        at(n),
+        f"audit-{uid[-1]}-{n}",
+        f"key-{uid[-1]}-{n}",
     )
 
 

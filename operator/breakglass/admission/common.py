@@ -17,6 +17,7 @@ IMMUTABLE_REQUEST_FIELDS = (
     "audiences",
     "emergency",
     "startAt",
+    "limits",
     "requester",
     "requesterGroups",
 )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 from typing import Any, NamedTuple
 
 from .. import api
@@ -21,8 +22,10 @@ from .durations import DurationError, parse_duration, parse_rfc3339, to_rfc3339
 WRITE_VERBS = frozenset({"create", "update", "patch", "delete", "deletecollection"})
 SESSION_SUBRESOURCES = frozenset({"exec", "attach", "portforward", "proxy"})
 BATCH_MARKS = 64  # batch shares remembered per grant (a resend is recognised among these)
-UNAUDITED_MAX = 2000  # actions the ledger holds for the leader to audit; beyond, the sink refuses (503)
-COUNTED_STAGES = frozenset({"ResponseComplete", "Panic"})
+UNAUDITED_MAX = 1000  # actions not audited yet a ledger entry may hold (<= ~0.6 KB each); beyond: 503
+COUNTED_STAGES = frozenset({"ResponseStarted", "ResponseComplete", "Panic"})
+LONG_RUNNING_VERBS = frozenset({"watch", "proxy"})
+LONG_RUNNING_SUBRESOURCES = frozenset({"attach", "exec", "proxy", "log", "portforward"})
 GRANT_GROUP = api.IDENTITY_PREFIX + api.GRANT_GROUP_CLAIM
 LEDGER_TRAIL_MAX = 200  # the ledger keeps this many recent actions (the leader audits them all first)
 STATUS_TRAIL_MAX = 50  # status.usage.trail shows the most recent ones
@@ -48,6 +51,7 @@ class Action(NamedTuple):
     code: int
     time: str  # RFC 3339, kube-apiserver's stageTimestamp
     audit_id: str
+    key: str = ""  # event_key(): what a resend repeats exactly
 
     @property
     def verb_class(self) -> str:
@@ -65,6 +69,7 @@ class Action(NamedTuple):
             "code": self.code,
             "uri": self.uri,
             "auditID": self.audit_id,
+            "key": self.key,
         }
         return {k: v for k, v in item.items() if v != ""}  # empty fields are left out (status patches)
 
@@ -100,9 +105,38 @@ def grant_uid(username: str) -> str | None:
     return parts[2] if len(parts) == 3 and all(parts) else None
 
 
+def is_long_running(verb: str, subresource: str) -> bool:
+    """kube-apiserver's own rule: these get a ResponseStarted event when their response starts."""
+    return verb in LONG_RUNNING_VERBS or subresource in LONG_RUNNING_SUBRESOURCES
+
+
+def capped(value: Any, limit: int) -> str:
+    """`value` cut to at most `limit` bytes as JSON (escapes included): a tenant chooses object names
+    and URIs, and the ledger entry holding the trail must stay far below 1 MiB."""
+    if not isinstance(value, str):
+        return ""
+    out = value[:limit]
+    while (excess := len(json.dumps(out)) - 2 - limit) > 0:
+        out = out[: len(out) - max(1, excess // 12)]  # a character escapes to at most 12 bytes
+    return out
+
+
+def event_key(event: dict[str, Any]) -> str:
+    """What makes one audit event unique (a resent batch carries the same): not the auditID alone,
+    which a client may choose with its Audit-ID header."""
+    raw = [event.get(k) for k in ("auditID", "requestReceivedTimestamp", "stageTimestamp", "stage", "verb")]
+    raw += [event.get(k) for k in ("requestURI", "userAgent", "sourceIPs")]
+    raw.append(
+        (event.get("responseStatus") or {}).get("code") if isinstance(event.get("responseStatus"), dict) else None
+    )
+    return hashlib.sha256(json.dumps(raw, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def parse_event(event: Any) -> Action | None:
     """The Action of one audit event, or None when it is not a counted use by a grant identity.
-    Raises MalformedEvent for an event that is not shaped like kube-apiserver's."""
+    Raises MalformedEvent for an event that is not shaped like kube-apiserver's. A long-running
+    request (watch, exec, logs, ...) counts when its response starts; its ResponseComplete then
+    counts only if it never started (refused, e.g. 403)."""
     if not isinstance(event, dict):
         raise MalformedEvent("an audit event is not an object")
     user, stage = event.get("user"), event.get("stage")
@@ -126,36 +160,37 @@ def parse_event(event: Any) -> Action | None:
         raise MalformedEvent(f"an audit event has no valid stageTimestamp: {exc}") from None
     if not isinstance(code, int) or isinstance(code, bool):
         raise MalformedEvent("an audit event's responseStatus.code is not a number")
-
-    def text(value: Any, limit: int = 253) -> str:
-        return value[:limit] if isinstance(value, str) else ""
-
+    verb, subresource = capped(event["verb"], 32), capped(ref.get("subresource"), 32)
+    if stage == "ResponseComplete" and is_long_running(verb, subresource) and succeeded(code):
+        return None  # counted at ResponseStarted
+    uri = event.get("requestURI") if isinstance(event.get("requestURI"), str) else ""
     return Action(
         uid=uid,
         username=username,
-        verb=text(event["verb"], 32),
-        resource=text(ref.get("resource")),
-        subresource=text(ref.get("subresource")),
-        namespace=text(ref.get("namespace")),
-        name=text(ref.get("name")),
-        uri="" if ref else text(event.get("requestURI"), 512).split("?")[0],  # the path, not client parameters
+        verb=verb,
+        resource=capped(ref.get("resource"), 64),
+        subresource=subresource,
+        namespace=capped(ref.get("namespace"), 64),
+        name=capped(ref.get("name"), 128),
+        uri="" if ref else capped(uri.split("?")[0], 128),  # the path, not client parameters
         code=code,
         time=when,
-        audit_id=text(event.get("auditID"), 64),
+        audit_id=capped(event.get("auditID"), 40),
+        key=event_key(event),
     )
 
 
 def batch_mark(actions: list[Action]) -> str:
     """A short fingerprint of one grant's share of one audit batch: kube-apiserver resends a batch
     unchanged, so a resend carries the same mark (however many newer actions came meanwhile)."""
-    return hashlib.sha256(",".join(a.audit_id for a in actions).encode()).hexdigest()[:16]
+    return hashlib.sha256(",".join(a.key for a in actions).encode()).hexdigest()[:16]
 
 
 def fold(usage: dict[str, Any] | None, actions: list[Action], trail_max: int = LEDGER_TRAIL_MAX) -> dict[str, Any]:
     """The usage after `actions` (in order): counters, first/last use, and the trail with each
     action's per-grant sequence number (seq = its position among all of the grant's requests).
     Counted once: a batch share whose mark is among the grant's last BATCH_MARKS, or an action whose
-    auditID the trail holds, was counted before. The trail keeps every action the leader has not
+    event key the trail holds, was counted before. The trail keeps every action the leader has not
     audited yet, and at least the last `trail_max`."""
     usage = dict(usage or {})
     marks = list(usage.get("batches") or [])
@@ -164,11 +199,11 @@ def fold(usage: dict[str, Any] | None, actions: list[Action], trail_max: int = L
         return usage  # kube-apiserver sent this batch again (our answer was lost or refused)
     requests = int(usage.get("requests", 0))
     trail = list(usage.get("trail") or [])
-    seen = {item.get("auditID") for item in trail} - {None, ""}
+    seen = {item.get("key") for item in trail} - {None, ""}
     for action in actions:
-        if action.audit_id and action.audit_id in seen:
+        if action.key and action.key in seen:
             continue
-        seen.add(action.audit_id)
+        seen.add(action.key)
         requests += 1
         kind = action.verb_class
         usage["denied"] = int(usage.get("denied", 0)) + (kind == DENIED)
@@ -296,7 +331,7 @@ def status_usage(entry: dict[str, Any] | None) -> dict[str, Any] | None:
         "requests": int(usage.get("requests", 0)),
         "denied": int(usage.get("denied", 0)),
         "writes": int(usage.get("writes", 0)),
-        "trail": list(usage.get("trail") or [])[-STATUS_TRAIL_MAX:],
+        "trail": [{k: v for k, v in i.items() if k != "key"} for i in (usage.get("trail") or [])[-STATUS_TRAIL_MAX:]],
         "trailTotal": int(usage.get("requests", 0)),
     }
     for key in ("firstUsedAt", "lastUsedAt"):
@@ -313,6 +348,8 @@ def reuse_state(result: Any, entry: dict[str, Any] | None) -> str | None:
     token whose ledger entry was already purged; None for anything else."""
     if entry is None:
         return "expired" if result.reason == "Expired" and purged_policy(result.claims) else None
+    if superseded(result, entry):
+        return "expired" if result.reason == "Expired" else "revoked"
     if not result.claims or result.claims != entry.get("claims"):
         return None
     if result.reason == "Expired" or entry.get("state") == "Expired":
@@ -327,3 +364,16 @@ def purged_policy(claims: Any) -> str:
     bg = claims.get("breakglass") if isinstance(claims, dict) else None
     policy = bg.get("policy") if isinstance(bg, dict) else None
     return policy[:253] if isinstance(policy, str) else ""
+
+
+def superseded(result: Any, entry: dict[str, Any] | None) -> bool:
+    """A token of this grant that an extension replaced: signed by our key (verified, or only
+    expired), its jti among the ledger's previousJtis, naming the same request uid."""
+    claims = result.claims if isinstance(result.claims, dict) else {}
+    bg = claims.get("breakglass") if isinstance(claims.get("breakglass"), dict) else {}
+    return (
+        entry is not None
+        and (result.ok or result.reason == "Expired")
+        and claims.get("jti") in (entry.get("previousJtis") or [])
+        and bg.get("uid") == entry["request"]["uid"]
+    )
