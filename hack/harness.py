@@ -373,11 +373,9 @@ def write_audit_webhook_config(path: pathlib.Path, https_port: int, ca_file: str
         "--audit-webhook-version=audit.k8s.io/v1",
         # a batch the sink answered 503 (busy, or a ledger write failed) comes back after 1 s, not 10 s
         "--audit-webhook-initial-backoff=1s",
-        # batches split below the sink's 8 MiB body limit; an event up to 3 MB (a ~1 MB request URI)
-        # is still sent whole (larger ones would be dropped by kube-apiserver: no way to hide a request)
-        "--audit-webhook-truncate-enabled=true",
-        "--audit-webhook-truncate-max-batch-size=4000000",
-        "--audit-webhook-truncate-max-event-size=3000000",
+        # at most 100 events a batch: even with ~1 MB request URIs (a grant can send them) a batch stays
+        # far below the sink's 1 GiB spool limit; no truncation (it would drop large events unseen)
+        "--audit-webhook-batch-max-size=100",
     ]
 
 

@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import ssl
+import tempfile
 import time
 from typing import Any
 
@@ -24,7 +25,7 @@ from .review_cache import (
 )
 from .stores import KeyStore, RevocationStore
 from .tokens.jwt_tokens import verify
-from .usage_sink import MAX_BODY, UsageSink
+from .usage_sink import MAX_BODY, MAX_SPOOL, UsageSink
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,22 @@ def token_review_response(
             # reject; the token's own `aud` was already checked against --token-audiences.
         },
     }
+
+
+async def _read_body(request: web.Request, length: int):
+    """A small body in memory; a large one spooled to a temporary file (read event by event)."""
+    if length <= MAX_BODY:
+        return await request.content.readexactly(length)
+    spool = tempfile.TemporaryFile()  # noqa: SIM115 — handed to the parser, closed with the process's GC
+    remaining = length
+    while remaining:
+        chunk = await request.content.read(min(remaining, 1 << 20))
+        if not chunk:
+            raise asyncio.IncompleteReadError(b"", remaining)
+        spool.write(chunk)
+        remaining -= len(chunk)
+    spool.seek(0)
+    return spool
 
 
 class Endpoints:
@@ -206,13 +223,13 @@ class Endpoints:
         if self.usage is None:
             return web.json_response({"error": "audit sink not running"}, status=503)
         length = request.content_length
-        if length is None or length > MAX_BODY:
+        if length is None or length > MAX_SPOOL:
             metrics.audit_events_total.labels("malformed").inc()
-            return web.json_response({"error": f"a batch needs a Content-Length of at most {MAX_BODY}"}, status=413)
+            return web.json_response({"error": f"a batch needs a Content-Length of at most {MAX_SPOOL}"}, status=413)
         if not self.usage.admit():  # before the body is read: memory stays bounded by max in flight
             return web.json_response({"error": "audit sink busy: send again later"}, status=503)
         try:
-            body = await request.content.readexactly(length)
+            body = await _read_body(request, length)
             status, message = await asyncio.get_running_loop().run_in_executor(
                 self.usage.executor, self.usage.handle, body
             )

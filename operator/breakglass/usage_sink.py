@@ -17,24 +17,25 @@ by this replica's TokenReview at once (`exhausted`), before the leader's revocat
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import IO, Any
 
 from . import metrics
+from .audit_events import BadBatch, parse_batch, parse_batch_file
 from .domain.durations import parse_rfc3339, to_rfc3339, utcnow
-from .domain.usage import UNAUDITED_MAX, Action, MalformedEvent, fold, limit_crossed, parse_event
+from .domain.usage import UNAUDITED_MAX, Action, fold, limit_crossed
 from .k8s.client import Conflict, error_text
 from .ledger import Ledger
 
 log = logging.getLogger(__name__)
 
 MAX_INFLIGHT = 8  # batches being written at once; beyond that 503 (kube-apiserver retries), counted
-MAX_BODY = 8 * 1024 * 1024  # one batch (kube-apiserver splits at --audit-webhook-truncate-max-batch-size); 413 beyond
+MAX_BODY = 8 * 1024 * 1024  # a batch read into memory; larger ones are spooled to a file (MAX_SPOOL)
+MAX_SPOOL = 1024**3  # a grant's own huge request URIs can make a batch this large; 413 beyond (counted)
 WRITE_ATTEMPTS = 8
 REUSE_COALESCE = 1.0
 ENDED_SLACK = dt.timedelta(seconds=2)  # requests authenticated just before the grant ended
@@ -42,36 +43,6 @@ ENDED_SLACK = dt.timedelta(seconds=2)  # requests authenticated just before the 
 
 class SinkBusy(RuntimeError):
     """Not stored now (too much not audited yet): answered 503, kube-apiserver sends it again."""
-
-
-class BadBatch(ValueError):
-    """Not an audit.k8s.io EventList: answered 400, nothing recorded."""
-
-
-def parse_batch(body: bytes) -> tuple[list[Action], int, float | None]:
-    """(grant actions, events ignored, oldest stageTimestamp as POSIX seconds) of one EventList.
-    All or nothing: any malformed event rejects the whole batch."""
-    try:
-        doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise BadBatch(f"body is not JSON: {exc}") from None
-    if not isinstance(doc, dict) or doc.get("kind") != "EventList" or not isinstance(doc.get("items"), list):
-        raise BadBatch("body is not an audit.k8s.io EventList (kind EventList with items)")
-    if not str(doc.get("apiVersion", "")).startswith("audit.k8s.io/"):
-        raise BadBatch(f"apiVersion {doc.get('apiVersion')!r} is not audit.k8s.io/v1")
-    actions, ignored, oldest = [], 0, None
-    for index, event in enumerate(doc["items"]):
-        try:
-            action = parse_event(event)
-        except MalformedEvent as exc:
-            raise BadBatch(f"items[{index}]: {exc}") from None
-        if action is None:
-            ignored += 1
-            continue
-        actions.append(action)
-        stamp = parse_rfc3339(action.time).timestamp()
-        oldest = stamp if oldest is None else min(oldest, stamp)
-    return actions, ignored, oldest
 
 
 class UsageSink:
@@ -96,10 +67,11 @@ class UsageSink:
         self._dropped = metrics.audit_events_total.labels("dropped")
 
     # ------------------------------------------------------------ receiving
-    def parse(self, body: bytes) -> tuple[int, str, list[Action]]:
-        """(HTTP status, message, grant actions) of one POST body; counts what it ignores."""
+    def parse(self, body: bytes | IO[bytes]) -> tuple[int, str, list[Action]]:
+        """(HTTP status, message, grant actions) of one POST body (in memory, or spooled to a file
+        when large); counts what it ignores."""
         try:
-            actions, ignored, oldest = parse_batch(body)
+            actions, ignored, oldest = parse_batch(body) if isinstance(body, bytes) else parse_batch_file(body)
         except BadBatch as exc:
             metrics.audit_events_total.labels("malformed").inc()
             return 400, str(exc), []
@@ -124,10 +96,14 @@ class UsageSink:
         with self._lock:
             self._inflight -= 1
 
-    def handle(self, body: bytes) -> tuple[int, str]:
+    def handle(self, body: bytes | IO[bytes]) -> tuple[int, str]:
         """One admitted POST body, off the event loop: (HTTP status, message). 200 only once every
         grant action in it is stored; 503 (kube-apiserver resends) when one could not be."""
-        status, message, actions = self.parse(body)
+        try:
+            status, message, actions = self.parse(body)
+        finally:
+            if not isinstance(body, bytes):
+                body.close()  # a spooled body's temporary file
         if status != 200 or not actions:
             return status, message
         try:

@@ -48,9 +48,7 @@ def test_the_harness_points_kube_apiserver_at_the_shipped_policy_and_the_audit_p
         "--audit-webhook-batch-max-wait=1s",
         "--audit-webhook-version=audit.k8s.io/v1",
         "--audit-webhook-initial-backoff=1s",
-        "--audit-webhook-truncate-enabled=true",
-        "--audit-webhook-truncate-max-batch-size=4000000",
-        "--audit-webhook-truncate-max-event-size=3000000",
+        "--audit-webhook-batch-max-size=100",
     ]
     config = yaml.safe_load((tmp_path / "audit.kubeconfig").read_text())
     assert config["clusters"][0]["cluster"] == {
