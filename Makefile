@@ -57,7 +57,7 @@ crds: venv  ## regenerate crds/ and the chart's copy
 deploy: venv  ## regenerate deploy/ (the chart rendered with default values)
 	$(PY) hack/render_chart.py
 
-bench: venv cluster-build  ## performance figures; `make bench BENCH_ARGS=--scale` for the 10,000-grant Scale table
+bench: venv cluster-build  ## performance figures; BENCH_ARGS=--scale: the 10,000-grant Scale table; --audit: the audit sink
 	$(PY) bench/bench.py $(BENCH_ARGS)
 
 .PHONY: bench-audit

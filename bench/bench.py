@@ -136,6 +136,11 @@ def burst(fn, items, concurrency):
 
 
 def main():
+    if "--audit" in sys.argv:  # `make bench BENCH_ARGS=--audit`: the audit sink (bench/audit.py, its own flags)
+        import audit
+
+        sys.argv.remove("--audit")
+        return audit.main()
     ap = argparse.ArgumentParser()
     env = os.environ.get
     ap.add_argument("--grants", type=int, default=int(env("BENCH_GRANTS", "500")))
