@@ -104,15 +104,19 @@ async def _read_body(request: web.Request, length: int):
     """A small body in memory; a large one spooled to a temporary file (read event by event)."""
     if length <= MAX_BODY:
         return await request.content.readexactly(length)
-    spool = tempfile.TemporaryFile()  # noqa: SIM115 — handed to the parser, closed with the process's GC
-    remaining = length
-    while remaining:
-        chunk = await request.content.read(min(remaining, 1 << 20))
-        if not chunk:
-            raise asyncio.IncompleteReadError(b"", remaining)
-        spool.write(chunk)
-        remaining -= len(chunk)
-    spool.seek(0)
+    spool = tempfile.TemporaryFile()  # noqa: SIM115 — handed to the parser; closed by the caller
+    try:
+        remaining = length
+        while remaining:
+            chunk = await request.content.read(min(remaining, 1 << 20))
+            if not chunk:
+                raise asyncio.IncompleteReadError(b"", remaining)
+            spool.write(chunk)
+            remaining -= len(chunk)
+        spool.seek(0)
+    except BaseException:
+        spool.close()
+        raise
     return spool
 
 
@@ -228,6 +232,11 @@ class Endpoints:
             return web.json_response({"error": f"a batch needs a Content-Length of at most {MAX_SPOOL}"}, status=413)
         if not self.usage.admit():  # before the body is read: memory stays bounded by max in flight
             return web.json_response({"error": "audit sink busy: send again later"}, status=503)
+        spooled = length > MAX_BODY
+        if spooled and not self.usage.admit_spool():
+            self.usage.release()
+            return web.json_response({"error": "audit sink busy: send again later"}, status=503)
+        body = None
         try:
             body = await _read_body(request, length)
             status, message = await asyncio.get_running_loop().run_in_executor(
@@ -235,7 +244,13 @@ class Endpoints:
             )
         except asyncio.IncompleteReadError:
             status, message = 400, "body shorter than its Content-Length"
+        except OSError as exc:  # the spool could not be written (disk full): kube-apiserver resends
+            status, message = 503, f"cannot spool the batch: {exc.strerror}"
         finally:
+            if body is not None and not isinstance(body, bytes):
+                body.close()  # handled, or not: the spool file goes either way
+            if spooled:
+                self.usage.release_spool()
             self.usage.release()
         metrics.audit_handling_seconds.observe(time.perf_counter() - started)
         return web.json_response({"error": message} if status >= 400 else {"status": message}, status=status)

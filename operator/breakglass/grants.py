@@ -205,8 +205,12 @@ class Grants:
         raise IssueFailed(failed, reason, message)
 
     # ------------------------------------------------------------------- end
-    def end(self, entry: dict[str, Any], state: str, reason: str, message: str) -> dict[str, Any]:
-        """Revoke or expire: ledger first, then cleanup — cleanup happens even if the ledger write fails."""
+    def end(
+        self, entry: dict[str, Any], state: str, reason: str, message: str, use_sensitive: bool = False
+    ) -> dict[str, Any]:
+        """Revoke or expire: ledger first, then cleanup — cleanup happens even if the ledger write fails,
+        except for a decision taken from the grant's use (`use_sensitive`) that a newer use overtook:
+        then nothing is done and the next pass decides again."""
         now = self.clock()
         if state == EXPIRED and entry["state"] == ACTIVE and parse_rfc3339(entry["expiresAt"]) <= now:
             return self._expire(entry, reason, message, now)
@@ -214,7 +218,18 @@ class Grants:
         ended = entry
         if entry["state"] in (ISSUING, ACTIVE):
             try:
-                ended = self.ledger.update(entry, state=state, reason=reason, message=message, endedAt=to_rfc3339(now))
+                ended = self.ledger.update(
+                    entry,
+                    use_sensitive=use_sensitive,
+                    state=state,
+                    reason=reason,
+                    message=message,
+                    endedAt=to_rfc3339(now),
+                )
+            except Conflict:
+                if use_sensitive:
+                    raise  # used meanwhile: not idle after all (decided again on the fresh entry)
+                failure = Conflict("ledger entry changed meanwhile")
             except Exception as exc:  # noqa: BLE001 — re-raised after the cleanup below
                 failure = exc
         if state == REVOKED and failure is None and parse_rfc3339(entry["expiresAt"]) > now:

@@ -173,15 +173,16 @@ class Ledger:
         self._remember(stored)
         return stored, created
 
-    def update(self, entry: dict[str, Any], **changes: Any) -> dict[str, Any]:
+    def update(self, entry: dict[str, Any], *, use_sensitive: bool = False, **changes: Any) -> dict[str, Any]:
         """Write `changes` guarded by the entry's resourceVersion (Conflict if it moved). A move of
         the use fields alone (an audit sink of any replica folding actions in) is no conflict for a
-        write that does not touch them: it is made again on the fresh entry, keeping its use."""
+        write that does not touch them — unless it was decided from the use (`use_sensitive`: an
+        idle timeout): it is made again on the fresh entry, keeping its use."""
         for _attempt in range(USE_RETRIES):
             try:
                 cm = self.kube.replace_configmap(configmap_for(self.namespace, dict(entry, **changes)))
             except Conflict:
-                if USE_FIELDS & changes.keys():
+                if use_sensitive or USE_FIELDS & changes.keys():
                     raise  # the caller merges use itself (usage_sink, usage_records)
                 fresh = self.fetch(entry["request"]["uid"])
                 if fresh is None or _beyond_use(fresh) != _beyond_use(entry):

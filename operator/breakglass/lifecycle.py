@@ -239,7 +239,8 @@ class Reconciler:
         if action == D.REVOKE:
             if entry is None:
                 return Outcome(api.REVOKED, decision.reason, decision.message), None
-            entry = self.grants.end(entry, REVOKED, decision.reason, decision.message)
+            idle = decision.reason == IDLE_TIMEOUT  # decided from the use: a newer use cancels it
+            entry = self.grants.end(entry, REVOKED, decision.reason, decision.message, use_sensitive=idle)
             return self._settled(entry), entry
         if action == D.SETTLE:
             if not entry.get("cleaned"):

@@ -188,6 +188,8 @@ class Runtime:
         reconcile it (audit records, status.usage, limits); an idle deadline that moved is re-armed."""
         if not self.leading:
             return
+        if self.requests.synced.is_set() and self.requests.by_uid(grant.uid) is None:
+            return  # its request is gone: the sweeper records the use (no reconcile, no orphan scan)
         if not grant.usage_settled:
             # at once where a count limit may be crossed; otherwise coalesced: one status write per interval
             # (and before the ledger's bounded trail could overflow the actions not yet audited)

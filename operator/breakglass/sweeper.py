@@ -60,6 +60,9 @@ class Sweeper:
         self.index, self.policy_names = index, policy_names
         self._overdue: set[str] = set()
         self._passes = 0
+        # (entry, now): records the use a grant's ledger entry holds when its request is gone (set by
+        # the wiring: UsageRecords.settle for a request that no longer exists)
+        self.settle_usage: Callable[[dict, dt.datetime], object] | None = None
 
     def sweep_ledger(self, requests: list[dict] | None = None) -> int:
         """Revoke orphans, finish cleanups, drop settled entries. The request index tells which
@@ -80,6 +83,10 @@ class Sweeper:
                     entry = self.ledger.get(s.uid)
                     self.grants.cleanup(entry)
                     self.ledger.update(entry, cleaned=True)
+                    acted += 1
+                elif req is None and not s.usage_settled and self.settle_usage is not None:
+                    # its request is gone (no reconcile will come): the sinks' late use is audited here
+                    self.settle_usage(self.ledger.get(s.uid), now)
                     acted += 1
                 elif (
                     stamp > s.expires + RETENTION.total_seconds()

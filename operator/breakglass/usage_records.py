@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 REUSE_EVENT_EVERY = dt.timedelta(minutes=1)
 MARK_ATTEMPTS = 20  # a mark write is cheap; the sinks may write the same entry several times a second
 REMEMBERED_GRANTS = 10_000
-REUSE_REASONS = {"revoked": "RevokedTokenUsed", "expired": "ExpiredTokenUsed"}
+REUSE_REASONS = {"revoked": "RevokedTokenUsed", "superseded": "RevokedTokenUsed", "expired": "ExpiredTokenUsed"}
 
 
 class UsageRecords:
@@ -68,6 +68,13 @@ class UsageRecords:
                 entry = fresh  # records already written are repeated at most (seq tells them apart)
         raise Conflict("ledger entry kept changing while recording its usage")
 
+    def settle_orphan(self, entry: dict[str, Any] | None, now: dt.datetime) -> None:
+        """The same for a grant whose request is gone (the Events name the deleted request)."""
+        if entry is not None:
+            request = entry["request"]
+            req = {"metadata": {"namespace": request["namespace"], "name": request["name"], "uid": request["uid"]}}
+            self.settle(req, entry, now)
+
     def _record(self, req, entry, now) -> dict[str, Any]:
         changes: dict[str, Any] = {}
         uid = entry["request"]["uid"]
@@ -100,10 +107,12 @@ class UsageRecords:
     def _alarm(self, req, entry, reuse, fresh: int, now: dt.datetime) -> None:
         counts = reuse.get("counts") or {}
         state = max(counts, key=lambda s: counts[s]) if counts else "revoked"
-        message = (
-            f"a {state} token of this grant (jti {entry.get('jti')}) was presented {fresh} more time(s), "
-            f"last at {reuse.get('lastSeenAt')}: treat it as leaked"
+        which = (
+            "a token of this grant that an extension replaced"
+            if state == "superseded"
+            else f"a {state} token of this grant (jti {entry.get('jti')})"
         )
+        message = f"{which} was presented {fresh} more time(s), last at {reuse.get('lastSeenAt')}: treat it as leaked"
         self.audit.record(
             "token-reuse",
             request=dict(entry["request"]),

@@ -27,22 +27,19 @@ from typing import IO, Any
 from . import metrics
 from .audit_events import BadBatch, parse_batch, parse_batch_file
 from .domain.durations import parse_rfc3339, to_rfc3339, utcnow
-from .domain.usage import UNAUDITED_MAX, Action, fold, limit_crossed
+from .domain.usage import Action, fold, limit_crossed, new_actions
 from .k8s.client import Conflict, error_text
 from .ledger import Ledger
 
 log = logging.getLogger(__name__)
 
 MAX_INFLIGHT = 8  # batches being written at once; beyond that 503 (kube-apiserver retries), counted
-MAX_BODY = 8 * 1024 * 1024  # a batch read into memory; larger ones are spooled to a file (MAX_SPOOL)
-MAX_SPOOL = 1024**3  # a grant's own huge request URIs can make a batch this large; 413 beyond (counted)
+MAX_BODY = 2 * 1024 * 1024  # a batch read into memory (100 Metadata events ≈ 0.15 MB); larger: spooled
+MAX_SPOOL = 768 * 1024**2  # a grant's own ~1 MB request URIs (escaped ×6) in 100 events; 413 beyond
+MAX_SPOOLED = 2  # spooled batches at once (disk: the chart's /tmp emptyDir has a 2Gi sizeLimit)
 WRITE_ATTEMPTS = 8
 REUSE_COALESCE = 1.0
 ENDED_SLACK = dt.timedelta(seconds=2)  # requests authenticated just before the grant ended
-
-
-class SinkBusy(RuntimeError):
-    """Not stored now (too much not audited yet): answered 503, kube-apiserver sends it again."""
 
 
 class UsageSink:
@@ -57,6 +54,7 @@ class UsageSink:
         self.executor = ThreadPoolExecutor(max_workers=max_inflight, thread_name_prefix="audit-sink")
         self._lock = threading.Lock()
         self._inflight = 0
+        self._spooled = 0
         self._reuse: dict[str, dict[str, int]] = {}  # uid -> {state: count} seen by TokenReview
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -96,11 +94,27 @@ class UsageSink:
         with self._lock:
             self._inflight -= 1
 
+    def admit_spool(self) -> bool:
+        """Room for one more large (spooled) batch: disk stays bounded by MAX_SPOOLED × MAX_SPOOL."""
+        with self._lock:
+            if self._spooled >= MAX_SPOOLED:
+                metrics.audit_events_total.labels("busy").inc()
+                return False
+            self._spooled += 1
+            return True
+
+    def release_spool(self) -> None:
+        with self._lock:
+            self._spooled -= 1
+
     def handle(self, body: bytes | IO[bytes]) -> tuple[int, str]:
         """One admitted POST body, off the event loop: (HTTP status, message). 200 only once every
         grant action in it is stored; 503 (kube-apiserver resends) when one could not be."""
         try:
             status, message, actions = self.parse(body)
+        except Exception as exc:  # noqa: BLE001 — nothing kube-apiserver sends: 400, never a 500
+            metrics.audit_events_total.labels("malformed").inc()
+            return 400, f"body is not kube-apiserver's EventList: {type(exc).__name__}"
         finally:
             if not isinstance(body, bytes):
                 body.close()  # a spooled body's temporary file
@@ -108,11 +122,8 @@ class UsageSink:
             return status, message
         try:
             self.record(actions)
-        except SinkBusy as exc:
-            self._dropped.inc(len(actions))
-            log.warning("audit batch refused: %s", exc)
-            return 503, "busy: send again later"
         except Exception as exc:  # noqa: BLE001 — not stored: kube-apiserver sends the batch again
+            self._dropped.inc(len(actions))
             log.warning("audit batch not stored (%s); kube-apiserver will send it again", error_text(exc))
             return 503, "not stored: send again"
         return 200, "ok"
@@ -188,14 +199,11 @@ class UsageSink:
             changes: dict[str, Any] = {}
             usage = entry.get("usage") or {}
             before = int(usage.get("requests", 0))
-            late = reuse_after_end(entry, actions)
+            late = reuse_after_end(entry, new_actions(usage, actions))  # a resend is no second reuse
             if actions:
                 changes["usage"] = fold(usage, actions)
-                if changes["usage"] == usage and not late and not reuse:
+                if changes["usage"] == usage and not reuse:
                     return  # every action already counted (kube-apiserver resent an acknowledged batch)
-                backlog = int(changes["usage"]["requests"]) - int(usage.get("audited", 0))
-                if backlog > UNAUDITED_MAX:  # the leader is far behind: refuse (503), kube-apiserver resends
-                    raise SinkBusy(f"grant {uid} has {backlog} actions the leader has not audited yet")
             if reuse or late:
                 seen = {**reuse, **{k: reuse.get(k, 0) + v for k, v in late.items()}}
                 changes["reuse"] = add_reuse(entry.get("reuse"), seen, to_rfc3339(self.clock()))
@@ -206,6 +214,8 @@ class UsageSink:
                 continue
             if actions:
                 self._counted(uid, stored, actions, int(stored["usage"]["requests"]) - before)
+            for state, count in late.items():  # seen in audit events only (OIDC path, the 10 s cache)
+                metrics.token_reuse_total.labels(entry.get("policy", ""), state).inc(count)
             return
         raise Conflict(f"ledger entry of grant {uid} kept changing")
 
@@ -230,7 +240,7 @@ def reuse_after_end(entry: dict[str, Any], actions: list[Action]) -> dict[str, i
     if not ended or entry.get("state") not in ("Revoked", "Expired") or not actions:
         return {}
     cutoff = to_rfc3339(parse_rfc3339(ended) + ENDED_SLACK)
-    late = sum(1 for a in actions if a.time > cutoff)
+    late = sum(1 for a in actions if (a.received or a.time) > cutoff)  # received after: not in flight
     return {"revoked" if entry["state"] == "Revoked" else "expired": late} if late else {}
 
 

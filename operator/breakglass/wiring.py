@@ -147,6 +147,7 @@ def build(settings: Settings) -> Runtime:
         )
     )
     reconciler.on_orphans = sweeper.revoke_orphans_of
+    sweeper.settle_usage = reconciler.usage.settle_orphan
     ledger.on_usage = rt.on_grant_usage
     reconciler.alert_gates = AlertGates(
         default_url=settings.alertmanager_url,

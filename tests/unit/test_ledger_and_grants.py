@@ -423,3 +423,13 @@ def test_the_secret_counts_as_present_only_while_it_is_the_one_we_created():
         "Secret", {"metadata": {"name": ref["name"], "namespace": ref["namespace"]}, "type": api.TOKEN_SECRET_TYPE}
     )
     assert not world.grants.secret_present(entry), "a look-alike re-created under the name is not ours"
+
+
+def test_an_idle_revoke_overtaken_by_a_new_use_does_nothing_and_leaves_the_decision_to_the_next_pass():
+    world = World()
+    entry = active(world)
+    world.ledger.update(entry, usage={"requests": 1, "audited": 0})  # a sink stored a use meanwhile
+    with pytest.raises(Conflict):
+        world.grants.end(entry, "Revoked", "IdleTimeout", "idle", use_sensitive=True)
+    assert world.grant_objects(), "nothing deleted: the grant was used after all"
+    assert world.ledger.fetch(entry["request"]["uid"])["state"] == "Active"

@@ -88,6 +88,7 @@ def test_a_grant_identitys_completed_request_becomes_an_action_attributed_to_the
         time="2026-01-01T12:00:00Z",
         audit_id="0b1c-audit-1",
         key=U.event_key(event()),
+        received="2026-01-01T12:00:00Z",
     )
 
 
@@ -107,7 +108,8 @@ def test_the_event_key_is_not_the_client_chosen_audit_id_alone():
     [
         ("ResponseStarted", "watch", "", 200, True),
         ("ResponseComplete", "watch", "", 200, False),
-        ("ResponseComplete", "watch", "", 403, True),
+        ("ResponseStarted", "watch", "", 403, True),
+        ("ResponseComplete", "watch", "", 403, False),
         ("ResponseStarted", "create", "exec", 101, True),
         ("ResponseComplete", "create", "exec", 101, False),
         ("ResponseComplete", "get", "log", 200, False),
@@ -116,7 +118,8 @@ def test_the_event_key_is_not_the_client_chosen_audit_id_alone():
     ids=[
         "a watch counts when its response starts",
         "and not again when it ends",
-        "a refused watch (no response started) counts when it completes",
+        "a refused watch counts at its ResponseStarted (kube-apiserver sends one whatever the code)",
+        "and not again when it completes",
         "an exec session counts when it starts",
         "and not again when it ends",
         "logs are long-running too: counted at their start",
@@ -782,3 +785,11 @@ ACTIVE_REQUEST = summarize_request(
 def test_the_catch_up_routes_unaudited_use_and_idle_grants_to_a_reconcile(changes, why):
     grant = SUMMARY._replace(**changes)
     assert needs_reconcile(ACTIVE_REQUEST, grant, NOW, lambda kid: kid == "k1", secret_present=True) == why
+
+
+def test_counting_never_stops_when_the_leader_is_far_behind_only_the_trail_is_bounded():
+    usage = U.fold(None, [action(n) for n in range(1, U.UNAUDITED_MAX + 301)])
+    assert usage["requests"] == U.UNAUDITED_MAX + 300
+    assert len(usage["trail"]) == U.UNAUDITED_MAX
+    items, lost = U.unaudited(usage)
+    assert (len(items), lost) == (U.UNAUDITED_MAX, 300), "the gap is recorded as used-unrecorded"

@@ -551,3 +551,14 @@ def test_the_audit_endpoint_acknowledges_a_batch_only_once_it_is_stored(sinks, m
     assert (ledger.stored[UID].get("usage") or {}).get("requests", 0) == stored
     if sink is not None and case != "busy":
         assert sink._inflight == 0, "every admitted batch is released"
+
+
+def test_use_after_the_grant_ended_is_token_reuse_counted_once_even_when_the_batch_is_resent(sinks):
+    ledger = FakeLedger(dict(ledger_entry(state="Revoked"), endedAt=at(5)))
+    sink = sinks(ledger)
+    batch = [action(1), action(20), action(30)]  # received at 1 s (in flight at the end), 20 s, 30 s
+    sink.record(batch)
+    sink.record(batch)  # kube-apiserver resent it (our answer was lost)
+    stored = ledger.get(UID)
+    assert stored["usage"]["requests"] == 3
+    assert stored["reuse"]["counts"] == {"revoked": 2} and stored["reuse"]["seen"] == 2

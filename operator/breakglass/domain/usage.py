@@ -22,7 +22,7 @@ from .durations import DurationError, parse_duration, parse_rfc3339, to_rfc3339
 WRITE_VERBS = frozenset({"create", "update", "patch", "delete", "deletecollection"})
 SESSION_SUBRESOURCES = frozenset({"exec", "attach", "portforward", "proxy"})
 BATCH_MARKS = 64  # batch shares remembered per grant (a resend is recognised among these)
-UNAUDITED_MAX = 1000  # actions not audited yet a ledger entry may hold (<= ~0.6 KB each); beyond: 503
+UNAUDITED_MAX = 1000  # trail items a ledger entry holds for the leader (<= ~0.6 KB each); beyond: counted only
 COUNTED_STAGES = frozenset({"ResponseStarted", "ResponseComplete", "Panic"})
 LONG_RUNNING_VERBS = frozenset({"watch", "proxy"})
 LONG_RUNNING_SUBRESOURCES = frozenset({"attach", "exec", "proxy", "log", "portforward"})
@@ -52,6 +52,7 @@ class Action(NamedTuple):
     time: str  # RFC 3339, kube-apiserver's stageTimestamp
     audit_id: str
     key: str = ""  # event_key(): what a resend repeats exactly
+    received: str = ""  # RFC 3339, when kube-apiserver received the request (before any grant end?)
 
     @property
     def verb_class(self) -> str:
@@ -125,11 +126,15 @@ def event_key(event: dict[str, Any]) -> str:
     """What makes one audit event unique (a resent batch carries the same): not the auditID alone,
     which a client may choose with its Audit-ID header."""
     raw = [event.get(k) for k in ("auditID", "requestReceivedTimestamp", "stageTimestamp", "stage", "verb")]
-    raw += [event.get(k) for k in ("requestURI", "userAgent", "sourceIPs")]
+    raw += [event.get(k) for k in ("requestURI", "userAgent", "sourceIPs", "objectRef")]
     raw.append(
         (event.get("responseStatus") or {}).get("code") if isinstance(event.get("responseStatus"), dict) else None
     )
-    return hashlib.sha256(json.dumps(raw, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    try:
+        text = json.dumps(raw, sort_keys=True, default=str)
+    except (RecursionError, ValueError) as exc:
+        raise MalformedEvent(f"an audit event is not kube-apiserver's: {exc}") from None
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def parse_event(event: Any) -> Action | None:
@@ -156,13 +161,14 @@ def parse_event(event: Any) -> Action | None:
     when = event.get("stageTimestamp") or event.get("requestReceivedTimestamp")
     try:
         when = to_rfc3339(parse_rfc3339(str(when)))
-    except (TypeError, ValueError) as exc:
+        received = to_rfc3339(parse_rfc3339(str(event.get("requestReceivedTimestamp") or when)))
+    except (TypeError, ValueError, OverflowError) as exc:
         raise MalformedEvent(f"an audit event has no valid stageTimestamp: {exc}") from None
     if not isinstance(code, int) or isinstance(code, bool):
         raise MalformedEvent("an audit event's responseStatus.code is not a number")
     verb, subresource = capped(event["verb"], 32), capped(ref.get("subresource"), 32)
-    if stage == "ResponseComplete" and is_long_running(verb, subresource) and succeeded(code):
-        return None  # counted at ResponseStarted
+    if stage == "ResponseComplete" and is_long_running(verb, subresource):
+        return None  # counted at ResponseStarted (kube-apiserver sends one for these, faked if need be)
     uri = event.get("requestURI") if isinstance(event.get("requestURI"), str) else ""
     return Action(
         uid=uid,
@@ -177,6 +183,7 @@ def parse_event(event: Any) -> Action | None:
         time=when,
         audit_id=capped(event.get("auditID"), 40),
         key=event_key(event),
+        received=received,
     )
 
 
@@ -186,24 +193,35 @@ def batch_mark(actions: list[Action]) -> str:
     return hashlib.sha256(",".join(a.key for a in actions).encode()).hexdigest()[:16]
 
 
-def fold(usage: dict[str, Any] | None, actions: list[Action], trail_max: int = LEDGER_TRAIL_MAX) -> dict[str, Any]:
-    """The usage after `actions` (in order): counters, first/last use, and the trail with each
-    action's per-grant sequence number (seq = its position among all of the grant's requests).
-    Counted once: a batch share whose mark is among the grant's last BATCH_MARKS, or an action whose
-    event key the trail holds, was counted before. The trail keeps every action the leader has not
-    audited yet, and at least the last `trail_max`."""
-    usage = dict(usage or {})
-    marks = list(usage.get("batches") or [])
-    mark = batch_mark(actions) if actions else ""
-    if mark and mark in marks:
-        return usage  # kube-apiserver sent this batch again (our answer was lost or refused)
-    requests = int(usage.get("requests", 0))
-    trail = list(usage.get("trail") or [])
-    seen = {item.get("key") for item in trail} - {None, ""}
+def new_actions(usage: dict[str, Any] | None, actions: list[Action]) -> list[Action]:
+    """The actions not counted before, in order: none when this batch share's mark is among the
+    grant's last BATCH_MARKS (a resend), else those whose event key the trail does not hold."""
+    usage = usage or {}
+    if actions and batch_mark(actions) in (usage.get("batches") or []):
+        return []
+    seen = {item.get("key") for item in usage.get("trail") or []} - {None, ""}
+    fresh = []
     for action in actions:
         if action.key and action.key in seen:
             continue
         seen.add(action.key)
+        fresh.append(action)
+    return fresh
+
+
+def fold(usage: dict[str, Any] | None, actions: list[Action], trail_max: int = LEDGER_TRAIL_MAX) -> dict[str, Any]:
+    """The usage after `actions` (in order): counters, first/last use, and the trail with each
+    action's per-grant sequence number (seq = its position among all of the grant's requests).
+    Only `new_actions` count. The trail keeps every action the leader has not audited yet, up to
+    UNAUDITED_MAX (beyond, the counters still count; the leader records the gap as used-unrecorded),
+    and at least the last `trail_max`."""
+    usage = dict(usage or {})
+    fresh = new_actions(usage, actions)
+    if actions and not fresh and batch_mark(actions) in (usage.get("batches") or []):
+        return usage  # kube-apiserver sent this batch again (our answer was lost or refused)
+    requests = int(usage.get("requests", 0))
+    trail = list(usage.get("trail") or [])
+    for action in fresh:
         requests += 1
         kind = action.verb_class
         usage["denied"] = int(usage.get("denied", 0)) + (kind == DENIED)
@@ -217,10 +235,10 @@ def fold(usage: dict[str, Any] | None, actions: list[Action], trail_max: int = L
     usage.setdefault("denied", 0)
     usage.setdefault("writes", 0)
     usage.setdefault("audited", 0)
-    keep = max(trail_max, requests - int(usage["audited"]))  # never drop what is not audited yet
+    keep = min(UNAUDITED_MAX, max(trail_max, requests - int(usage["audited"])))
     usage["trail"] = trail[-keep:]
-    if mark:
-        usage["batches"] = (marks + [mark])[-BATCH_MARKS:]
+    if actions:
+        usage["batches"] = ((usage.get("batches") or []) + [batch_mark(actions)])[-BATCH_MARKS:]
     return usage
 
 
@@ -343,13 +361,14 @@ def status_usage(entry: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def reuse_state(result: Any, entry: dict[str, Any] | None) -> str | None:
-    """`revoked` or `expired` when a token the operator really issued (signature good, claims equal
+    """`revoked`, `superseded` (an extension replaced it) or `expired` when a token the operator
+    really issued (signature good, claims equal
     to the ledger's) is presented after its grant ended; `expired` too for a correctly signed expired
     token whose ledger entry was already purged; None for anything else."""
     if entry is None:
         return "expired" if result.reason == "Expired" and purged_policy(result.claims) else None
     if superseded(result, entry):
-        return "expired" if result.reason == "Expired" else "revoked"
+        return "expired" if result.reason == "Expired" else "superseded"
     if not result.claims or result.claims != entry.get("claims"):
         return None
     if result.reason == "Expired" or entry.get("state") == "Expired":
