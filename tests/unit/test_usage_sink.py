@@ -472,6 +472,16 @@ def signed_entry(state: str, claims: dict | None = CLAIMS) -> dict:
         (result(False, "Revoked"), signed_entry("Revoked"), None),
         (result(False, "Expired", {**CLAIMS, "breakglass": {"policy": "prod"}}), None, "expired"),
         (result(False, "Expired"), None, None),
+        (
+            result(claims={**CLAIMS, "jti": "jti-old", "breakglass": {"uid": UID}}),
+            dict(signed_entry("Active"), previousJtis=["jti-old"]),
+            "superseded",
+        ),
+        (
+            result(claims={**CLAIMS, "jti": "jti-old", "breakglass": {"uid": "another-request"}}),
+            dict(signed_entry("Active"), previousJtis=["jti-old"]),
+            None,
+        ),
     ],
     ids=[
         "a verified token of a revoked grant: revoked",
@@ -489,6 +499,8 @@ def signed_entry(state: str, claims: dict | None = CLAIMS) -> dict:
         "a token refused for another reason is not counted",
         "an expired token of ours whose ledger entry was purged: expired, by the policy it names",
         "an expired token naming no policy: nothing to attribute",
+        "a token an extension replaced, presented again: superseded",
+        "a replaced jti naming another request is no token of this grant",
     ],
 )
 def test_a_token_presented_after_its_grant_ended_is_classified_as_reuse(verified, entry, state):
