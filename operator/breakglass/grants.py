@@ -21,8 +21,8 @@ from . import api, metrics
 from .domain.claims import build_claims, new_token_id
 from .domain.decisions import Decision
 from .domain.durations import parse_duration, parse_rfc3339, to_rfc3339
+from .domain.limits import effective_limits
 from .domain.policy import Policy, RequestView, effective_duration
-from .domain.usage import effective_limits
 from .k8s import builders
 from .k8s.client import Conflict, Kube, PermanentError, error_text
 from .ledger import ACTIVE, EXPIRED, FAILED, ISSUING, REVOKED, Ledger

@@ -6,7 +6,7 @@ import sys
 from typing import Any, NamedTuple
 
 from .domain.durations import parse_rfc3339
-from .domain.usage import idle_deadline
+from .domain.limits import idle_deadline
 
 ACTIVE = "Active"
 

@@ -21,9 +21,10 @@ from .audit import AuditLog
 from .domain import decisions as D
 from .domain.approvals import ApprovalView, tally_approvals
 from .domain.durations import parse_rfc3339
+from .domain.limits import IDLE_TIMEOUT
 from .domain.policy import Policy, RequestView
 from .domain.status import Outcome, next_status, review_due
-from .domain.usage import IDLE_TIMEOUT, status_usage
+from .domain.usage import status_usage
 from .extensions import Extender
 from .grants import ACTIVE, EXPIRED, FAILED, REVOKED, CleanupIncomplete, Grants, IssueFailed
 from .k8s.client import Kube, error_text

@@ -27,7 +27,8 @@ from typing import IO, Any
 from . import metrics
 from .audit_events import BadBatch, parse_batch, parse_batch_file
 from .domain.durations import parse_rfc3339, to_rfc3339, utcnow
-from .domain.usage import Action, fold, limit_crossed, new_actions
+from .domain.limits import limit_crossed
+from .domain.usage import Action, fold, new_actions
 from .k8s.client import Conflict, error_text
 from .ledger import Ledger
 

@@ -12,12 +12,14 @@ import pytest
 
 from breakglass import api
 from breakglass.domain import decisions as D
+from breakglass.domain import limits as L
 from breakglass.domain import usage as U
 from breakglass.domain.catchup import needs_reconcile, summarize_request
 from breakglass.domain.checks import evaluate_request, first_failure
 from breakglass.domain.durations import to_rfc3339
+from breakglass.domain.limits import Limits
 from breakglass.domain.policy import Policy, RequestView
-from breakglass.domain.usage import Action, Limits, MalformedEvent
+from breakglass.domain.usage import Action, MalformedEvent
 from breakglass.ledger import Summary
 
 T0 = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.UTC)
@@ -435,7 +437,7 @@ def test_unaudited(usage, seqs, lost):
     ],
 )
 def test_effective_limits(policy, request_, want):
-    assert U.effective_limits(policy, request_) == want
+    assert L.effective_limits(policy, request_) == want
 
 
 @pytest.mark.parametrize(
@@ -462,11 +464,11 @@ def test_effective_limits(policy, request_, want):
     ],
 )
 def test_limit_problems(limits, problems):
-    assert U.limit_problems(limits, "spec.limits") == problems
+    assert L.limit_problems(limits, "spec.limits") == problems
 
 
 def test_an_unreadable_idle_timeout_is_a_problem_naming_its_field():
-    (problem,) = U.limit_problems(Limits(None, None, "banana"), "spec.limits")
+    (problem,) = L.limit_problems(Limits(None, None, "banana"), "spec.limits")
     assert problem.startswith("spec.limits.idleTimeout: ") and "banana" in problem
 
 
@@ -494,7 +496,7 @@ def test_an_unreadable_idle_timeout_is_a_problem_naming_its_field():
     ],
 )
 def test_loosens(request_, policy, keys):
-    found = U.loosens(request_, policy)
+    found = L.loosens(request_, policy)
     assert [m.split()[0].removeprefix("spec.limits.") for m in found] == keys
 
 
@@ -531,23 +533,23 @@ def grant_entry(limits=None, usage=None, state="Active", activated=0.0):
 )
 def test_idle_deadline(entry, deadline):
     want = None if deadline is None else T0 + dt.timedelta(seconds=deadline)
-    assert U.idle_deadline(entry) == want
+    assert L.idle_deadline(entry) == want
 
 
 @pytest.mark.parametrize(
     "limits,usage,now,reason",
     [
         ({"maxRequests": 3}, {"requests": 2}, 10, None),
-        ({"maxRequests": 3}, {"requests": 3}, 10, U.USE_LIMIT_REACHED),
-        ({"maxRequests": 3}, {"requests": 4}, 10, U.USE_LIMIT_REACHED),
+        ({"maxRequests": 3}, {"requests": 3}, 10, L.USE_LIMIT_REACHED),
+        ({"maxRequests": 3}, {"requests": 4}, 10, L.USE_LIMIT_REACHED),
         ({"maxWrites": 1}, {"requests": 9, "writes": 0}, 10, None),
-        ({"maxWrites": 1}, {"requests": 9, "writes": 1}, 10, U.USE_LIMIT_REACHED),
+        ({"maxWrites": 1}, {"requests": 9, "writes": 1}, 10, L.USE_LIMIT_REACHED),
         ({"idleTimeout": "1m"}, {"lastUsedAt": at(30)}, 89, None),
-        ({"idleTimeout": "1m"}, {"lastUsedAt": at(30)}, 90, U.IDLE_TIMEOUT),
-        ({"idleTimeout": "1m"}, {"lastUsedAt": at(30)}, 500, U.IDLE_TIMEOUT),
+        ({"idleTimeout": "1m"}, {"lastUsedAt": at(30)}, 90, L.IDLE_TIMEOUT),
+        ({"idleTimeout": "1m"}, {"lastUsedAt": at(30)}, 500, L.IDLE_TIMEOUT),
         ({"idleTimeout": "1m"}, None, 59, None),
-        ({"idleTimeout": "1m"}, None, 60, U.IDLE_TIMEOUT),
-        ({"maxRequests": 3, "idleTimeout": "1m"}, {"requests": 3, "lastUsedAt": at(0)}, 500, U.USE_LIMIT_REACHED),
+        ({"idleTimeout": "1m"}, None, 60, L.IDLE_TIMEOUT),
+        ({"maxRequests": 3, "idleTimeout": "1m"}, {"requests": 3, "lastUsedAt": at(0)}, 500, L.USE_LIMIT_REACHED),
         (None, {"requests": 10_000, "writes": 10_000}, 10_000, None),
     ],
     ids=[
@@ -566,18 +568,18 @@ def test_idle_deadline(entry, deadline):
     ],
 )
 def test_limit_crossed(limits, usage, now, reason):
-    crossed = U.limit_crossed(grant_entry(limits, usage), T0 + dt.timedelta(seconds=now))
+    crossed = L.limit_crossed(grant_entry(limits, usage), T0 + dt.timedelta(seconds=now))
     assert (crossed[0] if crossed else None) == reason
 
 
 def test_the_limit_message_names_the_count_and_the_limit():
-    _, message = U.limit_crossed(grant_entry({"maxWrites": 2}, {"writes": 2}), T0)
+    _, message = L.limit_crossed(grant_entry({"maxWrites": 2}, {"writes": 2}), T0)
     assert message == "writes 2 reached the limit maxWrites 2; access is revoked"
 
 
 def test_the_idle_message_says_when_it_was_last_used_or_that_it_never_was():
-    _, used = U.limit_crossed(grant_entry({"idleTimeout": "1m"}, {"lastUsedAt": at(5)}), T0 + dt.timedelta(hours=1))
-    _, never = U.limit_crossed(grant_entry({"idleTimeout": "1m"}), T0 + dt.timedelta(hours=1))
+    _, used = L.limit_crossed(grant_entry({"idleTimeout": "1m"}, {"lastUsedAt": at(5)}), T0 + dt.timedelta(hours=1))
+    _, never = L.limit_crossed(grant_entry({"idleTimeout": "1m"}), T0 + dt.timedelta(hours=1))
     assert f"last used at {at(5)}" in used and f"never used since {at(0)}" in never
 
 
@@ -630,9 +632,9 @@ KEEP = D.Decision(D.ACTIVE, "Active", "token is valid", requeue_at=EXPIRES)
 @pytest.mark.parametrize(
     "decision,entry,now,want",
     [
-        (KEEP, grant_entry({"maxRequests": 2}, {"requests": 2}), 10, (D.REVOKE, U.USE_LIMIT_REACHED, None)),
-        (KEEP, grant_entry({"maxWrites": 1}, {"writes": 1}), 10, (D.REVOKE, U.USE_LIMIT_REACHED, None)),
-        (KEEP, grant_entry({"idleTimeout": "1m"}, {"lastUsedAt": at(0)}), 60, (D.REVOKE, U.IDLE_TIMEOUT, None)),
+        (KEEP, grant_entry({"maxRequests": 2}, {"requests": 2}), 10, (D.REVOKE, L.USE_LIMIT_REACHED, None)),
+        (KEEP, grant_entry({"maxWrites": 1}, {"writes": 1}), 10, (D.REVOKE, L.USE_LIMIT_REACHED, None)),
+        (KEEP, grant_entry({"idleTimeout": "1m"}, {"lastUsedAt": at(0)}), 60, (D.REVOKE, L.IDLE_TIMEOUT, None)),
         (KEEP, grant_entry({"idleTimeout": "5m"}, {"lastUsedAt": at(60)}), 70, (D.ACTIVE, "Active", 360)),
         (KEEP, grant_entry({"idleTimeout": "2h"}, {"lastUsedAt": at(60)}), 70, (D.ACTIVE, "Active", 3600)),
         (KEEP, grant_entry({"maxRequests": 2}, {"requests": 1}), 70, (D.ACTIVE, "Active", 3600)),

@@ -12,6 +12,7 @@ import re
 from collections.abc import Callable, Iterable
 
 from .durations import DurationError, format_duration, parse_duration
+from .limits import limit_problems, loosens
 from .policy import (
     _SCOPE_RE,
     RESERVED_SCOPE_PREFIX,
@@ -22,7 +23,6 @@ from .policy import (
     _matches_any,
 )
 from .scheduling import check_start_at
-from .usage import limit_problems, loosens
 
 MIN_REASON, MAX_REASON = 10, 1024
 

@@ -10,9 +10,9 @@ from .alert_gate import ALERT_FIRING, Alert, approval_message
 from .approvals import Tally
 from .checks import evaluate_request, first_failure
 from .durations import DurationError, format_duration, parse_duration, to_rfc3339
+from .limits import idle_deadline, limit_crossed
 from .policy import Policy, RequestView, effective_duration, validate_policy
 from .scheduling import scheduled_start
-from .usage import idle_deadline, limit_crossed
 
 WAIT, ISSUE, DENY, FAIL, EXPIRE, REVOKE, NOTHING = "wait", "issue", "deny", "fail", "expire", "revoke", "nothing"
 SCHEDULE = "schedule"  # approved, spec.startAt still ahead: hold the issue until then (phase Scheduled)

@@ -12,7 +12,7 @@ from typing import Any
 
 from .alert_gate import Gate, validate_gate
 from .durations import DurationError, parse_duration
-from .usage import Limits, limit_problems
+from .limits import Limits, limit_problems
 
 DEFAULT_AUDIENCES = ("breakglass",)
 # A scope is one token of the JWT `scope` claim: no whitespace, so it can never carry a second scope.

@@ -11,13 +11,12 @@ grant's use limits revoke it now, `idle_deadline` when idleness will.
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import json
 from typing import Any, NamedTuple
 
 from .. import api
-from .durations import DurationError, parse_duration, parse_rfc3339, to_rfc3339
+from .durations import parse_rfc3339, to_rfc3339
 
 WRITE_VERBS = frozenset({"create", "update", "patch", "delete", "deletecollection"})
 SESSION_SUBRESOURCES = frozenset({"exec", "attach", "portforward", "proxy"})
@@ -29,7 +28,6 @@ LONG_RUNNING_SUBRESOURCES = frozenset({"attach", "exec", "proxy", "log", "portfo
 GRANT_GROUP = api.IDENTITY_PREFIX + api.GRANT_GROUP_CLAIM
 LEDGER_TRAIL_MAX = 200  # the ledger keeps this many recent actions (the leader audits them all first)
 STATUS_TRAIL_MAX = 50  # status.usage.trail shows the most recent ones
-USE_LIMIT_REACHED, IDLE_TIMEOUT = "UseLimitReached", "IdleTimeout"
 READ, WRITE, DENIED = "read", "write", "denied"
 
 
@@ -73,21 +71,6 @@ class Action(NamedTuple):
             "key": self.key,
         }
         return {k: v for k, v in item.items() if v != ""}  # empty fields are left out (status patches)
-
-
-class Limits(NamedTuple):
-    max_requests: int | None = None
-    max_writes: int | None = None
-    idle_timeout: str | None = None  # a duration ("20s", "15m")
-
-    @classmethod
-    def from_spec(cls, spec: dict[str, Any] | None) -> Limits:
-        spec = spec if isinstance(spec, dict) else {}
-        return cls(spec.get("maxRequests"), spec.get("maxWrites"), spec.get("idleTimeout") or None)
-
-    def as_dict(self) -> dict[str, Any]:
-        pairs = (("maxRequests", self.max_requests), ("maxWrites", self.max_writes), ("idleTimeout", self.idle_timeout))
-        return {k: v for k, v in pairs if v is not None}
 
 
 def verb_class(verb: str, code: int, subresource: str = "") -> str:
@@ -257,89 +240,6 @@ def unaudited(usage: dict[str, Any] | None) -> tuple[list[dict[str, Any]], int]:
     return items, max(0, first - audited - 1)
 
 
-def effective_limits(policy: Limits, request: Limits) -> Limits:
-    """The tighter of each limit (a request may only lower its policy's limits)."""
-
-    def low(a, b):
-        return b if a is None else a if b is None else min(a, b)
-
-    idle = policy.idle_timeout
-    if request.idle_timeout:
-        try:
-            if idle is None or parse_duration(request.idle_timeout) < parse_duration(idle):
-                idle = request.idle_timeout
-        except DurationError:
-            idle = idle or request.idle_timeout  # reported by limit_problems; never looser
-    return Limits(low(policy.max_requests, request.max_requests), low(policy.max_writes, request.max_writes), idle)
-
-
-def limit_problems(limits: Limits, field: str) -> list[str]:
-    """What makes limits unusable, as `field.x: why` messages (empty: fine)."""
-    problems = []
-    for key, value in (("maxRequests", limits.max_requests), ("maxWrites", limits.max_writes)):
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-            problems.append(f"{field}.{key}: must be a whole number of at least 1, not {value!r}")
-    if limits.idle_timeout is not None:
-        try:
-            if parse_duration(limits.idle_timeout) < dt.timedelta(seconds=10):
-                problems.append(f"{field}.idleTimeout: {limits.idle_timeout} is shorter than the minimum 10s")
-        except DurationError as exc:
-            problems.append(f"{field}.idleTimeout: {exc}")
-    return problems
-
-
-def loosens(request: Limits, policy: Limits) -> list[str]:
-    """Request limits above their policy's (a request may only lower them)."""
-    out = []
-    for key, asked, cap in (
-        ("maxRequests", request.max_requests, policy.max_requests),
-        ("maxWrites", request.max_writes, policy.max_writes),
-    ):
-        if asked is not None and cap is not None and asked > cap:
-            out.append(f"spec.limits.{key} {asked} exceeds the policy's {cap} (a request may only lower it)")
-    if request.idle_timeout and policy.idle_timeout:
-        try:
-            if parse_duration(request.idle_timeout) > parse_duration(policy.idle_timeout):
-                out.append(
-                    f"spec.limits.idleTimeout {request.idle_timeout} exceeds the policy's "
-                    f"{policy.idle_timeout} (a request may only lower it)"
-                )
-        except DurationError:
-            pass  # limit_problems names it
-    return out
-
-
-def idle_deadline(entry: dict[str, Any]) -> dt.datetime | None:
-    """When an unused grant is revoked for idleness: its idleTimeout after its last use (or after
-    it became active, when never used)."""
-    idle = (entry.get("limits") or {}).get("idleTimeout")
-    since = max((entry.get("usage") or {}).get("lastUsedAt") or "", entry.get("activatedAt") or "")
-    if not idle or not since:
-        return None
-    try:
-        return parse_rfc3339(since) + parse_duration(idle)
-    except (DurationError, ValueError):
-        return parse_rfc3339(since)  # unreadable idleTimeout: fail closed (idle at once)
-
-
-def limit_crossed(entry: dict[str, Any], now: dt.datetime) -> tuple[str, str] | None:
-    """(reason, message) when the grant's use limits end it now, else None."""
-    limits, usage = entry.get("limits") or {}, entry.get("usage") or {}
-    for key, used_key, noun in (("maxRequests", "requests", "API requests"), ("maxWrites", "writes", "writes")):
-        cap = limits.get(key)
-        if cap is not None and int(usage.get(used_key, 0)) >= cap:
-            return (
-                USE_LIMIT_REACHED,
-                f"{noun} {usage.get(used_key, 0)} reached the limit {key} {cap}; access is revoked",
-            )
-    deadline = idle_deadline(entry)
-    if deadline is not None and now >= deadline:
-        last = usage.get("lastUsedAt")
-        since = f"last used at {last}" if last else f"never used since {entry.get('activatedAt')}"
-        return IDLE_TIMEOUT, f"not used for idleTimeout {limits.get('idleTimeout')} ({since}); access is revoked"
-    return None
-
-
 def status_usage(entry: dict[str, Any] | None) -> dict[str, Any] | None:
     """status.usage of the request: the counters, the grant's limits and the most recent trail."""
     if not entry or not (entry.get("usage") or entry.get("limits")):
@@ -358,41 +258,3 @@ def status_usage(entry: dict[str, Any] | None) -> dict[str, Any] | None:
     if entry.get("limits"):
         out["limits"] = dict(entry["limits"])
     return out
-
-
-def reuse_state(result: Any, entry: dict[str, Any] | None) -> str | None:
-    """`revoked`, `superseded` (an extension replaced it) or `expired` when a token the operator
-    really issued (signature good, claims equal
-    to the ledger's) is presented after its grant ended; `expired` too for a correctly signed expired
-    token whose ledger entry was already purged; None for anything else."""
-    if entry is None:
-        return "expired" if result.reason == "Expired" and purged_policy(result.claims) else None
-    if superseded(result, entry):
-        return "expired" if result.reason == "Expired" else "superseded"
-    if not result.claims or result.claims != entry.get("claims"):
-        return None
-    if result.reason == "Expired" or entry.get("state") == "Expired":
-        return "expired"
-    if result.ok and entry.get("state") in ("Revoked", "Failed"):
-        return "revoked"
-    return None
-
-
-def purged_policy(claims: Any) -> str:
-    """The policy a signed token names (its grant's ledger entry may be gone); '' if none."""
-    bg = claims.get("breakglass") if isinstance(claims, dict) else None
-    policy = bg.get("policy") if isinstance(bg, dict) else None
-    return policy[:253] if isinstance(policy, str) else ""
-
-
-def superseded(result: Any, entry: dict[str, Any] | None) -> bool:
-    """A token of this grant that an extension replaced: signed by our key (verified, or only
-    expired), its jti among the ledger's previousJtis, naming the same request uid."""
-    claims = result.claims if isinstance(result.claims, dict) else {}
-    bg = claims.get("breakglass") if isinstance(claims.get("breakglass"), dict) else {}
-    return (
-        entry is not None
-        and (result.ok or result.reason == "Expired")
-        and claims.get("jti") in (entry.get("previousJtis") or [])
-        and bg.get("uid") == entry["request"]["uid"]
-    )
