@@ -6,15 +6,15 @@ import asyncio
 import json
 import logging
 import ssl
-import tempfile
 import time
 from typing import Any
 
 from aiohttp import web
 
 from . import api, metrics
+from .audit_endpoint import receive_batch
 from .domain.durations import utcnow
-from .domain.usage import purged_policy, reuse_state, superseded
+from .domain.reuse import purged_policy, reuse_state, superseded
 from .ledger import Ledger, is_live
 from .review_cache import (
     DEFAULT_MAX_BYTES,
@@ -25,7 +25,7 @@ from .review_cache import (
 )
 from .stores import KeyStore, RevocationStore
 from .tokens.jwt_tokens import verify
-from .usage_sink import MAX_BODY, MAX_SPOOL, UsageSink
+from .usage_sink import UsageSink
 
 log = logging.getLogger(__name__)
 
@@ -98,26 +98,6 @@ def token_review_response(
             # reject; the token's own `aud` was already checked against --token-audiences.
         },
     }
-
-
-async def _read_body(request: web.Request, length: int):
-    """A small body in memory; a large one spooled to a temporary file (read event by event)."""
-    if length <= MAX_BODY:
-        return await request.content.readexactly(length)
-    spool = tempfile.TemporaryFile()  # noqa: SIM115 — handed to the parser; closed by the caller
-    try:
-        remaining = length
-        while remaining:
-            chunk = await request.content.read(min(remaining, 1 << 20))
-            if not chunk:
-                raise asyncio.IncompleteReadError(b"", remaining)
-            spool.write(chunk)
-            remaining -= len(chunk)
-        spool.seek(0)
-    except BaseException:
-        spool.close()
-        raise
-    return spool
 
 
 class Endpoints:
@@ -224,36 +204,7 @@ class Endpoints:
             metrics.audit_events_total.labels("unauthenticated").inc()
             why = "client certificate required" if self.client_ca_file else "audit sink needs --client-ca-file"
             return web.json_response({"error": why}, status=401)
-        if self.usage is None:
-            return web.json_response({"error": "audit sink not running"}, status=503)
-        length = request.content_length
-        if length is None or length > MAX_SPOOL:
-            metrics.audit_events_total.labels("malformed").inc()
-            return web.json_response({"error": f"a batch needs a Content-Length of at most {MAX_SPOOL}"}, status=413)
-        if not self.usage.admit():  # before the body is read: memory stays bounded by max in flight
-            return web.json_response({"error": "audit sink busy: send again later"}, status=503)
-        spooled = length > MAX_BODY
-        if spooled and not self.usage.admit_spool():
-            self.usage.release()
-            return web.json_response({"error": "audit sink busy: send again later"}, status=503)
-        body = None
-        try:
-            body = await _read_body(request, length)
-            status, message = await asyncio.get_running_loop().run_in_executor(
-                self.usage.executor, self.usage.handle, body
-            )
-        except asyncio.IncompleteReadError:
-            status, message = 400, "body shorter than its Content-Length"
-        except OSError as exc:  # the spool could not be written (disk full): kube-apiserver resends
-            status, message = 503, f"cannot spool the batch: {exc.strerror}"
-        finally:
-            if body is not None and not isinstance(body, bytes):
-                body.close()  # handled, or not: the spool file goes either way
-            if spooled:
-                self.usage.release_spool()
-            self.usage.release()
-        metrics.audit_handling_seconds.observe(time.perf_counter() - started)
-        return web.json_response({"error": message} if status >= 400 else {"status": message}, status=status)
+        return await receive_batch(request, self.usage, started)
 
     def _note_reuse(self, result, entry: dict[str, Any] | None) -> None:
         """A revoked or expired break-glass token presented again: a leaked-token alarm (by jti)."""
